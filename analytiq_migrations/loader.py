@@ -1,0 +1,296 @@
+"""``load_migrations``: turn a list, a dotted package name or a directory into migrations.
+
+Every way a source can be wrong (unimportable file, syntax error, duplicate or
+non-positive version, prefix/version mismatch, async ``up``) raises a
+``MigrationDefinitionError`` that names the file or class and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+from .checksum import source_checksum
+from .errors import MigrationDefinitionError
+from .migration import Migration, ModuleMigration
+
+#: ``0003_add_index.py``: leading digits are the version, the rest a slug.
+FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<slug>[A-Za-z0-9_]+)\.py$")
+_LOOKS_LIKE_MIGRATION = re.compile(r"^\d+.*\.py$")
+
+MigrationSource = Union[str, "os.PathLike[str]", Iterable[Any], types.ModuleType]
+
+
+def load_migrations(source: MigrationSource) -> list[Migration]:
+    """Load and check migrations from ``source``; returns them sorted by version."""
+    if isinstance(source, types.ModuleType):
+        migrations = _from_module(source)
+    elif isinstance(source, (str, os.PathLike)):
+        migrations = _from_name_or_path(os.fspath(source))
+    else:
+        try:
+            items = list(source)
+        except TypeError:
+            raise MigrationDefinitionError(
+                f"Cannot load migrations from {source!r}.",
+                hint="Pass a list of Migration instances or classes, a dotted package name, "
+                "or a directory path.",
+            ) from None
+        migrations = _from_list(items)
+    return _checked(migrations)
+
+
+def _from_name_or_path(text: str) -> list[Migration]:
+    """A directory path, or else a dotted module/package name."""
+    path = Path(text)
+    if path.is_dir():
+        return _from_directory(path)
+    if path.suffix == ".py" or os.sep in text or (os.altsep and os.altsep in text):
+        raise MigrationDefinitionError(
+            f"Migrations directory '{text}' does not exist.",
+            hint="Pass an existing directory of NNNN_slug.py files, or a dotted package name.",
+        )
+    try:
+        module = importlib.import_module(text)
+    except ModuleNotFoundError as exc:
+        if exc.name and text.startswith(exc.name):
+            raise MigrationDefinitionError(
+                f"No directory or importable module named '{text}'.",
+                hint="Check the path or package name (is the package on sys.path?).",
+            ) from None
+        raise _import_error(text, exc) from exc
+    except Exception as exc:  # anything a module can raise while importing
+        raise _import_error(text, exc) from exc
+    return _from_module(module)
+
+
+def _from_module(module: types.ModuleType) -> list[Migration]:
+    """A module with a ``MIGRATIONS`` list, or a package of migration files."""
+    listed = getattr(module, "MIGRATIONS", None)
+    if listed is not None:
+        return _from_list(list(listed))
+    paths = getattr(module, "__path__", None)
+    if paths:
+        return _from_directory(Path(next(iter(paths))), package=module.__name__)
+    raise MigrationDefinitionError(
+        f"Module '{module.__name__}' has no MIGRATIONS list and is not a package.",
+        hint="Define MIGRATIONS = [...] in it, or point at a package/directory of "
+        "NNNN_slug.py files.",
+    )
+
+
+def _from_list(items: list[Any]) -> list[Migration]:
+    """Instances or classes; versions 1..n from list order when none has one."""
+    migrations: list[Migration] = []
+    for index, item in enumerate(items):
+        if isinstance(item, type) and issubclass(item, Migration):
+            try:
+                item = item()
+            except TypeError as exc:
+                raise MigrationDefinitionError(
+                    f"Cannot instantiate migration class {item.__qualname__}: {exc}",
+                    hint="Give it a constructor without required arguments, or list an "
+                    "instance instead of the class.",
+                ) from exc
+        if not isinstance(item, Migration):
+            raise MigrationDefinitionError(
+                f"Item {index} of the migrations list is {item!r}, not a Migration.",
+                hint="List Migration subclasses or instances of them.",
+            )
+        migrations.append(item)
+    unversioned = [m for m in migrations if m.version is None]
+    if unversioned and len(unversioned) == len(migrations):
+        for number, migration in enumerate(migrations, start=1):
+            migration.version = number
+    elif unversioned:
+        names = ", ".join(m.name for m in unversioned)
+        raise MigrationDefinitionError(
+            f"Some migrations have no version: {names}.",
+            hint="Give every migration a version, or none of them (then list order "
+            "numbers them 1..n).",
+        )
+    return migrations
+
+
+def _from_directory(directory: Path, package: str | None = None) -> list[Migration]:
+    """Every ``NNNN_slug.py`` in ``directory``; other ``.py`` files are helpers."""
+    migrations = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.suffix != ".py":
+            continue
+        match = FILE_PATTERN.match(path.name)
+        if match is None:
+            if _LOOKS_LIKE_MIGRATION.match(path.name):
+                raise MigrationDefinitionError(
+                    f"Migration file '{path}' is not named NNNN_slug.py.",
+                    hint="Rename it to digits, an underscore, then letters, digits or "
+                    "underscores (e.g. 0003_add_email_index.py).",
+                )
+            continue
+        migrations.append(_from_file(path, int(match.group("version")), package))
+    return migrations
+
+
+def _from_file(path: Path, version: int, package: str | None) -> Migration:
+    """Import one migration file and adapt it."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MigrationDefinitionError(
+            f"Cannot read migration file '{path}': {exc}", version=version
+        ) from exc
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise MigrationDefinitionError(
+            f"Syntax error in migration file '{path}', line {exc.lineno}: {exc.msg}",
+            version=version,
+            hint="Fix the file; nothing was run.",
+        ) from exc
+    module = _import_file(path, package)
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Migration)
+        and obj.__module__ == module.__name__
+        and obj is not ModuleMigration
+    ]
+    has_up = callable(getattr(module, "up", None))
+    if len(classes) > 1 or (classes and has_up):
+        found = [c.__name__ for c in classes] + (["up()"] if has_up else [])
+        raise MigrationDefinitionError(
+            f"Migration file '{path}' defines more than one migration: {', '.join(found)}.",
+            version=version,
+            hint="Keep one migration per file: either up(db)/down(db) functions or one "
+            "Migration subclass.",
+        )
+    if classes:
+        return _class_from_file(classes[0], module, path, version, source)
+    if not has_up:
+        raise MigrationDefinitionError(
+            f"Migration file '{path}' defines neither up(db) nor a Migration subclass.",
+            version=version,
+            hint="Add a function up(db) (and optionally down(db)).",
+        )
+    migration = ModuleMigration(module, version, origin=str(path), source=source)
+    _check_callables(migration, str(path))
+    return migration
+
+
+def _class_from_file(
+    cls: type[Migration], module: types.ModuleType, path: Path, version: int, source: str
+) -> Migration:
+    """Instantiate the one Migration subclass of a file; its version must match the prefix."""
+    try:
+        migration = cls()
+    except TypeError as exc:
+        raise MigrationDefinitionError(
+            f"Cannot instantiate {cls.__name__} in '{path}': {exc}", version=version
+        ) from exc
+    if migration.version is not None and migration.version != version:
+        raise MigrationDefinitionError(
+            f"Migration file '{path}' has prefix {version} but {cls.__name__}.version is "
+            f"{migration.version}.",
+            version=version,
+            hint="Make the file name's number and the class's version agree (or drop the "
+            "class's version: the prefix sets it).",
+        )
+    migration.version = version
+    if not migration.description:
+        doc = inspect.getdoc(module) or ""
+        migration.description = doc.strip().splitlines()[0] if doc.strip() else ""
+    # The checksum of a file covers the whole file: helpers it defines are part of it.
+    migration.__dict__["_checksum"] = source_checksum(source)
+    migration.origin = str(path)
+    return migration
+
+
+def _import_file(path: Path, package: str | None) -> types.ModuleType:
+    """Import a migration file (as a submodule of ``package`` when there is one)."""
+    if package is not None:
+        name = f"{package}.{path.stem}"
+        try:
+            return importlib.import_module(name)
+        except Exception as exc:
+            raise _import_error(str(path), exc) from exc
+    digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
+    name = f"_analytiq_migrations_{digest}.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise _import_error(str(path), exc) from exc
+    return module
+
+
+def _import_error(where: str, exc: BaseException) -> MigrationDefinitionError:
+    """The error for a migration that fails while importing."""
+    return MigrationDefinitionError(
+        f"Importing '{where}' failed: {type(exc).__name__}: {exc}",
+        hint="Fix the import error (run `python -c \"import ...\"` on it to see the "
+        "traceback); nothing was run.",
+    )
+
+
+def _check_callables(migration: Migration, where: str) -> None:
+    """Reject async up/down and migrations without an up."""
+    up = migration._up if isinstance(migration, ModuleMigration) else type(migration).up
+    down = migration._down if isinstance(migration, ModuleMigration) else type(migration).down
+    if up is Migration.up:
+        raise MigrationDefinitionError(
+            f"{where} does not implement up(db).",
+            version=migration.version,
+            hint="Define up(self, db) with the change to apply.",
+        )
+    for fn, label in ((up, "up"), (down, "down")):
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            raise MigrationDefinitionError(
+                f"{where}: {label}() is async; this library runs migrations synchronously "
+                "with pymongo.",
+                version=migration.version,
+                hint=f"Drop 'async'/'await' from {label}() and call pymongo directly "
+                "(db.users.update_many(...)).",
+            )
+
+
+def _checked(migrations: list[Migration]) -> list[Migration]:
+    """Versions are positive ints, unique; definitions complete. Sorted by version."""
+    seen: dict[int, Migration] = {}
+    for migration in migrations:
+        version = migration.version
+        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+            raise MigrationDefinitionError(
+                f"{migration.name} has version {version!r}; versions are positive integers.",
+                hint="Set version to 1 or more.",
+            )
+        if version in seen:
+            raise MigrationDefinitionError(
+                f"Duplicate version {version}: {seen[version].name} and {migration.name}.",
+                version=version,
+                hint="Give each migration its own version (the next free one is "
+                f"{max(seen) + 1 if seen else version + 1}).",
+            )
+        if migration.transactional not in (None, True, False):
+            raise MigrationDefinitionError(
+                f"{migration.name}: transactional must be None, True or False, not "
+                f"{migration.transactional!r}.",
+                version=version,
+            )
+        seen[version] = migration
+        if not isinstance(migration, ModuleMigration):
+            _check_callables(migration, migration.name)
+    return sorted(migrations, key=lambda m: int(m.version or 0))

@@ -1,0 +1,334 @@
+"""The migration lock: a lease with a TTL in the server's clock, renewed by a heartbeat.
+
+* Acquired in one atomic ``find_one_and_update`` with ``upsert``: a live lease of
+  someone else makes the upsert collide on ``_id`` (``DuplicateKeyError``), so two
+  processes can never both believe they hold it.
+* Expiry is written with ``$$NOW`` (server time) and compared against the server's time
+  as estimated from ``hello.localTime``, so a client with a wrong clock cannot steal a
+  live lease.
+* Inside a migration's transaction the lease is re-checked *by writing it*: a takeover
+  then conflicts with the transaction, so a run that lost its lease cannot commit.
+* Whoever takes over an expired lease first ends the previous holder's sessions
+  (``killSessions``): a transaction left open by a killed process would otherwise block
+  the documents it touched until the server reaps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from .errors import LockBusyError, LockLostError
+from .records import LockInfo, RunInfo
+from .retry import RetryPolicy
+
+log = logging.getLogger("analytiq_migrations")
+
+#: ``_id`` of the single lock document (the seed's lock uses the same one).
+LOCK_ID = "migration_lock"
+
+#: Renew at a third of the TTL: two renewals can fail (a blip, a slow election)
+#: before the lease runs out.
+HEARTBEAT_FRACTION = 1 / 3
+
+
+class ServerClock:
+    """The server's time, estimated from ``hello.localTime`` and the round trip."""
+
+    def __init__(self, db: Any) -> None:
+        self.offset = timedelta(0)
+        try:
+            sent = datetime.now(timezone.utc)
+            reply = db.client.admin.command("hello")
+            received = datetime.now(timezone.utc)
+        except (PyMongoError, AttributeError, NotImplementedError):
+            return  # no server clock to read (mongomock): trust ours
+        local_time = reply.get("localTime")
+        if isinstance(local_time, datetime):
+            if local_time.tzinfo is None:
+                local_time = local_time.replace(tzinfo=timezone.utc)
+            self.offset = local_time - (sent + (received - sent) / 2)
+
+    def now(self) -> datetime:
+        """Current server time (aware UTC)."""
+        return datetime.now(timezone.utc) + self.offset
+
+
+def describe(info: LockInfo) -> str:
+    """Who holds a lock and until when, for messages."""
+    who = info.holder or f"run {info.run_id or '?'}"
+    parts = [who]
+    if info.host or info.pid:
+        parts.append(f"(host {info.host or '?'}, pid {info.pid or '?'})")
+    if info.locked_at:
+        parts.append(f"since {info.locked_at.isoformat()}")
+    parts.append(f"until {info.expires_at.isoformat()}" if info.expires_at else "with no expiry")
+    return " ".join(parts)
+
+
+def read_lock(collection: Any) -> Optional[LockInfo]:
+    """The lock document, or ``None`` when nobody holds the lock."""
+    doc = collection.find_one({"_id": LOCK_ID})
+    if doc is None:
+        return None
+    doc.pop("_id", None)
+    try:
+        return LockInfo.model_validate(doc)
+    except ValueError:
+        # A foreign document: show what we can, never crash on it.
+        return LockInfo(holder=repr(doc)[:200])
+
+
+class Lease:
+    """This run's hold on the migration lock."""
+
+    def __init__(
+        self,
+        collection: Any,
+        run: RunInfo,
+        ttl: float,
+        clock: ServerClock,
+        policy: RetryPolicy,
+        *,
+        session_ids: Optional[list[Any]] = None,
+        server_time: bool = True,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("lock_ttl must be positive")
+        self.collection = collection
+        self.run = run
+        self.ttl = ttl
+        self.clock = clock
+        self.policy = policy
+        self.session_ids = session_ids or []
+        self.server_time = server_time
+        self.held = False
+        self.lost_reason: Optional[str] = None
+        self._deadline = 0.0  # time.monotonic() by which the lease surely still holds
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def holder(self) -> str:
+        """The seed-compatible ``holder`` string."""
+        return f"{self.run.user}@{self.run.host}:{self.run.pid}/{self.run.run_id}"
+
+    # -- acquire / release ---------------------------------------------------------------
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait`` seconds; raise ``LockBusyError`` if held."""
+        if wait <= 0:
+            self._try_acquire()
+        else:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(LockBusyError),
+                stop=stop_after_delay(wait),
+                wait=wait_exponential_jitter(initial=0.1, max=min(2.0, max(wait / 4, 0.1))),
+                reraise=True,
+            ):
+                with attempt:
+                    self._try_acquire()
+        self.held = True
+        self._start_heartbeat()
+
+    def _fields(self) -> dict[str, Any]:
+        """What the lock document says about us (besides the times)."""
+        return {
+            "holder": self.holder,
+            "host": self.run.host,
+            "pid": self.run.pid,
+            "run_id": self.run.run_id,
+            "user": self.run.user,
+            "tool_version": self.run.tool_version,
+            "session_ids": self.session_ids,
+        }
+
+    def _times_update(self, fields: dict[str, Any], *, first: bool) -> Any:
+        """An update setting ``fields`` plus times: server time via ``$$NOW`` when possible."""
+        ttl_ms = int(self.ttl * 1000)
+        if self.server_time:
+            times: dict[str, Any] = {
+                "heartbeat_at": "$$NOW",
+                "expires_at": {"$add": ["$$NOW", ttl_ms]},
+            }
+            if first:
+                times["locked_at"] = "$$NOW"
+            literal = {k: {"$literal": v} for k, v in fields.items()}
+            return [{"$set": {**literal, **times}}]
+        now = self.clock.now()
+        times = {"heartbeat_at": now, "expires_at": now + timedelta(milliseconds=ttl_ms)}
+        if first:
+            times["locked_at"] = now
+        return {"$set": {**fields, **times}}
+
+    def _try_acquire(self) -> None:
+        """One atomic attempt to take (or take over) the lock."""
+        started = time.monotonic()
+        query = {
+            "_id": LOCK_ID,
+            "$or": [{"expires_at": {"$lte": self.clock.now()}}, {"run_id": self.run.run_id}],
+        }
+        try:
+            previous = self.policy.call(
+                "acquire the migration lock",
+                lambda: self.collection.find_one_and_update(
+                    query,
+                    self._times_update(self._fields(), first=True),
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                ),
+            )
+        except DuplicateKeyError:
+            info = read_lock(self.collection)
+            if info is None:  # released between our two commands: try once more
+                return self._try_acquire()
+            raise LockBusyError(
+                f"The migration lock is held by {describe(info)}.",
+                hint="Wait for that run to finish, or wait for the lock with "
+                "lock_wait=SECONDS (--lock-wait). If that process is dead, the lock "
+                "expires on its own; to break it now: `analytiq-migrations unlock --force`.",
+            ) from None
+        self._deadline = started + self.ttl
+        if previous is not None and previous.get("run_id") != self.run.run_id:
+            self._take_over(previous)
+        log.info("Acquired the migration lock as %s (ttl %.0fs)", self.holder, self.ttl)
+
+    def _take_over(self, previous: dict[str, Any]) -> None:
+        """We replaced an expired lease: end the dead holder's sessions."""
+        log.warning(
+            "Took over an expired migration lock from %s (expired %s)",
+            previous.get("holder"),
+            previous.get("expires_at"),
+        )
+        kill_sessions(self.collection, previous.get("session_ids") or [])
+
+    def release(self) -> None:
+        """Give the lock back (only if we still hold it)."""
+        self._stop_heartbeat()
+        if not self.held:
+            return
+        self.held = False
+        try:
+            self.policy.call(
+                "release the migration lock",
+                lambda: self.collection.delete_one({"_id": LOCK_ID, "run_id": self.run.run_id}),
+            )
+        except PyMongoError as exc:
+            log.warning("Could not release the migration lock (it expires on its own): %s", exc)
+        else:
+            log.info("Released the migration lock")
+
+    # -- while held ----------------------------------------------------------------------
+
+    def check(self, session: Any = None) -> None:
+        """Prove we still hold the lease; inside a transaction, by writing it."""
+        if self.lost_reason:
+            raise self._lost()
+        if session is None or not session.in_transaction:
+            if time.monotonic() >= self._deadline:
+                self.renew()
+            return
+        ttl = timedelta(seconds=self.ttl)
+        now = self.clock.now()
+        result = self.collection.update_one(
+            {"_id": LOCK_ID, "run_id": self.run.run_id, "expires_at": {"$gt": now}},
+            {"$set": {"heartbeat_at": now, "expires_at": now + ttl}},
+            session=session,
+        )
+        if result.matched_count != 1:
+            self.lost_reason = "the lock document no longer names this run"
+            raise self._lost()
+
+    def renew(self) -> None:
+        """Extend the lease by one TTL; marks the lease lost if it is no longer ours."""
+        started = time.monotonic()
+        result = self.collection.update_one(
+            {"_id": LOCK_ID, "run_id": self.run.run_id},
+            self._times_update({}, first=False),
+        )
+        if result.matched_count != 1:
+            self.lost_reason = "another run took over the lock"
+            raise self._lost()
+        self._deadline = started + self.ttl
+
+    def _lost(self) -> LockLostError:
+        """The error for a lease that is gone."""
+        return LockLostError(
+            f"This run lost the migration lock: {self.lost_reason}.",
+            hint="Another process may be migrating now; nothing more is run by this one. "
+            "Check `status`, then run again. If this happens often, raise lock_ttl.",
+        )
+
+    def _start_heartbeat(self) -> None:
+        """Renew the lease in the background at a third of the TTL."""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._heartbeat, name="analytiq-migrations-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        """Stop renewing."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _heartbeat(self) -> None:
+        """Heartbeat loop: renew until stopped or lost."""
+        interval = self.ttl * HEARTBEAT_FRACTION
+        while not self._stop.wait(interval):
+            try:
+                self.renew()
+            except LockLostError:
+                log.error("Migration lock lost: %s", self.lost_reason)
+                return
+            except PyMongoError as exc:
+                log.warning("Could not renew the migration lock (will retry): %s", exc)
+                if time.monotonic() >= self._deadline:
+                    self.lost_reason = f"it could not be renewed before it expired ({exc})"
+                    log.error("Migration lock lost: %s", self.lost_reason)
+                    return
+
+
+def kill_sessions(collection: Any, session_ids: list[Any]) -> None:
+    """End sessions (and their open transactions) of a dead holder; best effort."""
+    if not session_ids:
+        return
+    try:
+        collection.database.client.admin.command("killSessions", session_ids)
+        log.info("Ended %d session(s) of the previous lock holder", len(session_ids))
+    except (OperationFailure, PyMongoError, AttributeError, NotImplementedError) as exc:
+        log.warning("Could not end the previous holder's sessions: %s", exc)
+
+
+def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: ServerClock) -> bool:
+    """Remove the lock document if allowed; returns True when something was removed."""
+    info = read_lock(collection)
+    if info is None:
+        return False
+    mine = run_id is not None and info.run_id == run_id
+    expired = info.expires_at is not None and info.expires_at <= clock.now()
+    if not (force or mine or expired):
+        raise LockBusyError(
+            f"The migration lock is held by {describe(info)}, which is not this process.",
+            hint="Only its holder releases a live lock. If that process is dead and you "
+            "cannot wait for the lock to expire: `analytiq-migrations unlock --force`.",
+        )
+    # Delete exactly the lease we looked at: if it changed hands meanwhile, leave it be.
+    removed = collection.delete_one({"_id": LOCK_ID, "run_id": info.run_id}).deleted_count
+    if not removed:
+        return break_lock(collection, run_id=run_id, force=force, clock=clock)
+    if force and not mine:
+        log.warning("Force-broke the migration lock held by %s", describe(info))
+        kill_sessions(collection, getattr(info, "session_ids", None) or [])
+    else:
+        log.info("Removed the migration lock held by %s", describe(info))
+    return True

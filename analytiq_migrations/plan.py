@@ -1,0 +1,376 @@
+"""Pure planning: from the code's migrations and the stored records to steps, rows, problems.
+
+Nothing here does I/O, so every rule about what runs, in which order, and what is
+refused can be read (and tested) in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Optional, Sequence, Union
+
+from .errors import (
+    ConfigurationError,
+    CorruptRecordError,
+    FailedMigrationError,
+    InterruptedMigrationError,
+    IrreversibleMigrationError,
+    OutOfOrderError,
+)
+from .migration import Migration
+from .records import (
+    APPLIED_STATUSES,
+    MigrationRecord,
+    Plan,
+    PlanStep,
+    Problem,
+    StatusRow,
+)
+
+Target = Union[int, str, None]
+UseTransaction = Callable[[Migration], bool]
+
+_RELATIVE = re.compile(r"^([+-])(\d+)$")
+
+
+def virtual_records(
+    migrations: Sequence[Migration], records: dict[int, MigrationRecord],
+    legacy_version: Optional[int],
+) -> dict[int, MigrationRecord]:
+    """Records as they are, or, for a seed-era database, as adoption will write them."""
+    if records or not legacy_version:
+        return dict(records)
+    adopted = {}
+    for migration in migrations:
+        version = int(migration.version or 0)
+        if version <= legacy_version:
+            adopted[version] = MigrationRecord(
+                version=version,
+                description=migration.summary(),
+                checksum=migration.checksum,
+                status="baselined",
+            )
+    if legacy_version not in adopted:
+        adopted[legacy_version] = MigrationRecord(
+            version=legacy_version, description="adopted from schema_version", status="baselined"
+        )
+    return adopted
+
+
+def current_version(records: dict[int, MigrationRecord]) -> int:
+    """Highest applied (or baselined) version; 0 when none."""
+    return max((v for v, r in records.items() if r.status in APPLIED_STATUSES), default=0)
+
+
+def resolve_target(
+    target: Target, migrations: Sequence[Migration], current: int, *, default_head: bool
+) -> int:
+    """A version from an int or ``head``/``base``/``+N``/``-N``/digits."""
+    versions = [int(m.version or 0) for m in migrations]
+    head = max(versions, default=0)
+    if target is None:
+        if default_head:
+            return head
+        raise ConfigurationError("A target version is needed.", hint="Pass a version or 'base'.")
+    if isinstance(target, bool):
+        raise ConfigurationError(f"Bad target {target!r}.")
+    if isinstance(target, int):
+        return target
+    text = str(target).strip().lower()
+    if text == "head":
+        return head
+    if text == "base":
+        return 0
+    if text.isdigit():
+        return int(text)
+    match = _RELATIVE.match(text)
+    if match:
+        ordered = sorted(set(versions) | {0})
+        steps = int(match.group(2))
+        below = [v for v in ordered if v <= current]
+        index = len(below) - 1
+        index = index + steps if match.group(1) == "+" else index - steps
+        if index < 0 or index >= len(ordered):
+            raise ConfigurationError(
+                f"Target {target} goes past the known versions "
+                f"({ordered[1] if len(ordered) > 1 else 0}..{head}) from current {current}.",
+                hint="Use a smaller step or an absolute version.",
+            )
+        return ordered[index]
+    raise ConfigurationError(
+        f"Bad target {target!r}.", hint="Use a version number, head, base, +N or -N."
+    )
+
+
+def _check_target(target: int, migrations: Sequence[Migration],
+                  records: dict[int, MigrationRecord]) -> None:
+    """A target must be 0 or a version the code or the database knows."""
+    known = {int(m.version or 0) for m in migrations} | set(records)
+    if target < 0 or (target and target not in known):
+        listed = ", ".join(str(v) for v in sorted(known)) or "none"
+        raise ConfigurationError(
+            f"Unknown target version {target}; known versions: {listed}.",
+            hint="Pick one of the known versions, or 0/base for none.",
+        )
+
+
+def _resumable(migration: Migration, record: MigrationRecord) -> bool:
+    """May an unfinished attempt be run again without an operator deciding?"""
+    return record.transactional or migration.idempotent or bool(record.progress)
+
+
+def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
+    """Raise the error for an attempt that stopped halfway and cannot be re-run."""
+    version = record.version
+    if record.status == "running" or (record.error and record.error.type == "Interrupted"):
+        raise InterruptedMigrationError(
+            f"Migration {version} ({record.description}) was interrupted during "
+            f"'{record.direction}' (run {record.run_id} on {record.host}, pid {record.pid}); "
+            "it is not transactional and not idempotent, so it may be half applied.",
+            version=version,
+            hint="Inspect the data, finish or undo the change by hand, then run "
+            "`analytiq-migrations repair --clear-failed` (repair(clear_failed=True)) so the "
+            "next run starts it afresh; or mark the migration idempotent if re-running is safe.",
+        )
+    message = record.error.message if record.error else "unknown error"
+    raise FailedMigrationError(
+        f"Migration {version} ({record.description}) failed during '{record.direction}' "
+        f"and is not transactional, so it may be half applied: {message}",
+        version=version,
+        hint="Inspect the data and fix the migration, then run `analytiq-migrations repair "
+        "--clear-failed` (repair(clear_failed=True)) to let the next run start it afresh; "
+        "or mark it idempotent if re-running is safe.",
+    )
+
+
+def _note(record: Optional[MigrationRecord]) -> Optional[str]:
+    """Why a step re-runs an earlier attempt."""
+    if record is None or record.status in ("rolled_back",):
+        return None
+    if record.status == "running":
+        return "resume from checkpoint" if record.progress else "re-run after interruption"
+    if record.status == "failed":
+        return "resume from checkpoint" if record.progress else "retry after failure"
+    return None
+
+
+def plan_upgrade(
+    migrations: Sequence[Migration],
+    records: dict[int, MigrationRecord],
+    target: int,
+    use_transaction: UseTransaction,
+    *,
+    allow_out_of_order: bool = False,
+) -> Plan:
+    """Steps to bring the database up to ``target`` (refusing unsafe states)."""
+    current = current_version(records)
+    _check_target(target, migrations, records)
+    if target < current:
+        raise ConfigurationError(
+            f"Target {target} is below the current version {current}.",
+            hint=f"Use downgrade({target}) (`analytiq-migrations down {target}`) to go back.",
+        )
+    steps = []
+    for migration in migrations:
+        version = int(migration.version or 0)
+        if version > target:
+            break
+        record = records.get(version)
+        if record is not None and record.status in APPLIED_STATUSES:
+            continue
+        if record is not None and record.status in ("running", "failed"):
+            if record.direction == "down" and record.transactional and record.status == "failed":
+                continue  # a failed transactional revert left the migration applied
+            if not _resumable(migration, record):
+                _refuse_unfinished(migration, record)
+        if version < current and not allow_out_of_order:
+            raise OutOfOrderError(
+                f"Migration {version} ({migration.summary()}) is pending but version "
+                f"{current} is already applied.",
+                version=version,
+                hint="Renumber the new migration above the current version, or allow it "
+                "explicitly with allow_out_of_order=True (--allow-out-of-order).",
+            )
+        steps.append(
+            PlanStep(
+                version=version,
+                direction="up",
+                description=migration.summary(),
+                transactional=use_transaction(migration),
+                note=_note(record),
+            )
+        )
+    return Plan(direction="up", current_version=current, target_version=target, steps=steps)
+
+
+def plan_downgrade(
+    migrations: Sequence[Migration],
+    records: dict[int, MigrationRecord],
+    target: int,
+    use_transaction: UseTransaction,
+) -> Plan:
+    """Steps to revert everything above ``target``, newest first; refuses irreversibles."""
+    current = current_version(records)
+    if target < 0:
+        raise ConfigurationError(f"Bad downgrade target {target}.", hint="Use 0 (base) or more.")
+    if target > current:
+        raise ConfigurationError(
+            f"Target {target} is above the current version {current}.",
+            hint=f"Use upgrade({target}) (`analytiq-migrations up {target}`) to go forward.",
+        )
+    by_version = {int(m.version or 0): m for m in migrations}
+    steps, blocked = [], []
+    for version in sorted(records, reverse=True):
+        record = records[version]
+        if version <= target or not _present(record):
+            continue
+        migration = by_version.get(version)
+        if migration is None or not migration.reversible:
+            why = "its code is gone" if migration is None else "it has no down()"
+            blocked.append(f"{version} ({record.description}: {why})")
+            continue
+        if record.status in ("running", "failed") and not _resumable(migration, record):
+            _refuse_unfinished(migration, record)
+        steps.append(
+            PlanStep(
+                version=version,
+                direction="down",
+                description=migration.summary(),
+                transactional=use_transaction(migration),
+                note=_note(record),
+            )
+        )
+    if blocked:
+        raise IrreversibleMigrationError(
+            f"Cannot downgrade to {target}: irreversible migration(s) in the way: "
+            f"{', '.join(blocked)}. Nothing was reverted.",
+            version=int(blocked[0].split()[0]),
+            hint="Downgrade only to a version above them, or add a down() to those "
+            "migrations.",
+        )
+    return Plan(direction="down", current_version=current, target_version=target, steps=steps)
+
+
+def _present(record: MigrationRecord) -> bool:
+    """Is this version's change (possibly partly) in the database?"""
+    if record.status in APPLIED_STATUSES:
+        return True
+    if record.status in ("running", "failed"):
+        # A transactional attempt that failed committed nothing: the state is what it
+        # was before it, i.e. applied for a revert, absent for an apply.
+        return not (record.transactional and record.direction == "up")
+    return False
+
+
+def status_rows(
+    migrations: Sequence[Migration],
+    records: dict[int, MigrationRecord],
+    live_run_id: Optional[str] = None,
+) -> list[StatusRow]:
+    """One row per version known to the code or the database, in version order."""
+    by_version = {int(m.version or 0): m for m in migrations}
+    rows = []
+    for version in sorted(set(by_version) | set(records)):
+        migration, record = by_version.get(version), records.get(version)
+        row = StatusRow(
+            version=version,
+            description=(record.description if record else "") or (
+                migration.summary() if migration else ""),
+            status="pending",
+        )
+        if migration is not None:
+            row.description = migration.summary()
+            row.transactional = migration.transactional
+            row.reversible = migration.reversible
+        if record is not None:
+            row.status = record.status
+            row.applied_at = record.applied_at
+            row.attempts = record.attempts
+            row.error = record.error
+            row.progress = record.progress
+            if record.status == "rolled_back":
+                row.status = "pending" if migration is not None else "rolled_back"
+            if record.status == "running" and record.run_id != live_run_id:
+                row.status = "interrupted"
+            if record.status in APPLIED_STATUSES:
+                if migration is None:
+                    row.status = "missing" if record.status == "applied" else "baselined"
+                elif record.checksum:
+                    row.checksum_ok = record.checksum == migration.checksum
+        rows.append(row)
+    return rows
+
+
+def find_problems(
+    migrations: Sequence[Migration],
+    records: dict[int, MigrationRecord],
+    corrupt: Sequence[CorruptRecordError] = (),
+    live_run_id: Optional[str] = None,
+) -> list[Problem]:
+    """Everything that makes the database and the code disagree."""
+    problems = [
+        Problem(kind="corrupt", version=e.version, message=e.message, hint=e.hint or "")
+        for e in corrupt
+    ]
+    by_version = {int(m.version or 0): m for m in migrations}
+    current = current_version(records)
+    for version in sorted(set(by_version) | set(records)):
+        migration, record = by_version.get(version), records.get(version)
+        if record is None or record.status == "rolled_back":
+            if migration is not None and version < current:
+                problems.append(Problem(
+                    kind="out_of_order", version=version,
+                    message=f"Migration {version} is pending below the current version "
+                    f"{current}.",
+                    hint="Renumber it above the current version, or apply it with "
+                    "allow_out_of_order=True (--allow-out-of-order).",
+                ))
+            continue
+        label = f"Migration {version} ({record.description})"
+        if record.status == "applied" and migration is None:
+            problems.append(Problem(
+                kind="missing", version=version,
+                message=f"{label} is applied but its code is gone.",
+                hint="Restore the migration file (deploying older code onto a newer database "
+                "does this), or leave it if it was deliberately squashed.",
+            ))
+        elif record.status in APPLIED_STATUSES and migration is not None and record.checksum \
+                and record.checksum != migration.checksum:
+            problems.append(Problem(
+                kind="checksum_drift", version=version,
+                message=f"{label} was changed after it was applied (checksum "
+                f"{record.checksum[:12]} stored, {migration.checksum[:12]} in code).",
+                hint="Revert the edit, or if it was deliberate and the database needs nothing "
+                "more, accept it: `analytiq-migrations repair --accept-checksums`.",
+            ))
+        elif record.status == "running":
+            if live_run_id is not None and record.run_id == live_run_id:
+                problems.append(Problem(
+                    kind="running", version=version,
+                    message=f"{label} is being applied right now (run {record.run_id}).",
+                    hint="Wait for the run to finish.",
+                ))
+            else:
+                problems.append(Problem(
+                    kind="interrupted", version=version,
+                    message=f"{label} was interrupted during '{record.direction}' (run "
+                    f"{record.run_id} on {record.host}, pid {record.pid}).",
+                    hint=_unfinished_hint(migration, record),
+                ))
+        elif record.status == "failed":
+            interrupted = record.error is not None and record.error.type == "Interrupted"
+            problems.append(Problem(
+                kind="interrupted" if interrupted else "failed", version=version,
+                message=f"{label} {'was interrupted' if interrupted else 'failed'} during "
+                f"'{record.direction}': {record.error.message if record.error else '?'}",
+                hint=_unfinished_hint(migration, record),
+            ))
+    return problems
+
+
+def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) -> str:
+    """What to do about an unfinished attempt."""
+    if migration is not None and _resumable(migration, record):
+        return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
+    return ("It may be half applied: inspect the data, then `analytiq-migrations repair "
+            "--clear-failed` (repair(clear_failed=True)) so the next run starts it afresh.")

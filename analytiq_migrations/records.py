@@ -1,0 +1,261 @@
+"""Data shapes: what is stored (records, history) and what methods return (plans, reports).
+
+Everything here is plain pydantic: no I/O. Stored documents are validated on the way in,
+so a hand-edited or corrupted record is reported by name instead of crashing a run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Iterator, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import CorruptRecordError
+
+RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined"]
+HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined"]
+Direction = Literal["up", "down"]
+RowStatus = Literal[
+    "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing"
+]
+
+def _as_utc(value: datetime) -> datetime:
+    """BSON datetimes come back naive but are UTC: make that explicit."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+#: A datetime that is always timezone-aware UTC.
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+#: Statuses that count a version as present in the database.
+APPLIED_STATUSES = frozenset({"applied", "baselined"})
+
+
+class ErrorInfo(BaseModel):
+    """The error stored with a failed attempt: exception type and message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    message: str
+
+
+class RunInfo(BaseModel):
+    """Who is running: stored on records, history entries and the lock."""
+
+    run_id: str
+    host: str
+    pid: int
+    user: str
+    tool_version: str
+
+
+class MigrationRecord(BaseModel):
+    """One document per version in the ``migrations`` collection (``_id`` = version)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = Field(gt=0)
+    description: str = ""
+    checksum: Optional[str] = None
+    status: RecordStatus
+    direction: Direction = "up"
+    applied_at: Optional[UTCDateTime] = None
+    started_at: Optional[UTCDateTime] = None
+    finished_at: Optional[UTCDateTime] = None
+    duration_ms: Optional[int] = None
+    run_id: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    user: Optional[str] = None
+    tool_version: Optional[str] = None
+    transactional: bool = False
+    attempts: int = 0
+    error: Optional[ErrorInfo] = None
+    progress: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], collection: str) -> MigrationRecord:
+        """Validate a stored document; a malformed one raises ``CorruptRecordError``."""
+        body = {k: v for k, v in doc.items() if k != "_id"}
+        try:
+            record = cls.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "document"
+            raise CorruptRecordError(
+                f"Record {doc.get('_id')!r} in collection '{collection}' is malformed: "
+                f"{where}: {first['msg']}",
+                version=doc.get("_id") if isinstance(doc.get("_id"), int) else None,
+                hint=f"Fix or delete the document {{_id: {doc.get('_id')!r}}} in '{collection}' "
+                "(the history collection still has every attempt), then run validate again.",
+            ) from None
+        if doc.get("_id") != record.version:
+            raise CorruptRecordError(
+                f"Record {doc.get('_id')!r} in collection '{collection}' says version "
+                f"{record.version}; _id and version must be equal.",
+                version=record.version,
+                hint=f"Fix the document's _id or version field in '{collection}'.",
+            )
+        return record
+
+
+class HistoryEntry(BaseModel):
+    """One attempt, in either direction, in the append-only ``migrations_history``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int
+    description: str = ""
+    checksum: Optional[str] = None
+    status: HistoryStatus
+    direction: Direction = "up"
+    started_at: Optional[UTCDateTime] = None
+    finished_at: Optional[UTCDateTime] = None
+    duration_ms: Optional[int] = None
+    run_id: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    user: Optional[str] = None
+    tool_version: Optional[str] = None
+    transactional: bool = False
+    attempt: int = 1
+    error: Optional[ErrorInfo] = None
+
+
+class PlanStep(BaseModel):
+    """One migration to run, in one direction."""
+
+    version: int
+    direction: Direction
+    description: str
+    transactional: bool
+    #: Why this step is there when it is not a plain pending migration
+    #: ("resume", "retry after failure", "re-run after interruption").
+    note: Optional[str] = None
+
+
+class Plan(BaseModel):
+    """What ``upgrade``/``downgrade`` would do, in order. Computing it writes nothing."""
+
+    direction: Direction
+    current_version: int
+    target_version: int
+    steps: list[PlanStep] = Field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[PlanStep]:  # type: ignore[override]
+        return iter(self.steps)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def versions(self) -> list[int]:
+        """The versions the plan touches, in execution order."""
+        return [s.version for s in self.steps]
+
+
+class StepResult(BaseModel):
+    """How one step of a run ended."""
+
+    version: int
+    direction: Direction
+    description: str
+    status: HistoryStatus
+    transactional: bool
+    duration_ms: int
+    attempts: int = 1
+    error: Optional[ErrorInfo] = None
+
+
+class RunReport(BaseModel):
+    """What ``upgrade``/``downgrade`` did."""
+
+    run_id: str
+    direction: Direction
+    start_version: int
+    end_version: int
+    started_at: UTCDateTime
+    finished_at: UTCDateTime
+    steps: list[StepResult] = Field(default_factory=list)
+
+    @property
+    def versions(self) -> list[int]:
+        """Versions that completed in this run, in order."""
+        return [s.version for s in self.steps if s.status != "failed"]
+
+    @property
+    def changed(self) -> bool:
+        """True when the run applied or reverted anything."""
+        return bool(self.versions)
+
+
+class StatusRow(BaseModel):
+    """One line of ``status()``: a version known to the code, the database, or both."""
+
+    version: int
+    description: str
+    status: RowStatus
+    applied_at: Optional[UTCDateTime] = None
+    checksum_ok: Optional[bool] = None
+    transactional: Optional[bool] = None
+    reversible: Optional[bool] = None
+    attempts: int = 0
+    error: Optional[ErrorInfo] = None
+    progress: Optional[dict[str, Any]] = None
+
+
+ProblemKind = Literal[
+    "checksum_drift", "missing", "out_of_order", "interrupted", "failed", "corrupt", "running"
+]
+
+
+class Problem(BaseModel):
+    """One thing ``validate()`` found wrong, with what to do about it."""
+
+    kind: ProblemKind
+    version: Optional[int]
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"{self.message} -> {self.hint}"
+
+
+class LockInfo(BaseModel):
+    """The lock document as stored (``_id: "migration_lock"``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    holder: Optional[str] = None
+    locked_at: Optional[UTCDateTime] = None
+    expires_at: Optional[UTCDateTime] = None
+    heartbeat_at: Optional[UTCDateTime] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    run_id: Optional[str] = None
+
+
+class ProgressEvent(BaseModel):
+    """A progress report from a long-running step (``batch_update``)."""
+
+    version: int
+    collection: str
+    matched: int
+    modified: int
+    batches: int
+    elapsed_s: float
+    total: Optional[int] = None
+    done: bool = False
+
+
+class RepairAction(BaseModel):
+    """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
+
+    version: int
+    action: Literal["accept_checksum", "clear_failed"]
+    detail: str

@@ -1,0 +1,142 @@
+"""Bounded retries of transient server errors, and the transaction loop built on them.
+
+One budget (:class:`RetryPolicy`) covers everything: bookkeeping writes, whole
+transactions (``TransientTransactionError``) and commits
+(``UnknownTransactionCommitResult``). The transaction loop is ours rather than
+``ClientSession.with_transaction`` so that no error is retried twice over by two
+nested loops, and so that every retry is logged with its cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+from pymongo.errors import ConnectionFailure, NotPrimaryError, OperationFailure, PyMongoError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger("analytiq_migrations")
+
+T = TypeVar("T")
+
+#: Server error codes that mean "try again shortly" (step-downs, elections, shutdowns,
+#: network-level failures): the set pymongo's own retryable-writes logic uses.
+TRANSIENT_CODES = frozenset(
+    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 134}
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before a transient error becomes the caller's problem."""
+
+    #: 5 attempts ride out a primary election (typically 2-12 s) with the waits below,
+    #: yet a dead server still fails the run in well under a minute.
+    attempts: int = 5
+    #: Wall-clock ceiling across all attempts of one operation; kept below the lock
+    #: TTL's default of 60 s so a stuck retry cannot outlive the lease it runs under.
+    seconds: float = 30.0
+    #: First wait, doubled per attempt up to ``max_wait`` (with jitter so that many
+    #: pods retrying the same failover do not hit the new primary in lockstep).
+    initial_wait: float = 0.2
+    max_wait: float = 5.0
+
+    def retrying(self, what: str, predicate: Callable[[BaseException], bool]) -> Retrying:
+        """A tenacity ``Retrying`` for ``what`` that retries exceptions ``predicate`` accepts."""
+        return Retrying(
+            retry=retry_if_exception(predicate),
+            stop=stop_after_attempt(max(1, self.attempts)) | stop_after_delay(self.seconds),
+            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+            before_sleep=_log_retry(what),
+            reraise=True,
+        )
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying transient errors within this budget."""
+        return self.retrying(what, is_transient)(fn)
+
+
+#: No retries at all: for tests and for callers who retry at a higher level.
+NO_RETRY = RetryPolicy(attempts=1, seconds=0.0)
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    """A tenacity ``before_sleep`` hook that logs the cause of each retry."""
+
+    def hook(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s: transient error (attempt %d), retrying in %.2fs: %s: %s",
+            what,
+            state.attempt_number,
+            wait,
+            type(exc).__name__,
+            exc,
+        )
+
+    return hook
+
+
+def has_label(exc: BaseException, label: str) -> bool:
+    """True when ``exc`` is a pymongo error carrying ``label``."""
+    return isinstance(exc, PyMongoError) and exc.has_error_label(label)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors where the same request may succeed if sent again."""
+    if isinstance(exc, (ConnectionFailure, NotPrimaryError)):
+        return True
+    if has_label(exc, "RetryableWriteError") or has_label(exc, "TransientTransactionError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in TRANSIENT_CODES
+
+
+def is_transient_transaction(exc: BaseException) -> bool:
+    """True when the whole transaction should be run again."""
+    return has_label(exc, "TransientTransactionError")
+
+
+def run_transaction(
+    session: Any,
+    body: Callable[[Any], T],
+    policy: RetryPolicy,
+    what: str,
+    *,
+    options: Optional[dict[str, Any]] = None,
+) -> T:
+    """Run ``body(session)`` in a transaction and commit; retry transient failures."""
+
+    def attempt() -> T:
+        session.start_transaction(**(options or {}))
+        try:
+            result = body(session)
+        except BaseException:
+            if session.in_transaction:
+                _abort_quietly(session)
+            raise
+        policy.retrying(f"{what}: commit", _unknown_commit)(session.commit_transaction)
+        return result
+
+    return policy.retrying(what, is_transient_transaction)(attempt)
+
+
+def _unknown_commit(exc: BaseException) -> bool:
+    """The commit may or may not have happened: committing again is safe."""
+    return has_label(exc, "UnknownTransactionCommitResult")
+
+
+def _abort_quietly(session: Any) -> None:
+    """Abort, ignoring errors: the server discards an unfinished transaction anyway."""
+    try:
+        session.abort_transaction()
+    except PyMongoError as exc:  # pragma: no cover - pymongo already swallows most
+        log.debug("abortTransaction failed (ignored): %s", exc)

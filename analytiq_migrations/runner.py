@@ -1,0 +1,811 @@
+"""``Migrator``: plan, apply and revert migrations under the lock; report, never print."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
+
+import pymongo
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.errors import (
+    ConnectionFailure,
+    InvalidName,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+
+from . import __version__
+from .errors import (
+    ChecksumDriftError,
+    ConfigurationError,
+    ConnectionFailedError,
+    LockLostError,
+    MigrationError,
+    MigrationFailedError,
+    TransactionsUnsupportedError,
+    redact,
+)
+from .loader import MigrationSource, load_migrations
+from .lock import Lease, ServerClock, break_lock, read_lock
+from .migration import Migration, RunContext
+from .plan import (
+    Target,
+    current_version,
+    find_problems,
+    plan_downgrade,
+    plan_upgrade,
+    resolve_target,
+    status_rows,
+    virtual_records,
+)
+from .records import (
+    APPLIED_STATUSES,
+    ErrorInfo,
+    HistoryEntry,
+    MigrationRecord,
+    Plan,
+    PlanStep,
+    Problem,
+    ProgressEvent,
+    RepairAction,
+    RunInfo,
+    RunReport,
+    StatusRow,
+    StepResult,
+)
+from .retry import RetryPolicy, run_transaction
+from .store import DatabaseState, Store, utcnow
+
+log = logging.getLogger("analytiq_migrations")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Server selection timeout for clients this library creates from a URI: long enough
+#: for a replica-set election (~12 s worst case on defaults), short enough that a cron
+#: job pointed at a dead host fails within a minute instead of hanging.
+SERVER_SELECTION_TIMEOUT_MS = 15_000
+
+TRANSACTION_MODES = ("auto", "always", "never")
+DRIFT_MODES = ("error", "warn", "ignore")
+
+ClientOrDb = Union[str, "pymongo.MongoClient[Any]", "Database[Any]", Any]
+
+
+def _translate_errors(method: F) -> F:
+    """Turn driver errors escaping a public method into ``MigrationError`` subclasses."""
+
+    @functools.wraps(method)
+    def wrapper(self: Migrator, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except MigrationError:
+            raise
+        except PyMongoError as exc:
+            raise self._driver_error(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Migrator:
+    """Applies a set of migrations to one database, safely, from any number of processes."""
+
+    def __init__(
+        self,
+        client_or_db: ClientOrDb,
+        migrations: MigrationSource,
+        database: Optional[str] = None,
+        collection: str = "migrations",
+        transactions: str = "auto",
+        lock_ttl: float = 60.0,
+        lock_wait: float = 0.0,
+        on_drift: str = "error",
+        *,
+        allow_out_of_order: bool = False,
+        retry: Optional[RetryPolicy] = None,
+        progress: Optional[Callable[[ProgressEvent], None]] = None,
+    ) -> None:
+        if transactions not in TRANSACTION_MODES:
+            raise ConfigurationError(
+                f"transactions={transactions!r} is not one of {', '.join(TRANSACTION_MODES)}."
+            )
+        if on_drift not in DRIFT_MODES:
+            raise ConfigurationError(
+                f"on_drift={on_drift!r} is not one of {', '.join(DRIFT_MODES)}."
+            )
+        if not lock_ttl or lock_ttl <= 0:
+            raise ConfigurationError(
+                f"lock_ttl must be a positive number of seconds, not {lock_ttl!r}."
+            )
+        if lock_wait is None or lock_wait < 0:
+            raise ConfigurationError(f"lock_wait must be 0 or more seconds, not {lock_wait!r}.")
+        if not collection or "$" in collection or collection.startswith("system."):
+            raise ConfigurationError(f"Bad collection name {collection!r}.")
+        self._owns_client = isinstance(client_or_db, str)
+        self.db = _resolve_database(client_or_db, database)
+        self.client = self.db.client
+        self.migrations: list[Migration] = load_migrations(migrations)
+        self.transactions = transactions
+        self.lock_ttl = float(lock_ttl)
+        self.lock_wait = float(lock_wait)
+        self.on_drift = on_drift
+        self.allow_out_of_order = allow_out_of_order
+        self.retry = retry or RetryPolicy()
+        self.progress = progress
+        self.store = Store(self.db, collection, self.retry)
+        lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
+        self.lock_collection = self.db[lock_name]
+        self._by_version = {int(m.version or 0): m for m in self.migrations}
+        self._run_id: Optional[str] = None  # set while this object runs upgrade/downgrade
+
+    # -- context management ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client if this Migrator created it from a URI."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> Migrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- read-only questions -----------------------------------------------------------------
+
+    @_translate_errors
+    def plan(self, target: Target = None) -> Plan:
+        """What ``upgrade(target)`` (or a downgrade, for a lower target) would do."""
+        state = self._load()
+        records = self._records(state)
+        current = current_version(records)
+        resolved = resolve_target(target, self.migrations, current, default_head=True)
+        if resolved < current:
+            return plan_downgrade(self.migrations, records, resolved, self._use_transaction)
+        return plan_upgrade(
+            self.migrations, records, resolved, self._use_transaction,
+            allow_out_of_order=self.allow_out_of_order,
+        )
+
+    @_translate_errors
+    def status(self) -> list[StatusRow]:
+        """One row per version in the code or the database, pending ones included."""
+        state = self._load()
+        return status_rows(self.migrations, self._records(state), self._live_run_id())
+
+    @_translate_errors
+    def current_version(self) -> int:
+        """Highest applied (or baselined) version; 0 when none."""
+        return current_version(self._records(self._load()))
+
+    @_translate_errors
+    def history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
+        """Audit entries, newest first."""
+        return self.store.read_history(version, limit)
+
+    @_translate_errors
+    def validate(self) -> list[Problem]:
+        """Everything wrong between the code and the database; empty when healthy."""
+        state = self._load()
+        return find_problems(
+            self.migrations, self._records(state), state.corrupt, self._live_run_id()
+        )
+
+    # -- changes -------------------------------------------------------------------------------
+
+    @_translate_errors
+    def upgrade(self, target: Target = None) -> RunReport:
+        """Apply pending migrations up to ``target`` (default: the latest)."""
+        return self._migrate("up", target)
+
+    @_translate_errors
+    def downgrade(self, target: Target) -> RunReport:
+        """Revert applied migrations above ``target`` (0 reverts all)."""
+        return self._migrate("down", target)
+
+    @_translate_errors
+    def repair(
+        self, accept_checksums: bool = False, clear_failed: bool = False
+    ) -> list[RepairAction]:
+        """Explicit fixes: accept edited checksums, forget failed/interrupted attempts."""
+        run = self._new_run()
+        actions: list[RepairAction] = []
+        with self._locked(run):
+            state = self._load()
+            self._raise_corrupt(state)
+            for version, record in sorted(self._records(state).items()):
+                migration = self._by_version.get(version)
+                note = {"at": utcnow(), **run.model_dump()}
+                if accept_checksums and migration is not None and record.checksum and \
+                        record.status in APPLIED_STATUSES and record.checksum != migration.checksum:
+                    detail = f"checksum {record.checksum[:12]} -> {migration.checksum[:12]}"
+                    self.store.note_repair(version, {"checksum": migration.checksum}, {
+                        **note, "action": "accept_checksum", "old": record.checksum,
+                        "new": migration.checksum})
+                    actions.append(RepairAction(version=version, action="accept_checksum",
+                                                detail=detail))
+                if clear_failed and record.status in ("failed", "running"):
+                    back = "applied" if record.direction == "down" else "rolled_back"
+                    detail = (f"{record.status} '{record.direction}' cleared: version is now "
+                              f"{'applied' if back == 'applied' else 'pending'}")
+                    self.store.note_repair(version, {
+                        "status": back, "error": None, "progress": None}, {
+                        **note, "action": "clear_failed", "was": record.status,
+                        "direction": record.direction,
+                        "error": record.error.model_dump() if record.error else None})
+                    actions.append(RepairAction(version=version, action="clear_failed",
+                                                detail=detail))
+        for action in actions:
+            log.warning("repair: version %d: %s", action.version, action.detail)
+        return actions
+
+    @_translate_errors
+    def baseline(self, version: int) -> RunReport:
+        """Mark 1..``version`` applied without running them (adopt an existing database)."""
+        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+            raise ConfigurationError(f"baseline needs a positive version, not {version!r}.")
+        run = self._new_run()
+        started = utcnow()
+        steps: list[StepResult] = []
+        with self._locked(run):
+            state = self._load()
+            self._raise_corrupt(state)
+            if state.adoptable:
+                self._adopt(state, run)
+                state = self._load()
+            records = state.records
+            start = current_version(records)
+            if start > version:
+                raise ConfigurationError(
+                    f"The database is already at version {start}, above {version}.",
+                    hint="baseline only marks versions that were never applied; use "
+                    f"downgrade({version}) to go back.",
+                )
+            versions = [v for v in self._by_version if v <= version]
+            if version not in self._by_version:
+                versions.append(version)
+            for v in sorted(versions):
+                record = records.get(v)
+                if record is not None and record.status in APPLIED_STATUSES:
+                    continue
+                migration = self._by_version.get(v)
+                self._write_baselined(v, migration, run, "baseline")
+                steps.append(StepResult(
+                    version=v, direction="up", status="baselined", transactional=False,
+                    duration_ms=0,
+                    description=migration.summary() if migration else f"baseline {v}"))
+            if state.legacy_version is not None:
+                self.store.set_legacy(version)
+        return RunReport(run_id=run.run_id, direction="up", start_version=start,
+                         end_version=max(start, version), started_at=started,
+                         finished_at=utcnow(), steps=steps)
+
+    @_translate_errors
+    def unlock(self, force: bool = False) -> bool:
+        """Release the lock; ``force=True`` breaks anyone's. True when a lock was removed."""
+        return break_lock(
+            self.lock_collection, run_id=self._run_id, force=force, clock=ServerClock(self.db)
+        )
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _migrate(self, direction: str, target: Target) -> RunReport:
+        """Shared body of upgrade/downgrade."""
+        run = self._new_run()
+        started = utcnow()
+        state = self._load()
+        self._check_transactions_possible()
+        self._raise_corrupt(state)
+        records = self._records(state)
+        current = current_version(records)
+        resolved = resolve_target(target, self.migrations, current, default_head=direction == "up")
+        try:
+            plan = self._plan(direction, records, resolved)
+        except MigrationError:
+            plan = None  # unfinished attempts: decided again under the lock, where it is safe
+        if plan is not None and not plan.steps:
+            log.info("Nothing to do: database at version %d", current)
+            return RunReport(run_id=run.run_id, direction=direction, start_version=current,  # type: ignore[arg-type]
+                             end_version=current, started_at=started, finished_at=utcnow())
+        steps: list[StepResult] = []
+        with self._locked(run) as (lease, session):
+            state = self._load()
+            self._raise_corrupt(state)
+            if state.adoptable:
+                self._adopt(state, run)
+                state = self._load()
+            self._settle_interrupted(state.records, run)
+            records = state.records
+            start = current_version(records)
+            plan = self._plan(direction, records, resolved)
+            for step in plan.steps:
+                result = self._apply(step, records, state, lease, session, run)
+                steps.append(result)
+        end = current_version(records)
+        log.info("Database now at version %d (was %d)", end, start)
+        return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]
+                         end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
+
+    def _plan(self, direction: str, records: dict[int, MigrationRecord], target: int) -> Plan:
+        """Check drift, then plan in ``direction``."""
+        self._check_drift(records)
+        if direction == "up":
+            return plan_upgrade(self.migrations, records, target, self._use_transaction,
+                                allow_out_of_order=self.allow_out_of_order)
+        return plan_downgrade(self.migrations, records, target, self._use_transaction)
+
+    def _apply(
+        self,
+        step: PlanStep,
+        records: dict[int, MigrationRecord],
+        state: DatabaseState,
+        lease: Lease,
+        session: Any,
+        run: RunInfo,
+    ) -> StepResult:
+        """Run one step and record its outcome; raises ``MigrationFailedError`` on failure."""
+        migration = self._by_version[step.version]
+        previous = records.get(step.version)
+        # attempts counts tries at the current transition; a finished one starts afresh.
+        unfinished = previous is not None and previous.status in ("failed", "running")
+        attempts = (previous.attempts if previous and unfinished else 0) + 1
+        resume = previous.progress if previous and previous.direction == step.direction else None
+        started = utcnow()
+        clock = time.monotonic()
+        lease.check()
+        log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
+                 " in a transaction" if step.transactional else "")
+        self.store.start(
+            version=step.version, description=step.description, checksum=migration.checksum,
+            direction=step.direction, run=run, transactional=step.transactional,
+            attempts=attempts, started_at=started, progress=resume,
+        )
+        base = {
+            "version": step.version, "description": step.description,
+            "checksum": migration.checksum, "direction": step.direction,
+            "transactional": step.transactional, **run.model_dump(),
+        }
+
+        def outcome_fields(status: str, error: Optional[ErrorInfo]) -> tuple[dict[str, Any], Any]:
+            finished = utcnow()
+            duration = int((time.monotonic() - clock) * 1000)
+            fields: dict[str, Any] = {
+                "status": status, "finished_at": finished, "duration_ms": duration,
+                "error": error.model_dump() if error else None, "attempts": attempts,
+            }
+            if status == "applied":
+                fields.update(applied_at=finished, progress=None)
+            elif status == "rolled_back":
+                fields.update(progress=None)
+            entry = HistoryEntry(**{**base, "status": status, "started_at": started,
+                                    "finished_at": finished, "duration_ms": duration,
+                                    "attempt": attempts, "error": error})
+            return fields, entry
+
+        success = "applied" if step.direction == "up" else "rolled_back"
+        legacy = state.legacy_version is not None
+
+        def record_success(txn_session: Any) -> dict[str, Any]:
+            fields, entry = outcome_fields(success, None)
+            self.store.finish(step.version, fields, session=txn_session,
+                              unset_applied_at=success == "rolled_back")
+            self.store.append_history(entry, session=txn_session)
+            if legacy:
+                after = dict(records)
+                after[step.version] = MigrationRecord(
+                    version=step.version,
+                    status="applied" if success == "applied" else "rolled_back",
+                )
+                self.store.set_legacy(current_version(after), session=txn_session)
+            return fields
+
+        def body(txn_session: Any) -> dict[str, Any]:
+            lease.check(txn_session)
+            self._call(migration, step, txn_session)
+            return record_success(txn_session)
+
+        migration._context = self._context(step, migration, resume, session, lease)
+        migration.session = session
+        try:
+            if step.transactional:
+                fields = run_transaction(session, body, self.retry,
+                                         f"migration {step.version} ({step.direction})")
+            else:
+                self._call(migration, step, session)
+                fields = record_success(None)
+        except LockLostError:
+            raise  # someone else owns the run now: writing our record could clobber theirs
+        except Exception as exc:
+            error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
+            fields, entry = outcome_fields("failed", error)
+            fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
+            self.store.finish(step.version, fields)
+            self.store.append_history(entry)
+            records[step.version] = _merge(previous, step, fields, migration)
+            if isinstance(exc, MigrationError):
+                raise  # already says what happened and what to do
+            raise MigrationFailedError(
+                f"Migration {step.version} ({step.description}) failed during "
+                f"'{step.direction}': {error.type}: {error.message}",
+                version=step.version,
+                hint=("The transaction was rolled back: nothing of it was written. Fix the "
+                      "migration and run again." if step.transactional else
+                      "It ran without a transaction and may be half applied: inspect the "
+                      "data, fix the migration, then `repair --clear-failed` (or make it "
+                      "idempotent) and run again."),
+            ) from exc
+        finally:
+            migration._context = None
+            migration.session = None
+        records[step.version] = _merge(previous, step, fields, migration)
+        log.info("Migration %d %s in %d ms", step.version, success, fields["duration_ms"])
+        return StepResult(version=step.version, direction=step.direction,
+                          description=step.description, status=success,  # type: ignore[arg-type]
+                          transactional=step.transactional, duration_ms=fields["duration_ms"],
+                          attempts=attempts)
+
+    def _call(self, migration: Migration, step: PlanStep, session: Any) -> None:
+        """Run ``up``/``down`` with the session bound; ``False`` or odd returns fail."""
+        fn = migration.up if step.direction == "up" else migration.down
+        binding = session.bind(end_session=False) if session is not None else \
+            contextlib.nullcontext()
+        with binding:
+            result = fn(self.db)
+        if result is False:
+            raise MigrationFailedError(
+                f"Migration {step.version} {step.direction}() returned False.",
+                version=step.version,
+            )
+        if result is not None and result is not True:
+            raise MigrationFailedError(
+                f"Migration {step.version} {step.direction}() returned {type(result).__name__} "
+                f"{redact(repr(result))[:100]}; it must return None, True or False.",
+                version=step.version,
+                hint="Return nothing on success; raise (or return False) on failure.",
+            )
+
+    def _context(self, step: PlanStep, migration: Migration, resume: Optional[dict[str, Any]],
+                 session: Any, lease: Lease) -> RunContext:
+        """What ``batch_update`` and friends may use during this step."""
+        # Batches bring their own small transactions wherever transactions are possible.
+        txn_possible = (session is not None and self.transactions != "never"
+                        and self._transactions_available())
+
+        def in_own_transaction(fn: Callable[[Any], Any]) -> Any:
+            if not txn_possible:
+                lease.check()
+                return fn(None)
+
+            def body(txn_session: Any) -> Any:
+                lease.check(txn_session)
+                return fn(txn_session)
+
+            return run_transaction(session, body, self.retry, f"migration {step.version} batch")
+
+        def save(progress: dict[str, Any], txn_session: Any = None) -> None:
+            self.store.save_progress(step.version, progress, txn_session)
+
+        return RunContext(
+            version=step.version, direction=step.direction, db=self.db, session=session,
+            in_transaction=step.transactional, progress=resume, save_progress=save,
+            run_in_transaction=in_own_transaction,
+            report=self.progress or (lambda event: None),
+            wants_progress=self.progress is not None,
+        )
+
+    # -- bookkeeping helpers ---------------------------------------------------------------------
+
+    def _new_run(self) -> RunInfo:
+        """Identity of this run, stored on everything it writes."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError, ImportError):
+            user = "unknown"
+        run = RunInfo(run_id=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                      user=user, tool_version=__version__)
+        return run
+
+    @contextlib.contextmanager
+    def _locked(self, run: RunInfo) -> Iterator[tuple[Lease, Any]]:
+        """Hold the lock (and a session whose id the lease records) for the block."""
+        session = self._start_session()
+        session_ids = [session.session_id] if session is not None else []
+        lease = Lease(self.lock_collection, run, self.lock_ttl, ServerClock(self.db), self.retry,
+                      session_ids=session_ids, server_time=self._is_real_client())
+        try:
+            lease.acquire(self.lock_wait)
+            self._run_id = run.run_id
+            try:
+                yield lease, session
+            finally:
+                self._run_id = None
+                lease.release()
+        finally:
+            if session is not None:
+                session.end_session()
+
+    def _start_session(self) -> Any:
+        """A session for the run, or ``None`` where sessions don't exist (mongomock)."""
+        if not self._is_real_client():
+            return None
+        try:
+            return self.client.start_session(causal_consistency=True)
+        except (PyMongoConfigurationError, NotImplementedError):
+            return None
+
+    def _load(self) -> DatabaseState:
+        """Read the records."""
+        return self.store.load()
+
+    def _records(self, state: DatabaseState) -> dict[int, MigrationRecord]:
+        """Records, with a seed-era database's adoption applied virtually."""
+        return virtual_records(self.migrations, state.records, state.legacy_version)
+
+    def _raise_corrupt(self, state: DatabaseState) -> None:
+        """Refuse to act on a database with malformed records."""
+        if state.corrupt:
+            raise state.corrupt[0]
+
+    def _live_run_id(self) -> Optional[str]:
+        """``run_id`` of the current, unexpired lock holder (``None`` if none)."""
+        info = read_lock(self.lock_collection)
+        if info is None or info.expires_at is None:
+            return info.run_id if info else None
+        return info.run_id if info.expires_at > utcnow() else None
+
+    def _check_drift(self, records: dict[int, MigrationRecord]) -> None:
+        """Stop (or warn) when applied migrations' code changed."""
+        if self.on_drift == "ignore":
+            return
+        drifted = [p for p in find_problems(self.migrations, records) if p.kind == "checksum_drift"]
+        if not drifted:
+            return
+        if self.on_drift == "warn":
+            for problem in drifted:
+                log.warning("%s", problem)
+            return
+        versions = ", ".join(str(p.version) for p in drifted)
+        raise ChecksumDriftError(
+            f"Applied migration(s) {versions} changed since they were applied: "
+            + "; ".join(p.message for p in drifted),
+            version=drifted[0].version,
+            hint="Revert the edits, or accept them with `analytiq-migrations repair "
+            "--accept-checksums` (repair(accept_checksums=True)), or run with on_drift='warn'.",
+        )
+
+    def _adopt(self, state: DatabaseState, run: RunInfo) -> None:
+        """Turn the seed's ``schema_version`` into baselined per-version records."""
+        legacy = int(state.legacy_version or 0)
+        log.warning("Adopting a database at legacy schema_version %d: versions up to it are "
+                    "marked baselined", legacy)
+        for version, record in sorted(virtual_records(self.migrations, {}, legacy).items()):
+            self._write_baselined(version, self._by_version.get(version), run,
+                                  record.description or "adopted from schema_version")
+
+    def _write_baselined(self, version: int, migration: Optional[Migration], run: RunInfo,
+                         description: str) -> None:
+        """A ``baselined`` record and its history entry."""
+        now = utcnow()
+        record = MigrationRecord(
+            version=version,
+            description=migration.summary() if migration else description,
+            checksum=migration.checksum if migration else None,
+            status="baselined", direction="up", applied_at=now, started_at=now,
+            finished_at=now, duration_ms=0, transactional=False, attempts=0,
+            **run.model_dump(),
+        )
+        self.store.put_record(record)
+        self.store.append_history(HistoryEntry(**{
+            **record.model_dump(include=set(HistoryEntry.model_fields)), "status": "baselined",
+            "attempt": 0}))
+
+    def _settle_interrupted(self, records: dict[int, MigrationRecord], run: RunInfo) -> None:
+        """Under the lock, ``running`` records are dead runs: record them as interrupted."""
+        for version, record in sorted(records.items()):
+            if record.status != "running" or record.run_id == run.run_id:
+                continue
+            message = (f"interrupted: run {record.run_id} on {record.host} (pid {record.pid}) "
+                       f"stopped during '{record.direction}' without finishing")
+            error = ErrorInfo(type="Interrupted", message=message)
+            now = utcnow()
+            log.warning("Migration %d was %s", version, message)
+            self.store.append_history(HistoryEntry(**{
+                **record.model_dump(include=set(HistoryEntry.model_fields)),
+                "status": "interrupted", "finished_at": now, "attempt": record.attempts,
+                "error": error}))
+            self.store.finish(version, {"status": "failed", "error": error.model_dump(),
+                                        "finished_at": now})
+            records[version] = record.model_copy(update={"status": "failed", "error": error})
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def _is_real_client(self) -> bool:
+        """A pymongo client (not mongomock): sessions and server time exist."""
+        return isinstance(self.client, pymongo.MongoClient)
+
+    def _transactions_available(self) -> bool:
+        """Replica-set member or mongos with sessions, according to ``hello``."""
+        if not self._is_real_client():
+            return False
+        description = self._server_description()
+        if description is None:
+            return False
+        kind = description.server_type_name
+        if kind not in ("RSPrimary", "Mongos"):
+            return False
+        if description.logical_session_timeout_minutes is None:
+            return False
+        # Transactions need 4.0 (wire 7) on a replica set, 4.2 (wire 8) through mongos.
+        return bool(description.max_wire_version >= (8 if kind == "Mongos" else 7))
+
+    def _server_description(self) -> Any:
+        """The selected server's description (from its ``hello``); connects if needed."""
+        for _ in range(2):
+            known = [d for d in self.client.topology_description.server_descriptions().values()
+                     if d.is_server_type_known]
+            if known:
+                return known[0]
+            self.client.admin.command("hello")
+        return None
+
+    def _check_transactions_possible(self) -> None:
+        """``transactions="always"`` fails up front on a server without them."""
+        if self.transactions == "always" and not self._transactions_available():
+            raise TransactionsUnsupportedError(
+                "transactions='always' but the server does not support transactions "
+                f"({self._server_kind()}).",
+                hint="Use a replica set or mongos (a single-node replica set works), or "
+                "transactions='auto'.",
+            )
+
+    def _server_kind(self) -> str:
+        """A short description of the server type, for messages."""
+        if not self._is_real_client():
+            return "not a pymongo client"
+        description = self._server_description()
+        return description.server_type_name if description else "unknown"
+
+    def _use_transaction(self, migration: Migration) -> bool:
+        """Whether ``migration`` runs in a transaction; refuses impossible demands."""
+        if migration.transactional is False or (self.transactions == "never" and \
+                migration.transactional is None):
+            return False
+        if self._transactions_available():
+            return True
+        if migration.transactional is True or self.transactions == "always":
+            raise TransactionsUnsupportedError(
+                f"Migration {migration.version} requires a transaction but the server does "
+                f"not support them ({self._server_kind()}).",
+                version=migration.version,
+                hint="Run it against a replica set or mongos, or set transactional = None/False "
+                "on the migration.",
+            )
+        return False
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _driver_error(self, exc: PyMongoError) -> MigrationError:
+        """A ``MigrationError`` for a driver error that escaped."""
+        where = _hosts(self.client)
+        if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
+            return ConnectionFailedError(
+                f"Cannot reach MongoDB at {where}: {_first_line(exc)}",
+                hint="Check the URI, that the server is running and reachable from here, and "
+                "any firewall/TLS settings. Nothing was changed.",
+            )
+        if isinstance(exc, OperationFailure) and exc.code in (18, 13):
+            what = "Authentication failed" if exc.code == 18 else "Not authorized"
+            return ConfigurationError(
+                f"{what} on {where} (database '{self.db.name}'): {_first_line(exc)}",
+                hint="Check the user, password and authSource in the URI, and that the user "
+                "may read and write this database.",
+            )
+        return MigrationError(
+            f"MongoDB error on {where}: {type(exc).__name__}: {_first_line(exc)}",
+            hint="Run `analytiq-migrations status` to see the state; records are written "
+            "so that a later run can continue.",
+        )
+
+
+def _merge(previous: Optional[MigrationRecord], step: PlanStep, fields: dict[str, Any],
+           migration: Migration) -> MigrationRecord:
+    """The in-memory record after a step (saves re-reading it)."""
+    base: dict[str, Any] = previous.model_dump() if previous else {"version": step.version}
+    base.update(description=step.description, checksum=migration.checksum,
+                direction=step.direction, transactional=step.transactional)
+    base.update({k: v for k, v in fields.items() if k != "error"})
+    base["error"] = fields.get("error")
+    return MigrationRecord.model_validate(base)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error message, without credentials."""
+    text = str(exc).split("\n")[0]
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return redact(text)
+
+
+def _hosts(client: Any) -> str:
+    """host:port list of a client, for messages (never credentials)."""
+    try:
+        addresses = client.topology_description.server_descriptions().keys()
+        return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
+    except AttributeError:
+        return "?"
+
+
+def _is_database(obj: Any) -> bool:
+    """A pymongo (or mongomock) Database, as opposed to a client."""
+    kind = type(obj)
+    return isinstance(obj, Database) or (
+        kind.__name__ == "Database" and kind.__module__.startswith("mongomock")
+    )
+
+
+def _resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
+    """A Database from a URI, a client (+ name or the URI's default) or a Database."""
+    if isinstance(client_or_db, str):
+        try:
+            client: Any = pymongo.MongoClient(
+                client_or_db, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                appname="analytiq-migrations", connect=False,
+            )
+        except (PyMongoConfigurationError, ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"Bad MongoDB URI {redact(client_or_db)!r}: {redact(str(exc))}",
+                hint="It looks like mongodb://[user:password@]host[:port]/[database][?options].",
+            ) from None
+    elif _is_database(client_or_db):
+        if database is not None and database != client_or_db.name:
+            raise ConfigurationError(
+                f"Got database '{client_or_db.name}' and database={database!r}; which one?",
+                hint="Pass a client with database=..., or just the Database.",
+            )
+        return client_or_db
+    else:
+        client = client_or_db
+    if database is None:
+        try:
+            return client.get_default_database()
+        except (PyMongoConfigurationError, AttributeError):
+            raise ConfigurationError(
+                "No database name: none was given and the URI names none.",
+                hint="Pass database='name' (--database, ANALYTIQ_MIGRATIONS_DATABASE) or put "
+                "it in the URI path: mongodb://host/name.",
+            ) from None
+    try:
+        return client[database]
+    except (InvalidName, TypeError) as exc:
+        raise ConfigurationError(f"Bad database name {database!r}: {exc}") from None
+
+
+def run_migrations(
+    client_or_db: ClientOrDb,
+    target_version: Optional[int] = None,
+    migrations: Optional[MigrationSource] = None,
+    database: Optional[str] = None,
+    **options: Any,
+) -> RunReport:
+    """The seed's entry point: go up (or down) to ``target_version`` (default: latest)."""
+    source = migrations if migrations is not None else os.environ.get("ANALYTIQ_MIGRATIONS_SOURCE")
+    if source is None:
+        raise ConfigurationError(
+            "run_migrations needs migrations: a list, a package name or a directory.",
+            hint="Pass migrations=MIGRATIONS (or set ANALYTIQ_MIGRATIONS_SOURCE).",
+        )
+    with Migrator(client_or_db, source, database=database, **options) as migrator:
+        if target_version is not None and target_version < migrator.current_version():
+            return migrator.downgrade(target_version)
+        return migrator.upgrade(target_version)
+
+
+__all__ = ["Migrator", "run_migrations"]

@@ -1,0 +1,215 @@
+"""Per-version records, the append-only history, and the seed's legacy version document.
+
+All reads and writes of the ``migrations`` and ``migrations_history`` collections go
+through :class:`Store`. Writes take an optional session so the runner can put them in
+the same transaction as a migration's own writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from bson import ObjectId
+from pymongo import DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from .errors import CorruptRecordError
+from .records import HistoryEntry, MigrationRecord, RunInfo
+from .retry import RetryPolicy
+
+#: ``_id`` of the seed's single version document, kept current for code that reads it.
+LEGACY_ID = "schema_version"
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime truncated to BSON's millisecond precision."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass
+class DatabaseState:
+    """Everything the ``migrations`` collection says, read in one query."""
+
+    records: dict[int, MigrationRecord] = field(default_factory=dict)
+    #: ``version`` of the seed's ``{_id: "schema_version"}`` document, if it exists.
+    legacy_version: Optional[int] = None
+    corrupt: list[CorruptRecordError] = field(default_factory=list)
+
+    @property
+    def adoptable(self) -> bool:
+        """A seed-era database: a legacy version and no per-version records yet."""
+        return bool(self.legacy_version) and not self.records and not self.corrupt
+
+
+class Store:
+    """Reads and writes records and history for one database."""
+
+    def __init__(self, db: Any, collection: str, policy: RetryPolicy) -> None:
+        self.db = db
+        self.collection_name = collection
+        self.history_name = f"{collection}_history"
+        self.records = db[collection]
+        self.history = db[self.history_name]
+        self.policy = policy
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load(self) -> DatabaseState:
+        """Read every record (and the legacy document) in one round trip."""
+        state = DatabaseState()
+        docs = self.policy.call("read migration records", lambda: list(self.records.find({})))
+        for doc in docs:
+            if doc.get("_id") == LEGACY_ID:
+                state.legacy_version = _legacy_version(doc, self.collection_name)
+                continue
+            try:
+                record = MigrationRecord.from_document(doc, self.collection_name)
+            except CorruptRecordError as exc:
+                state.corrupt.append(exc)
+                continue
+            state.records[record.version] = record
+        return state
+
+    def read_history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
+        """History entries, newest first (optionally for one version)."""
+        query: dict[str, Any] = {} if version is None else {"version": version}
+        cursor = self.history.find(query, {"_id": 0}).sort(
+            [("started_at", DESCENDING), ("finished_at", DESCENDING)]
+        )
+        if limit:
+            cursor = cursor.limit(limit)
+        return [HistoryEntry.model_validate(doc) for doc in cursor]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        version: int,
+        description: str,
+        checksum: str,
+        direction: str,
+        run: RunInfo,
+        transactional: bool,
+        attempts: int,
+        started_at: datetime,
+        progress: Optional[dict[str, Any]],
+    ) -> None:
+        """Mark ``version`` as running (creating its record if needed)."""
+        fields = {
+            "version": version,
+            "description": description,
+            "checksum": checksum,
+            "status": "running",
+            "direction": direction,
+            "started_at": started_at,
+            "finished_at": None,
+            "duration_ms": None,
+            "transactional": transactional,
+            "attempts": attempts,
+            "error": None,
+            "progress": progress,
+            **run.model_dump(),
+        }
+        self.policy.call(
+            f"record version {version} as running",
+            lambda: self.records.update_one({"_id": version}, {"$set": fields}, upsert=True),
+        )
+
+    def finish(
+        self,
+        version: int,
+        fields: dict[str, Any],
+        *,
+        session: Any = None,
+        unset_applied_at: bool = False,
+    ) -> None:
+        """Write the outcome of an attempt onto the record."""
+        update: dict[str, Any] = {"$set": fields}
+        if unset_applied_at:
+            update["$unset"] = {"applied_at": ""}
+        if session is not None and session.in_transaction:
+            self.records.update_one({"_id": version}, update, upsert=True, session=session)
+            return
+        self.policy.call(
+            f"record the outcome of version {version}",
+            lambda: self.records.update_one({"_id": version}, update, upsert=True),
+        )
+
+    def append_history(self, entry: HistoryEntry, *, session: Any = None) -> None:
+        """Append one attempt to the history (never rewrites an entry)."""
+        doc = {"_id": ObjectId(), **entry.model_dump()}
+        if session is not None and session.in_transaction:
+            self.history.insert_one(doc, session=session)
+            return
+
+        def insert() -> None:
+            # DuplicateKeyError: an earlier try of this same insert landed; it is there.
+            with contextlib.suppress(DuplicateKeyError):
+                self.history.insert_one(doc)
+
+        self.policy.call(f"append history for version {entry.version}", insert)
+
+    def save_progress(self, version: int, progress: dict[str, Any], session: Any = None) -> None:
+        """Store a checkpoint in the record's ``progress``."""
+        if session is not None and session.in_transaction:
+            self.records.update_one({"_id": version}, {"$set": {"progress": progress}},
+                                    session=session)
+            return
+        self.policy.call(
+            f"save checkpoint of version {version}",
+            lambda: self.records.update_one({"_id": version}, {"$set": {"progress": progress}}),
+        )
+
+    def set_legacy(self, version: int, *, session: Any = None) -> None:
+        """Keep the seed's ``schema_version`` document equal to the current version."""
+        update = {"$set": {"version": version, "updated_at": utcnow()}}
+        if session is not None and session.in_transaction:
+            self.records.update_one({"_id": LEGACY_ID}, update, session=session)
+            return
+        self.policy.call(
+            "update the legacy schema_version document",
+            lambda: self.records.update_one({"_id": LEGACY_ID}, update),
+        )
+
+    def put_record(self, record: MigrationRecord) -> None:
+        """Write a whole record (baseline, adoption)."""
+        doc = {"_id": record.version, **record.model_dump()}
+        self.policy.call(
+            f"write record of version {record.version}",
+            lambda: self.records.replace_one({"_id": record.version}, doc, upsert=True),
+        )
+
+    def delete_record(self, version: int) -> None:
+        """Remove a record (``repair(clear_failed=True)`` on a failed first attempt)."""
+        self.policy.call(
+            f"delete record of version {version}",
+            lambda: self.records.delete_one({"_id": version}),
+        )
+
+    def note_repair(self, version: int, fields: dict[str, Any], note: dict[str, Any]) -> None:
+        """Apply a repair to a record and keep a note of it on the record."""
+        update: dict[str, Any] = {"$push": {"repairs": note}}
+        if fields:
+            update["$set"] = fields
+        self.policy.call(
+            f"repair record of version {version}",
+            lambda: self.records.update_one({"_id": version}, update),
+        )
+
+
+def _legacy_version(doc: dict[str, Any], collection: str) -> int:
+    """The ``version`` of the seed's document, checked."""
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CorruptRecordError(
+            f"The legacy document {{_id: '{LEGACY_ID}'}} in '{collection}' has version "
+            f"{version!r}; expected a non-negative integer.",
+            hint="Set its version to the last migration the old code applied, or delete it "
+            "and use `baseline VERSION`.",
+        )
+    return version
