@@ -69,6 +69,7 @@ def batch_update(
             **state,
             "collection": coll.name,
             "last_id": docs[-1]["_id"],
+            "scanned": int(state.get("scanned", 0)) + len(docs),
             "matched": int(state.get("matched", 0)) + matched,
             "modified": int(state.get("modified", 0)) + modified,
             "batches": int(state.get("batches", 0)) + 1,
@@ -166,7 +167,8 @@ def _report(ctx: RunContext, name: str, state: dict[str, Any], total: Optional[i
             *, done: bool) -> None:
     """Tell the progress hook."""
     ctx.report(ProgressEvent(
-        version=ctx.version, collection=name, matched=int(state.get("matched", 0)),
+        version=ctx.version, collection=name, scanned=int(state.get("scanned", 0)),
+        matched=int(state.get("matched", 0)),
         modified=int(state.get("modified", 0)), batches=int(state.get("batches", 0)),
         elapsed_s=float(state.get("elapsed_s", 0.0)), total=total, done=done,
     ))

@@ -245,6 +245,9 @@ class ProgressEvent(BaseModel):
 
     version: int
     collection: str
+    #: Documents walked so far (they matched the filter), changed or not.
+    scanned: int = 0
+    #: Documents the updates matched, and those they actually changed.
     matched: int
     modified: int
     batches: int

@@ -1,0 +1,135 @@
+"""Show ``ProgressEvent``\\ s to a person: a live bar on a terminal, log lines otherwise.
+
+    from analytiq_migrations.progress import make_reporter
+
+    Migrator(client, MIGRATIONS, progress=make_reporter(sys.stderr)).upgrade()
+
+On a terminal the reporter redraws one line per running ``batch_update`` (count, rate,
+ETA); anywhere else (CI logs, cron mail, ``kubectl logs``) it writes a plain line at
+most every ``interval`` seconds, so a long migration neither floods the log nor looks
+hung. The last event of each call (``done``) is always written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, TextIO
+
+from .records import ProgressEvent
+
+Reporter = Callable[[ProgressEvent], None]
+
+#: Redraw a terminal line at most 10 times a second: smooth to the eye, and cheap even
+#: when batches finish every few milliseconds.
+TTY_REDRAW_S = 0.1
+
+#: Width of the bar in characters: leaves room for the counts on an 80-column terminal.
+BAR_WIDTH = 24
+
+
+def make_reporter(
+    stream: TextIO,
+    *,
+    tty: Optional[bool] = None,
+    interval: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Reporter:
+    """A progress hook writing to ``stream``; ``tty=None`` asks the stream whether it is one."""
+    if tty is None:
+        isatty = getattr(stream, "isatty", None)
+        tty = bool(isatty and isatty())
+    return _Reporter(stream, tty=tty, interval=TTY_REDRAW_S if tty else interval, clock=clock)
+
+
+class _Reporter:
+    """State between events: which call is on screen and when it was last written."""
+
+    def __init__(self, stream: TextIO, *, tty: bool, interval: float,
+                 clock: Callable[[], float]) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.interval = interval
+        self.clock = clock
+        self._key: Optional[tuple[int, str]] = None
+        self._last_write = float("-inf")
+        self._open_line = False  # a bar drawn on the terminal without its newline yet
+
+    def __call__(self, event: ProgressEvent) -> None:
+        key = (event.version, event.collection)
+        now = self.clock()
+        if key != self._key:
+            self._end_line()
+            self._key = key
+        elif not event.done and now - self._last_write < self.interval:
+            return
+        self._last_write = now
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + bar_line(event))
+            self._open_line = True
+            if event.done:
+                self._end_line()
+        else:
+            self.stream.write(log_line(event) + "\n")
+        self.stream.flush()
+
+    def _end_line(self) -> None:
+        """Finish the terminal line the previous call drew on."""
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False
+
+
+def bar_line(event: ProgressEvent) -> str:
+    """``v3 users [#########.......] 45,000/100,000 45%  12,345/s  ETA 0:04``."""
+    done = event.scanned
+    head = f"v{event.version} {event.collection}"
+    if event.total:
+        fraction = min(1.0, done / event.total)
+        filled = int(fraction * BAR_WIDTH)
+        bar = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+        count = f"{done:,}/{event.total:,} {fraction:4.0%}"
+    else:
+        bar, count = "", f"{done:,}"
+    parts = [head, bar, count, f"{_rate(event):,.0f}/s"]
+    if event.done:
+        parts.append(f"done in {_clock(event.elapsed_s)}, {event.modified:,} changed")
+    else:
+        eta = _eta(event)
+        parts.append(f"ETA {_clock(eta)}" if eta is not None else "")
+    return " ".join(p for p in parts if p)
+
+
+def log_line(event: ProgressEvent) -> str:
+    """``migration 3 users: 45,000 of 100,000 documents (45%), 12,345/s, ETA 0:04``."""
+    done = event.scanned
+    what = f"migration {event.version} {event.collection}: "
+    if event.done:
+        return (f"{what}done: {done:,} documents, {event.modified:,} changed in "
+                f"{_clock(event.elapsed_s)} ({_rate(event):,.0f}/s)")
+    count = f"{done:,} of {event.total:,} documents ({min(1.0, done / event.total):.0%})" \
+        if event.total else f"{done:,} documents"
+    eta = _eta(event)
+    tail = f", ETA {_clock(eta)}" if eta is not None else ""
+    return f"{what}{count}, {_rate(event):,.0f}/s{tail}"
+
+
+def _rate(event: ProgressEvent) -> float:
+    """Documents walked per second over the call's whole (checkpointed) running time."""
+    return event.scanned / event.elapsed_s if event.elapsed_s > 0 else 0.0
+
+
+def _eta(event: ProgressEvent) -> Optional[float]:
+    """Seconds left at the current rate; ``None`` without a total or a rate yet."""
+    rate = _rate(event)
+    if not event.total or rate <= 0:
+        return None
+    return max(0.0, event.total - event.scanned) / rate
+
+
+def _clock(seconds: float) -> str:
+    """``0:04``, ``12:34``, ``1:02:03``."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,122 @@
+"""What a person watching a long ``batch_update`` sees: a bar on a terminal, log lines in CI."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from analytiq_migrations import ProgressEvent
+from analytiq_migrations.progress import bar_line, log_line, make_reporter
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TTYStream(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def event(scanned: int, elapsed: float, **extra: Any) -> ProgressEvent:
+    """A batch_update report for version 3 on ``users``."""
+    fields: dict[str, Any] = {
+        "version": 3, "collection": "users", "scanned": scanned, "matched": scanned,
+        "modified": scanned, "batches": scanned // 1000, "elapsed_s": elapsed,
+        "total": 100_000, **extra,
+    }
+    return ProgressEvent(**fields)
+
+
+def test_bar_shows_count_percentage_rate_and_eta() -> None:
+    line = bar_line(event(25_000, 5.0))
+    assert line.startswith("v3 users [######")
+    assert "25,000/100,000" in line
+    assert "25%" in line
+    assert "5,000/s" in line
+    assert "ETA 0:15" in line
+
+
+def test_without_a_total_the_bar_shows_count_and_rate_only() -> None:
+    line = bar_line(event(2_000, 1.0, total=None))
+    assert "[" not in line and "ETA" not in line
+    assert "2,000" in line and "2,000/s" in line
+
+
+def test_log_line_reads_as_a_sentence() -> None:
+    assert log_line(event(50_000, 10.0)) == (
+        "migration 3 users: 50,000 of 100,000 documents (50%), 5,000/s, ETA 0:10"
+    )
+    assert log_line(event(100_000, 20.0, done=True, modified=99_000)) == (
+        "migration 3 users: done: 100,000 documents, 99,000 changed in 0:20 (5,000/s)"
+    )
+
+
+def test_long_etas_show_hours() -> None:
+    assert "ETA 2:46:40" in log_line(event(1, 0.1, total=100_000))
+
+
+def test_on_a_terminal_the_bar_is_redrawn_in_place_and_ends_with_a_newline() -> None:
+    stream, clock = TTYStream(), FakeClock()
+    report = make_reporter(stream, clock=clock)
+    for i in range(1, 5):
+        clock.now = float(i)
+        report(event(i * 1000, float(i)))
+    report(event(5000, 5.0, done=True))
+    out = stream.getvalue()
+    assert out.count("\r") == 5  # every event redrawn (they are seconds apart)
+    assert out.endswith("\n") and out.count("\n") == 1
+    assert "done in 0:05" in out
+
+
+def test_a_fast_terminal_redraws_at_most_ten_times_a_second() -> None:
+    stream, clock = TTYStream(), FakeClock()
+    report = make_reporter(stream, clock=clock)
+    for i in range(1, 101):
+        clock.now = i * 0.001  # 100 batches within 0.1 s
+        report(event(i * 100, clock.now))
+    assert stream.getvalue().count("\r") == 1
+
+
+def test_in_a_log_a_line_is_written_every_interval_and_when_done() -> None:
+    stream, clock = io.StringIO(), FakeClock()
+    report = make_reporter(stream, interval=5.0, clock=clock)
+    for second in range(12):
+        clock.now = float(second)
+        report(event(second * 1000, float(second)))
+    report(event(12_000, 12.0, done=True))
+    lines = stream.getvalue().splitlines()
+    assert lines[:3] == [
+        "migration 3 users: 0 of 100,000 documents (0%), 0/s",
+        "migration 3 users: 5,000 of 100,000 documents (5%), 1,000/s, ETA 1:35",
+        "migration 3 users: 10,000 of 100,000 documents (10%), 1,000/s, ETA 1:30",
+    ]
+    assert len(lines) == 4 and "done" in lines[-1]
+    assert "\r" not in stream.getvalue()
+
+
+def test_each_call_gets_its_own_line() -> None:
+    stream, clock = TTYStream(), FakeClock()
+    report = make_reporter(stream, clock=clock)
+    report(event(1000, 1.0))
+    report(event(1000, 1.0, collection="orders"))  # the next batch_update, same instant
+    report(event(2000, 2.0, collection="orders", done=True))
+    lines = stream.getvalue().split("\n")
+    assert "users" in lines[0] and "orders" in lines[1] and lines[2] == ""
+
+
+def test_tty_can_be_forced_either_way() -> None:
+    plain = TTYStream()
+    make_reporter(plain, tty=False)(event(1000, 1.0))
+    assert "\r" not in plain.getvalue() and plain.getvalue().endswith("\n")
+    forced = io.StringIO()
+    make_reporter(forced, tty=True)(event(1000, 1.0))
+    assert forced.getvalue().startswith("\r")
