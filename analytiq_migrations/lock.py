@@ -23,11 +23,11 @@ from typing import Any, Optional
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from .errors import LockBusyError, LockLostError
 from .records import LockInfo, RunInfo
-from .retry import RetryPolicy
+from .retry import RetryPolicy, backoff
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -130,7 +130,7 @@ class Lease:
             for attempt in Retrying(
                 retry=retry_if_exception_type(LockBusyError),
                 stop=stop_after_delay(wait),
-                wait=wait_exponential_jitter(initial=0.1, max=min(2.0, max(wait / 4, 0.1))),
+                wait=backoff(0.1, min(2.0, max(wait / 4, 0.1))),
                 reraise=True,
             ):
                 with attempt:

@@ -20,7 +20,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 log = logging.getLogger("analytiq_migrations")
@@ -54,7 +55,7 @@ class RetryPolicy:
         return Retrying(
             retry=retry_if_exception(predicate),
             stop=stop_after_attempt(max(1, self.attempts)) | stop_after_delay(self.seconds),
-            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+            wait=backoff(self.initial_wait, self.max_wait),
             before_sleep=_log_retry(what),
             reraise=True,
         )
@@ -62,6 +63,13 @@ class RetryPolicy:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying transient errors within this budget."""
         return self.retrying(what, is_transient)(fn)
+
+
+def backoff(initial: float, maximum: float) -> Any:
+    """Exponential wait from ``initial`` up to ``maximum``, plus up to ``initial`` of jitter."""
+    # Composed from parts every tenacity >= 8.2 has (wait_exponential_jitter's
+    # arguments were renamed in 9.x).
+    return wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
 
 
 #: No retries at all: for tests and for callers who retry at a higher level.

@@ -1,0 +1,95 @@
+"""See it work: ``python -m analytiq_migrations.demo``.
+
+Starts a throw-away SecantusDB server in a temporary directory (or uses ``--uri`` /
+``MONGODB_URI``), seeds a few users, prints the status, applies the example migrations
+(``analytiq_migrations.examples``), prints the status again, then downgrades one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import uuid
+from typing import Any, Iterator, Optional, Sequence
+
+from .records import StatusRow
+from .runner import Migrator
+
+EXAMPLES = "analytiq_migrations.examples"
+
+USERS = [
+    {"name": "Ada Lovelace", "email": "ada@example.com"},
+    {"name": "Alan Turing", "email": "alan@example.com"},
+    {"name": "Grace Hopper", "email": "grace@example.com"},
+]
+
+
+def status_table(rows: Sequence[StatusRow]) -> str:
+    """A plain-text status table."""
+    lines = [f"{'version':>7}  {'status':<11}  {'applied at (UTC)':<19}  description"]
+    for row in rows:
+        applied = row.applied_at.strftime("%Y-%m-%d %H:%M:%S") if row.applied_at else "-"
+        lines.append(f"{row.version:>7}  {row.status:<11}  {applied:<19}  {row.description}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _server(uri: Optional[str]) -> Iterator[str]:
+    """The given URI, or a throw-away embedded server's."""
+    if uri:
+        yield uri
+        return
+    from .testing import embedded_server
+
+    print("Starting a throw-away SecantusDB server in a temporary directory...")
+    with embedded_server() as server:
+        yield server.uri
+
+
+def _show(db: Any) -> None:
+    """Print a user and the users indexes."""
+    print(f"\nA user now: {db.users.find_one({}, {'_id': 0})}")
+    print(f"Indexes on users: {sorted(db.users.index_information())}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m analytiq_migrations.demo",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--uri", default=os.environ.get("MONGODB_URI"),
+                        help="use this server instead of a throw-away one")
+    args = parser.parse_args(argv)
+    from pymongo import MongoClient
+
+    with _server(args.uri) as uri:
+        client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+        name = f"analytiq_demo_{uuid.uuid4().hex[:8]}"
+        db = client[name]
+        try:
+            db.users.insert_many([dict(u) for u in USERS])
+            migrator = Migrator(db, EXAMPLES)
+            print(f"\nDatabase '{name}', before:\n{status_table(migrator.status())}")
+            report = migrator.upgrade()
+            print(f"\nupgrade: version {report.start_version} -> {report.end_version}, applied "
+                  f"{report.versions}")
+            print(f"\nAfter upgrade:\n{status_table(migrator.status())}")
+            _show(db)
+            report = migrator.downgrade("-1")
+            print(f"\ndowngrade -1: version {report.start_version} -> {report.end_version}")
+            print(f"\nAfter downgrading one step:\n{status_table(migrator.status())}")
+            _show(db)
+            print("\nHistory (newest first):")
+            for entry in migrator.history():
+                print(f"  {entry.finished_at:%H:%M:%S}  v{entry.version}  {entry.direction:<4} "
+                      f"{entry.status:<11} {entry.duration_ms} ms  "
+                      f"{'in a transaction' if entry.transactional else 'no transaction'}")
+        finally:
+            client.drop_database(name)
+            client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
