@@ -28,6 +28,8 @@ from .errors import (
     ChecksumDriftError,
     ConfigurationError,
     ConnectionFailedError,
+    FailedMigrationError,
+    InterruptedMigrationError,
     LockLostError,
     MigrationError,
     MigrationFailedError,
@@ -167,7 +169,7 @@ class Migrator:
         state = self._load()
         records = self._records(state)
         current = current_version(records)
-        resolved = resolve_target(target, self.migrations, current, default_head=True)
+        resolved = self._resolve(target, current, "up")
         if resolved < current:
             return plan_downgrade(self.migrations, records, resolved, self._use_transaction)
         return plan_upgrade(
@@ -306,10 +308,10 @@ class Migrator:
         self._raise_corrupt(state)
         records = self._records(state)
         current = current_version(records)
-        resolved = resolve_target(target, self.migrations, current, default_head=direction == "up")
+        resolved = self._resolve(target, current, direction)
         try:
             plan = self._plan(direction, records, resolved)
-        except MigrationError:
+        except (InterruptedMigrationError, FailedMigrationError):
             plan = None  # unfinished attempts: decided again under the lock, where it is safe
         if plan is not None and not plan.steps:
             log.info("Nothing to do: database at version %d", current)
@@ -333,6 +335,13 @@ class Migrator:
         log.info("Database now at version %d (was %d)", end, start)
         return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]
                          end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
+
+    def _resolve(self, target: Target, current: int, direction: str) -> int:
+        """The target version; "latest" never means "down" when the code is behind the db."""
+        resolved = resolve_target(target, self.migrations, current, default_head=direction == "up")
+        if target is None or (isinstance(target, str) and target.strip().lower() == "head"):
+            return max(resolved, current)
+        return resolved
 
     def _plan(self, direction: str, records: dict[int, MigrationRecord], target: int) -> Plan:
         """Check drift, then plan in ``direction``."""
