@@ -1,0 +1,603 @@
+"""``analytiq-migrations``: the command line. It parses, configures logging and prints;
+every command is one call on ``Migrator``.
+
+Exit codes (the contract's table): 0 done or nothing to do, 1 a migration failed,
+2 usage or configuration, 3 lock busy, 4 validation problem, 5 cannot reach the
+server, 6 pending migrations (``status --check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
+
+from . import __version__
+from .config import BY_NAME, Layer, Settings, load, open_migrator, require
+from .errors import ConfigurationError, MigrationError, redact
+
+PROG = "analytiq-migrations"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PROBLEMS = 4
+EXIT_PENDING = 6
+#: Conventional shell codes for death by SIGINT / SIGTERM (128 + signal number).
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+#: One line per command for ``--help`` (and the Flask group's listing).
+COMMANDS = {
+    "status": "show every migration's state; --check exits 6 if any are pending, 4 if unhealthy",
+    "plan": "show what `up [TARGET]` (or a lower target: a downgrade) would do; writes nothing",
+    "up": "apply pending migrations up to TARGET (default: head)",
+    "down": "revert applied migrations above TARGET (a version, base, or -N)",
+    "history": "show the audit trail of every attempt, newest first",
+    "validate": "check the database against the code; exits 4 on any problem",
+    "repair": "explicit fixes: accept edited checksums, clear failed/interrupted attempts",
+    "baseline": "mark versions 1..VERSION applied without running them (adopt a database)",
+    "unlock": "remove an expired lock; --force breaks a live one",
+    "new": "write the next NNNN_slug.py migration file from a template (no server needed)",
+}
+
+EPILOG = """\
+targets: a version number, head, base (no migrations), +N or -N (steps from the current one)
+settings: flags > ANALYTIQ_MIGRATIONS_* / MONGODB_URI environment > [tool.analytiq_migrations]
+  in ./pyproject.toml; the database may also come from the URI path (mongodb://host/NAME)
+exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration,
+  3 lock busy, 4 validation problem, 5 cannot reach the server, 6 pending (status --check)
+"""
+
+#: Width of the description column: keeps a status table within 100 columns.
+DESCRIPTION_WIDTH = 44
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (releasing the lock) like Ctrl-C does."""
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted before and after the command (all default to "not given")."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = common.add_argument_group("settings")
+    group.add_argument("--uri", metavar="URI",
+                       help="MongoDB URI (env ANALYTIQ_MIGRATIONS_URI or MONGODB_URI)")
+    group.add_argument("--database", metavar="NAME",
+                       help="database name (env ANALYTIQ_MIGRATIONS_DATABASE; default: the "
+                       "URI's path)")
+    group.add_argument("--migrations", metavar="SOURCE",
+                       help="directory of NNNN_slug.py files, or a dotted package/module "
+                       "name (env ANALYTIQ_MIGRATIONS_SOURCE)")
+    group.add_argument("--collection", metavar="NAME",
+                       help="records collection (default migrations; history goes to "
+                       "NAME_history)")
+    group.add_argument("--transactions", choices=("auto", "always", "never"),
+                       help="one transaction per migration: auto (where the server can), "
+                       "always, never (default auto)")
+    group.add_argument("--lock-wait", metavar="SECONDS",
+                       help="wait this long for a busy lock instead of exiting 3 (default 0)")
+    group.add_argument("--lock-ttl", metavar="SECONDS",
+                       help="lease length, renewed while running (default 60)")
+    group.add_argument("--on-drift", choices=("error", "warn", "ignore"),
+                       help="what an edited applied migration does to `up` (default error)")
+    group.add_argument("--allow-out-of-order", action="store_true",
+                       help="apply pending versions below the current one")
+    group.add_argument("--server-timeout", metavar="SECONDS",
+                       help="how long to look for the server before exiting 5 (default 15)")
+    output = common.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON document (results, or {\"error\": ...})")
+    output.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging of every step")
+    output.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing on success (for cron); errors still go to stderr")
+    return common
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The full parser: common options, then one subcommand per verb."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog=prog, parents=[common], epilog=EPILOG,
+        description="Versioned, lock-safe MongoDB migrations.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def verb(name: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, parents=[common], help=COMMANDS[name],
+                                description=COMMANDS[name], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    verb("status").add_argument(
+        "--check", action="store_true",
+        help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
+    verb("plan").add_argument("target", nargs="?", metavar="TARGET")
+    verb("up").add_argument("target", nargs="?", metavar="TARGET")
+    verb("down").add_argument("target", metavar="TARGET")
+    history = verb("history")
+    history.add_argument("version", nargs="?", type=int, metavar="VERSION")
+    history.add_argument("--limit", type=int, default=0, metavar="N",
+                         help="newest N entries only (default: all)")
+    verb("validate")
+    repair = verb("repair")
+    repair.add_argument("--accept-checksums", action="store_true",
+                        help="record the current code's checksums for edited applied migrations")
+    repair.add_argument("--clear-failed", action="store_true",
+                        help="forget failed/interrupted attempts so the next run starts afresh")
+    verb("baseline").add_argument("version", type=int, metavar="VERSION")
+    verb("unlock").add_argument("--force", action="store_true",
+                                help="break the lock even if its holder's lease is live")
+    verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
+    return parser
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    """Where results and errors go, and in which form."""
+
+    stdout: TextIO
+    stderr: TextIO
+    json: bool = False
+    quiet: bool = False
+
+    def result(self, text: str, data: Any) -> None:
+        """The command's result: text, or one JSON document; nothing with ``-q``."""
+        if self.quiet:
+            return
+        if self.json:
+            self._write(self.stdout, json.dumps(data, indent=2) + "\n")
+        else:
+            self._write(self.stdout, text.rstrip("\n") + "\n")
+
+    def explain(self, text: str) -> None:
+        """Why a command exits non-zero without an error (-q still says it, on stderr)."""
+        if self.quiet and not self.json:
+            self._write(self.stderr, text.rstrip("\n") + "\n")
+
+    def error(self, exc: MigrationError, prog: str) -> None:
+        """An error: a message on stderr (and, with --json, an error document on stdout)."""
+        self._write(self.stderr, f"{prog}: error: {exc}\n")
+        if self.json and not self.quiet:
+            self._write(self.stdout, json.dumps({"error": {
+                "type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                "version": exc.version, "exit_code": exc.exit_code}}, indent=2) + "\n")
+
+    def note(self, text: str) -> None:
+        """A plain message on stderr (interruptions, internal errors)."""
+        self._write(self.stderr, text.rstrip("\n") + "\n")
+
+    @staticmethod
+    def _write(stream: TextIO, text: str) -> None:
+        """Write (credentials never leave) and flush, so cron logs keep the order."""
+        stream.write(redact(text))
+        stream.flush()
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Plain log lines, UTC timestamps, credentials removed."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        return moment.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per log record (for log shippers), credentials removed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        })
+
+
+@contextlib.contextmanager
+def _logging(stream: TextIO, *, verbose: bool, quiet: bool, as_json: bool) -> Iterator[None]:
+    """Route the library's log to ``stream`` for the duration of one command."""
+    logger = logging.getLogger("analytiq_migrations")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JsonFormatter() if as_json else _RedactingFormatter(
+        "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False  # the command's handler is the one place it goes
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+# -- running a command ---------------------------------------------------------------------
+
+
+@dataclass
+class Command:
+    """Everything a command handler needs."""
+
+    args: argparse.Namespace
+    settings: Settings
+    layers: list[Layer]
+    out: Output
+    migrator: Any = None
+
+    def open(self, *, need_code: bool = True) -> Any:
+        """The ``Migrator``; ``need_code=False`` works without the migrations (unlock, history)."""
+        needed = ["uri", "database"] + (["migrations"] if need_code else [])
+        require(self.settings, needed, self.layers)
+        progress = None
+        if not self.out.quiet:
+            from .progress import make_reporter
+
+            progress = make_reporter(self.out.stderr)
+        # history and unlock work without the code (and so despite a broken file)
+        source: Optional[list[Any]] = None if need_code else []
+        self.migrator = open_migrator(self.settings, migrations=source, progress=progress)
+        return self.migrator
+
+    @property
+    def where(self) -> str:
+        """``'app'`` for messages."""
+        return f"'{self.migrator.db.name}'"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit code."""
+    previous = _install_sigterm()
+    try:
+        return run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    prog: str = PROG,
+    framework: Optional[Layer] = None,
+    stdout: Optional[TextIO] = None,
+    stderr: Optional[TextIO] = None,
+) -> int:
+    """Parse ``argv``, run the command, print; returns the exit code (never exits).
+
+    ``framework`` is the Flask/Django settings layer (between flags and environment).
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser(prog)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    given = vars(args)
+    out = Output(stdout, stderr, json=given.get("json", False), quiet=given.get("quiet", False))
+    if given.get("verbose") and out.quiet:
+        out.note(f"{prog}: error: -v and -q contradict each other; choose one.")
+        return EXIT_USAGE
+    with _logging(stderr, verbose=given.get("verbose", False), quiet=out.quiet,
+                  as_json=out.json):
+        return _dispatch(args, framework, out, prog)
+
+
+def _dispatch(args: argparse.Namespace, framework: Optional[Layer], out: Output,
+              prog: str) -> int:
+    """Resolve settings and run the handler, turning every failure into an exit code."""
+    command: Optional[Command] = None
+    try:
+        flags = {name: value for name, value in vars(args).items() if name in BY_NAME}
+        settings, layers = load(flags, framework)
+        logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
+        command = Command(args, settings, layers, out)
+        return HANDLERS[args.command](command)
+    except MigrationError as exc:
+        out.error(exc, prog)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.note(f"{prog}: interrupted (Ctrl-C): the lock was released; an unfinished "
+                 "migration is recorded as interrupted - run `status` to see it.")
+        return EXIT_SIGINT
+    except _Terminated:
+        out.note(f"{prog}: terminated (SIGTERM): the lock was released; an unfinished "
+                 "migration is recorded as interrupted - run `status` to see it.")
+        return EXIT_SIGTERM
+    except Exception as exc:
+        if command is not None and command.migrator is not None and _is_driver_error(exc):
+            translated = command.migrator._driver_error(exc)
+            out.error(translated, prog)
+            return int(translated.exit_code)
+        out.note(f"{prog}: internal error: {type(exc).__name__}: {exc}")
+        if args.__dict__.get("verbose"):
+            out.note("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        else:
+            out.note("  -> Run again with -v for the traceback, and please report it.")
+        return EXIT_FAILED
+    finally:
+        if command is not None and command.migrator is not None:
+            command.migrator.client.close()
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """A pymongo error (from a read the CLI makes outside ``Migrator``'s methods)."""
+    from pymongo.errors import PyMongoError
+
+    return isinstance(exc, PyMongoError)
+
+
+def _install_sigterm() -> Any:
+    """Turn SIGTERM (systemd stop, kubectl delete) into an orderly unwind; returns the old one."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
+
+
+# -- formatting helpers --------------------------------------------------------------------
+
+
+def _when(value: Optional[datetime]) -> str:
+    """``2024-05-01 12:00:03`` (UTC) or ``-``."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clip(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    """``text`` cut to ``width`` characters (ending in ``...`` when cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+           ) -> str:
+    """A plain aligned table; columns in ``right`` are right-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  " + "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+def _dump(items: Sequence[Any]) -> list[Any]:
+    """Pydantic models as JSON-ready dicts (ISO-8601 UTC times)."""
+    return [item.model_dump(mode="json") for item in items]
+
+
+def _problems_text(problems: Sequence[Any]) -> str:
+    """A bulleted list of problems with what to do about each."""
+    return "\n".join(f"  - {p.message}\n    -> {p.hint}" for p in problems)
+
+
+def _yes(flag: bool) -> str:
+    """``yes`` / ``no``."""
+    return "yes" if flag else "no"
+
+
+def _plural(count: int, word: str) -> str:
+    """``1 migration`` / ``2 migrations``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_status(cmd: Command) -> int:
+    """``status [--check]``."""
+    from .lock import describe, read_lock
+
+    m = cmd.open()
+    rows = m.status()
+    problems = m.validate()
+    current = m.current_version()
+    lock = read_lock(m.lock_collection)
+    pending = [r.version for r in rows if r.status == "pending"]
+    head = max((int(x.version or 0) for x in m.migrations), default=0)
+    lock_live = lock is not None and lock.expires_at is not None and \
+        lock.expires_at > datetime.now(timezone.utc)
+    data = {
+        "database": m.db.name, "current_version": current, "head_version": head,
+        "pending": pending, "healthy": not problems,
+        "migrations": _dump(rows), "problems": _dump(problems),
+        "lock": lock.model_dump(mode="json") if lock else None,
+    }
+    table = _table(
+        ["VERSION", "DESCRIPTION", "STATUS", "APPLIED AT (UTC)", "CHECKSUM"],
+        [[str(r.version), _clip(r.description), r.status, _when(r.applied_at),
+          {True: "ok", False: "CHANGED", None: "-"}[r.checksum_ok]] for r in rows],
+        right=[0],
+    ) if rows else "  (no migrations in the code or the database)"
+    lock_text = "lock free" if lock is None else \
+        f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
+    text = (f"Database {cmd.where} at version {current} (latest {head}): "
+            f"{len(pending)} pending; {lock_text}\n\n{table}\n")
+    if problems:
+        text += f"\nProblems:\n{_problems_text(problems)}\n"
+    cmd.out.result(text, data)
+    if not cmd.args.__dict__.get("check"):
+        return EXIT_OK
+    blocking = [p for p in problems if p.kind != "running"]
+    if blocking:
+        cmd.out.explain(f"{cmd.where} is unhealthy:\n{_problems_text(blocking)}")
+        return EXIT_PROBLEMS
+    if pending or problems:
+        waiting = ", ".join(str(v) for v in pending) or "a run in progress"
+        cmd.out.explain(f"{cmd.where} has pending migrations: {waiting}")
+        return EXIT_PENDING
+    return EXIT_OK
+
+
+def cmd_plan(cmd: Command) -> int:
+    """``plan [TARGET]``."""
+    m = cmd.open()
+    plan = m.plan(cmd.args.target)
+    if not plan.steps:
+        text = f"Nothing to do: {cmd.where} is at version {plan.current_version}."
+    else:
+        table = _table(
+            ["VERSION", "DIRECTION", "DESCRIPTION", "TRANSACTION", "NOTE"],
+            [[str(s.version), s.direction, _clip(s.description), _yes(s.transactional),
+              s.note or ""] for s in plan.steps],
+            right=[0],
+        )
+        text = (f"Plan for {cmd.where}: {plan.direction} from version {plan.current_version} "
+                f"to {plan.target_version}, {_plural(len(plan.steps), 'step')}:\n\n{table}")
+    cmd.out.result(text, plan.model_dump(mode="json"))
+    return EXIT_OK
+
+
+def _report(cmd: Command, report: Any) -> int:
+    """Print a ``RunReport``."""
+    verb = {"up": "Applied", "down": "Reverted"}[report.direction]
+    if report.direction == "up" and any(s.status == "baselined" for s in report.steps):
+        verb = "Baselined"
+    if not report.steps:
+        text = f"Nothing to do: {cmd.where} is at version {report.end_version}."
+    else:
+        table = _table(
+            ["VERSION", "DESCRIPTION", "RESULT", "MS", "TRANSACTION"],
+            [[str(s.version), _clip(s.description), s.status, str(s.duration_ms),
+              _yes(s.transactional)] for s in report.steps],
+            right=[0, 3],
+        )
+        text = (f"{verb} {_plural(len(report.steps), 'migration')} on {cmd.where}: version "
+                f"{report.start_version} -> {report.end_version}\n\n{table}")
+    cmd.out.result(text, report.model_dump(mode="json"))
+    return EXIT_OK
+
+
+def cmd_up(cmd: Command) -> int:
+    """``up [TARGET]``."""
+    m = cmd.open()
+    return _report(cmd, m.upgrade(cmd.args.target))
+
+
+def cmd_down(cmd: Command) -> int:
+    """``down TARGET``."""
+    m = cmd.open()
+    return _report(cmd, m.downgrade(cmd.args.target))
+
+
+def cmd_history(cmd: Command) -> int:
+    """``history [VERSION] [--limit N]``."""
+    if cmd.args.limit < 0:
+        raise ConfigurationError(f"--limit must be 0 (all) or more, not {cmd.args.limit}.")
+    m = cmd.open(need_code=False)
+    entries = m.history(cmd.args.version, limit=cmd.args.limit)
+    if entries:
+        text = _table(
+            ["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "ERROR"],
+            [[_when(e.started_at), str(e.version), e.direction, e.status,
+              "-" if e.duration_ms is None else str(e.duration_ms),
+              f"{e.user or '?'}@{e.host or '?'}",
+              _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""]
+             for e in entries],
+            right=[1, 4],
+        )
+    else:
+        text = f"No history{f' for version {cmd.args.version}' if cmd.args.version else ''} " \
+               f"in {cmd.where}."
+    cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries)})
+    return EXIT_OK
+
+
+def cmd_validate(cmd: Command) -> int:
+    """``validate``."""
+    m = cmd.open()
+    problems = m.validate()
+    data = {"database": m.db.name, "healthy": not problems, "problems": _dump(problems)}
+    if not problems:
+        cmd.out.result(f"No problems: {cmd.where} matches the code.", data)
+        return EXIT_OK
+    text = f"{_plural(len(problems), 'problem')} in {cmd.where}:\n{_problems_text(problems)}"
+    cmd.out.result(text, data)
+    cmd.out.explain(text)
+    return EXIT_PROBLEMS
+
+
+def cmd_repair(cmd: Command) -> int:
+    """``repair [--accept-checksums] [--clear-failed]``."""
+    if not (cmd.args.accept_checksums or cmd.args.clear_failed):
+        raise ConfigurationError(
+            "repair needs to be told what to fix: --accept-checksums and/or --clear-failed.",
+            hint="Run `validate` first: each problem it lists says which repair fits.",
+        )
+    m = cmd.open()
+    actions = m.repair(accept_checksums=cmd.args.accept_checksums,
+                       clear_failed=cmd.args.clear_failed)
+    text = ("Repaired:\n" + "\n".join(f"  version {a.version}: {a.detail}" for a in actions)
+            ) if actions else f"Nothing to repair in {cmd.where}."
+    cmd.out.result(text, {"database": m.db.name, "actions": _dump(actions)})
+    return EXIT_OK
+
+
+def cmd_baseline(cmd: Command) -> int:
+    """``baseline VERSION``."""
+    m = cmd.open()
+    return _report(cmd, m.baseline(cmd.args.version))
+
+
+def cmd_unlock(cmd: Command) -> int:
+    """``unlock [--force]``."""
+    m = cmd.open(need_code=False)
+    removed = m.unlock(force=cmd.args.force)
+    text = "Removed the migration lock." if removed else "The migration lock was not held."
+    cmd.out.result(text, {"database": m.db.name, "removed": removed})
+    return EXIT_OK
+
+
+def cmd_new(cmd: Command) -> int:
+    """``new DESCRIPTION``: no server needed."""
+    from .templates import new_migration
+
+    require(cmd.settings, ["migrations"], cmd.layers)
+    created = new_migration(str(cmd.settings.migrations), " ".join(cmd.args.description))
+    text = str(created.path)
+    if created.made_directory:
+        text = f"Created directory {created.path.parent}\n{text}"
+    cmd.out.result(text, {"path": str(created.path), "version": created.version})
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[Command], int]] = {
+    "status": cmd_status,
+    "plan": cmd_plan,
+    "up": cmd_up,
+    "down": cmd_down,
+    "history": cmd_history,
+    "validate": cmd_validate,
+    "repair": cmd_repair,
+    "baseline": cmd_baseline,
+    "unlock": cmd_unlock,
+    "new": cmd_new,
+}

@@ -1,0 +1,382 @@
+"""Settings for the command line and the framework hooks, from every place they can come from.
+
+Precedence, highest first: command-line flags, the framework's settings (Flask
+``app.config`` / Django ``settings.ANALYTIQ_MIGRATIONS``, when a hook is used), the
+environment, then ``[tool.analytiq_migrations]`` in ``./pyproject.toml``. Every option
+has one flag, one ``ANALYTIQ_MIGRATIONS_<NAME>`` variable and one pyproject key, so an
+error can always say every way to set a missing value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from .errors import ConfigurationError, ConnectionFailedError, redact
+
+#: Where settings of the ``pyproject.toml`` in the working directory live.
+PYPROJECT_TABLE = ("tool", "analytiq_migrations")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _text(value: Any, where: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where} must be a non-empty string, not {value!r}.")
+    return value.strip()
+
+
+def _seconds(value: Any, where: str) -> float:
+    """A number of seconds, 0 or more."""
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number >= 0:  # also catches NaN
+        raise ConfigurationError(
+            f"{where} must be a number of seconds (0 or more), not {value!r}."
+        )
+    return number
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    """A boolean (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(f"{where} must be true or false, not {value!r}.")
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    """A parser accepting one of ``choices``."""
+
+    def parse(value: Any, where: str) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigurationError(
+                f"{where} must be one of {', '.join(choices)}, not {value!r}."
+            )
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name in code, on the command line, in the environment, in TOML."""
+
+    name: str
+    flag: str
+    label: str  # what it is, for "missing" messages
+    parse: Callable[[Any, str], Any]
+    env: tuple[str, ...]  # most specific first
+    keys: tuple[str, ...] = ()  # pyproject / framework keys, besides ``name``
+
+    @property
+    def key(self) -> str:
+        """The pyproject.toml key."""
+        return self.name
+
+    @property
+    def framework_key(self) -> str:
+        """The key in framework settings (``ANALYTIQ_MIGRATIONS_<KEY>``, ``{"<KEY>": ...}``)."""
+        return self.env[0].removeprefix("ANALYTIQ_MIGRATIONS_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("uri", "--uri", "MongoDB URI", _text,
+           ("ANALYTIQ_MIGRATIONS_URI", "MONGODB_URI")),
+    Option("database", "--database", "database name", _text,
+           ("ANALYTIQ_MIGRATIONS_DATABASE",)),
+    Option("migrations", "--migrations", "migrations (a directory or a package name)", _text,
+           ("ANALYTIQ_MIGRATIONS_SOURCE",), keys=("source",)),
+    Option("collection", "--collection", "records collection", _text,
+           ("ANALYTIQ_MIGRATIONS_COLLECTION",)),
+    Option("transactions", "--transactions", "transaction mode",
+           _choice("auto", "always", "never"), ("ANALYTIQ_MIGRATIONS_TRANSACTIONS",)),
+    Option("lock_wait", "--lock-wait", "lock wait", _seconds,
+           ("ANALYTIQ_MIGRATIONS_LOCK_WAIT",)),
+    Option("lock_ttl", "--lock-ttl", "lock TTL", _seconds, ("ANALYTIQ_MIGRATIONS_LOCK_TTL",)),
+    Option("on_drift", "--on-drift", "checksum drift policy",
+           _choice("error", "warn", "ignore"), ("ANALYTIQ_MIGRATIONS_ON_DRIFT",)),
+    Option("allow_out_of_order", "--allow-out-of-order", "out-of-order policy", parse_bool,
+           ("ANALYTIQ_MIGRATIONS_ALLOW_OUT_OF_ORDER",)),
+    Option("server_timeout", "--server-timeout", "server selection timeout", _seconds,
+           ("ANALYTIQ_MIGRATIONS_SERVER_TIMEOUT",)),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass
+class Settings:
+    """Resolved settings; ``origin`` says where each explicitly set value came from."""
+
+    uri: Optional[str] = None
+    database: Optional[str] = None
+    migrations: Optional[str] = None
+    collection: str = "migrations"
+    transactions: str = "auto"
+    lock_wait: float = 0.0
+    lock_ttl: float = 60.0
+    on_drift: str = "error"
+    allow_out_of_order: bool = False
+    #: ``None``: the URI's ``serverSelectionTimeoutMS`` if it has one, else the library's.
+    server_timeout: Optional[float] = None
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def migrator_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Migrator`` (besides the client and migrations)."""
+        return {
+            "database": self.database,
+            "collection": self.collection,
+            "transactions": self.transactions,
+            "lock_ttl": self.lock_ttl,
+            "lock_wait": self.lock_wait,
+            "on_drift": self.on_drift,
+            "allow_out_of_order": self.allow_out_of_order,
+        }
+
+    def describe(self) -> str:
+        """One line per explicitly set value and its origin (URI redacted), for ``-v``."""
+        return "\n".join(
+            f"{name} = {redact(str(getattr(self, name)))!s} ({where})"
+            for name, where in self.origin.items()
+        )
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings: raw values by option name, and how it names an option."""
+
+    values: Mapping[str, Any]
+    #: How this layer names an option ("--uri", "environment variable MONGODB_URI").
+    naming: Callable[[Option], str]
+    #: The verb that goes with it in "missing" messages ("pass", "set", "put").
+    how: str = "set"
+
+
+def flags_layer(values: Mapping[str, Any]) -> Layer:
+    """Values given on the command line (already typed by argparse)."""
+    return Layer(values, lambda option: option.flag, how="pass")
+
+
+def env_layer(environ: Optional[Mapping[str, str]] = None) -> Layer:
+    """``ANALYTIQ_MIGRATIONS_*`` (and ``MONGODB_URI``); empty variables count as unset."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for option in OPTIONS:
+        for var in option.env:
+            if environ.get(var, "").strip():
+                values[option.name] = environ[var]
+                names[option.name] = var
+                break
+    return Layer(values, lambda option: "environment variable " + names.get(
+        option.name, " or ".join(option.env)))
+
+
+def pyproject_layer(directory: Optional[Path] = None) -> Layer:
+    """``[tool.analytiq_migrations]`` of ``pyproject.toml`` in ``directory`` (default: cwd)."""
+    path = (directory or Path.cwd()) / "pyproject.toml"
+    table = _read_pyproject(path)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        option = BY_NAME.get(key) or next((o for o in OPTIONS if key in o.keys), None)
+        if option is None:
+            known = ", ".join(o.key for o in OPTIONS)
+            raise ConfigurationError(
+                f"Unknown setting '{key}' in [tool.analytiq_migrations] of {path}.",
+                hint=f"Known settings: {known}.",
+            )
+        values[option.name] = value
+    return Layer(values, lambda option: f"{option.key} = \"...\" in [tool.analytiq_migrations] "
+                 "of ./pyproject.toml", how="put")
+
+
+def _read_pyproject(path: Path) -> dict[str, Any]:
+    """The ``[tool.analytiq_migrations]`` table, ``{}`` without one (or without the file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read {path}: {exc}") from None
+    if "analytiq_migrations" not in text:
+        return {}  # nothing of ours: don't parse (or need a TOML parser) at all
+    toml = _toml_module()
+    if toml is None:
+        raise ConfigurationError(
+            f"{path} has a [tool.analytiq_migrations] table but this Python has no TOML "
+            "parser.",
+            hint="pip install tomli (built in from Python 3.11 on), or pass the settings as "
+            "flags or environment variables.",
+        )
+    try:
+        data = toml.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+    table: Any = data
+    for part in PYPROJECT_TABLE:
+        table = table.get(part, {}) if isinstance(table, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"[tool.analytiq_migrations] in {path} must be a table.")
+    return table
+
+
+def _toml_module() -> Any:
+    """``tomllib`` (3.11+) or ``tomli`` if installed; ``None`` otherwise."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return tomli
+
+
+def resolve(layers: Sequence[Layer]) -> Settings:
+    """Settings from ``layers`` (highest precedence first), each value checked."""
+    settings = Settings()
+    for option in OPTIONS:
+        for layer in layers:
+            if option.name in layer.values and layer.values[option.name] is not None:
+                where = layer.naming(option)
+                value = option.parse(layer.values[option.name], where)
+                setattr(settings, option.name, value)
+                settings.origin[option.name] = where
+                break
+    if settings.lock_ttl <= 0:
+        raise ConfigurationError(
+            f"The lock TTL must be more than 0 seconds ({settings.origin.get('lock_ttl')})."
+        )
+    return settings
+
+
+def load(flags: Mapping[str, Any], framework: Optional[Layer] = None,
+         environ: Optional[Mapping[str, str]] = None,
+         directory: Optional[Path] = None) -> tuple[Settings, list[Layer]]:
+    """Resolve flags > framework > environment > pyproject; also returns the layers used."""
+    layers = [flags_layer(flags)]
+    if framework is not None:
+        layers.append(framework)
+    layers += [env_layer(environ), pyproject_layer(directory)]
+    return resolve(layers), layers
+
+
+def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
+            *, database_from_uri: bool = True) -> None:
+    """Raise one ``ConfigurationError`` naming every missing setting and how to set it."""
+    missing = [BY_NAME[n] for n in names if getattr(settings, n) is None]
+    if database_from_uri and settings.uri and _uri_database(settings.uri):
+        missing = [o for o in missing if o.name != "database"]
+    if not missing:
+        return
+    lines = []
+    for option in missing:
+        ways = [f"{layer.how} {layer.naming(option)}" for layer in layers]
+        if option.name == "database":
+            ways.append("name it in the URI's path (mongodb://host/NAME)")
+        lines.append(f"  {option.label}: {', or '.join(ways)}")
+    what = ", ".join(o.label for o in missing)
+    raise ConfigurationError(
+        f"Missing setting{'s' if len(missing) > 1 else ''}: {what}.\n" + "\n".join(lines)
+    )
+
+
+def _uri_database(uri: str) -> Optional[str]:
+    """The database named in a URI's path, if any (``mongodb://host/NAME?...``)."""
+    rest = uri.split("://", 1)[-1]
+    if "/" not in rest:
+        return None
+    path = rest.split("/", 1)[1].split("?", 1)[0]
+    return path or None
+
+
+def make_client(settings: Settings) -> Any:
+    """A ``MongoClient`` for ``settings.uri`` (not connected yet)."""
+    import pymongo
+    from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+
+    from .runner import SERVER_SELECTION_TIMEOUT_MS
+
+    uri = settings.uri or ""
+    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False}
+    timeout = settings.server_timeout
+    if timeout is None and "serverselectiontimeoutms=" not in uri.lower():
+        timeout = SERVER_SELECTION_TIMEOUT_MS / 1000
+    if timeout is not None:
+        options["serverSelectionTimeoutMS"] = max(1, int(timeout * 1000))
+    try:
+        return pymongo.MongoClient(uri, **options)
+    except (PyMongoConfigurationError, ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"Bad MongoDB URI {redact(uri)!r}: {redact(str(exc))}",
+            hint="It looks like mongodb://[user:password@]host[:port]/[database][?options].",
+        ) from None
+
+
+def ping(client: Any) -> None:
+    """Fail fast when the server does not answer in time or refuses the credentials."""
+    from pymongo.errors import ConnectionFailure, OperationFailure
+
+    try:
+        # One ping, not retried: server selection has already waited the whole timeout.
+        client.admin.command("ping")
+    except ConnectionFailure as exc:
+        waited = client.options.server_selection_timeout
+        cause = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+        raise ConnectionFailedError(
+            f"Cannot reach MongoDB at {_hosts(client)} within {waited:g} s: "
+            f"{redact(cause)[:300]}",
+            hint="Check the URI, that the server is running and reachable from here, and any "
+            "firewall/TLS settings (--server-timeout waits longer). Nothing was changed.",
+        ) from None
+    except OperationFailure as exc:
+        if exc.code != 18:
+            return  # it answered: access problems are reported by the command that needs access
+        # Reported here: after a failed handshake the driver would wait out the whole
+        # server selection timeout on the next command before saying anything.
+        message = (exc.details or {}).get("errmsg") or str(exc).split(", full error")[0]
+        raise ConfigurationError(
+            f"Authentication failed on {_hosts(client)}: {redact(str(message))}",
+            hint="Check the user, password and authSource in the URI.",
+        ) from None
+
+
+def _hosts(client: Any) -> str:
+    """``host:port, ...`` of a client's seeds (never credentials)."""
+    addresses = client.topology_description.server_descriptions()
+    return ", ".join(f"{host}:{port}" for host, port in addresses) or "?"
+
+
+def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any = None) -> Any:
+    """A ``Migrator`` for ``settings`` whose server answered; close it with ``.client.close()``.
+
+    The migrations are loaded before the server is contacted, so a broken migration
+    file is reported even when the server is down.
+    """
+    from .runner import Migrator
+
+    source = migrations if migrations is not None else settings.migrations
+    if source is None:
+        raise ConfigurationError("No migrations given.", hint="Set --migrations.")
+    client = make_client(settings)
+    try:
+        migrator = Migrator(client, source, progress=progress, **settings.migrator_options())
+        ping(client)
+    except BaseException:
+        client.close()
+        raise
+    return migrator

@@ -1,0 +1,132 @@
+"""``new``: write the next ``NNNN_slug.py`` migration file from a template."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+#: Zero-padding for the first file of a directory: 9999 migrations before the
+#: names stop sorting by version in a file listing.
+DEFAULT_WIDTH = 4
+
+#: Longest slug: keeps file names readable in listings and far below filesystem limits.
+MAX_SLUG = 60
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_NUMBERED = re.compile(r"^(\d+)_.*\.py$")
+
+TEMPLATE = '''\
+"""{description}"""
+
+# Transactions: with the default (transactional = None) this migration runs in a
+# transaction wherever the server supports them (replica set or mongos): its writes,
+# its version record and its history entry commit together or not at all.
+# Set transactional = False for what a transaction cannot hold: index builds on
+# MongoDB < 4.4, changes to more documents than fit in 60 s / 16 MB (use
+# batch_update, see the docs), or commands not allowed in transactions.
+# transactional = False
+
+# Without a transaction a killed run can leave this half applied. Set
+# idempotent = True if running up() again is harmless (e.g. $set to fixed values,
+# create_index); the next run then simply re-runs it instead of stopping.
+# idempotent = True
+
+
+def up(db):
+    """Apply the change. ``db`` is a pymongo Database; in a transaction, every call on
+    it joins the transaction automatically."""
+    # db.users.update_many({{"status": {{"$exists": False}}}}, {{"$set": {{"status": "active"}}}})
+    raise NotImplementedError("write this migration: {filename}")
+
+
+def down(db):
+    """Revert the change. Delete this function if the change cannot be undone: a
+    downgrade past this version is then refused up front instead of failing midway."""
+    # db.users.update_many({{}}, {{"$unset": {{"status": ""}}}})
+    raise NotImplementedError("write this migration's down(): {filename}")
+'''
+
+
+@dataclass(frozen=True)
+class Created:
+    """What ``new_migration`` wrote."""
+
+    path: Path
+    version: int
+    made_directory: bool
+
+
+def slugify(description: str) -> str:
+    """``"Add e-mail index!"`` -> ``add_e_mail_index`` (ASCII letters, digits, ``_``)."""
+    ascii_text = unicodedata.normalize("NFKD", description).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_").lower()
+    return slug[:MAX_SLUG].rstrip("_")
+
+
+def migrations_directory(source: str) -> Path:
+    """The directory behind a ``--migrations`` value (a path, or a package's directory)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if os.sep not in source and not source.endswith(".py") and _DOTTED_NAME.match(source):
+        try:
+            spec = importlib.util.find_spec(source)
+        except (ImportError, ValueError):
+            spec = None
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if not locations:
+            raise ConfigurationError(
+                f"Migrations '{source}' is neither a directory nor an importable package.",
+                hint="Check the package name (is it on sys.path?), or give a directory path.",
+            )
+        return Path(locations[0])
+    return path
+
+
+def next_name(directory: Path, slug: str) -> tuple[int, str]:
+    """Next free version and its file name, zero-padded like the highest existing file."""
+    numbered = []
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            match = _NUMBERED.match(entry.name)
+            if match and entry.is_file():
+                numbered.append((int(match.group(1)), len(match.group(1))))
+    last, width = max(numbered) if numbered else (0, DEFAULT_WIDTH)
+    version = last + 1
+    return version, f"{version:0{width}d}_{slug}.py"
+
+
+def new_migration(source: str, description: str) -> Created:
+    """Write the next migration file for ``description`` into ``source``'s directory."""
+    description = " ".join(description.split())
+    slug = slugify(description)
+    if not slug:
+        raise ConfigurationError(
+            f"Cannot make a file name from the description {description!r}.",
+            hint="Describe the change in words, e.g. `new add email index`.",
+        )
+    directory = migrations_directory(source)
+    made = not directory.exists()
+    if made:
+        directory.mkdir(parents=True)
+    elif not directory.is_dir():
+        raise ConfigurationError(f"Migrations path '{directory}' exists but is not a directory.")
+    version, name = next_name(directory, slug)
+    path = directory / name
+    docstring = description.replace("\\", "\\\\").replace('"', '\\"')
+    text = TEMPLATE.format(description=docstring, filename=path.as_posix())
+    try:
+        with path.open("x", encoding="utf-8") as handle:  # "x": never overwrite
+            handle.write(text)
+    except FileExistsError:
+        raise ConfigurationError(
+            f"Migration file '{path}' already exists; not overwriting it.",
+            hint="Another `new` may have just written it: list the directory and try again.",
+        ) from None
+    return Created(path=path, version=version, made_directory=made)
