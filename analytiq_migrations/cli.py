@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -267,9 +268,15 @@ class Command:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code."""
     previous = _install_sigterm()
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # like `python -m`: a dotted --migrations name resolves from the project
+        sys.path.insert(0, cwd)
     try:
         return run(argv)
     finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -278,13 +285,14 @@ def run(
     argv: Optional[Sequence[str]] = None,
     *,
     prog: str = PROG,
-    framework: Optional[Layer] = None,
+    framework: Optional[Callable[[], Layer]] = None,
     stdout: Optional[TextIO] = None,
     stderr: Optional[TextIO] = None,
 ) -> int:
     """Parse ``argv``, run the command, print; returns the exit code (never exits).
 
-    ``framework`` is the Flask/Django settings layer (between flags and environment).
+    ``framework`` builds the Flask/Django settings layer (between flags and environment);
+    it is called after parsing, so its errors are reported like any other.
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -304,13 +312,13 @@ def run(
         return _dispatch(args, framework, out, prog)
 
 
-def _dispatch(args: argparse.Namespace, framework: Optional[Layer], out: Output,
-              prog: str) -> int:
+def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]],
+              out: Output, prog: str) -> int:
     """Resolve settings and run the handler, turning every failure into an exit code."""
     command: Optional[Command] = None
     try:
         flags = {name: value for name, value in vars(args).items() if name in BY_NAME}
-        settings, layers = load(flags, framework)
+        settings, layers = load(flags, framework() if framework else None)
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
         return HANDLERS[args.command](command)

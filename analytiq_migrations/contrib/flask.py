@@ -122,7 +122,8 @@ def _group(app: Any) -> Any:
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def command(args: tuple[str, ...]) -> None:
             argv = ([verb] if verb else []) + list(args)
-            code = cli.run(argv, prog="flask migrations", framework=settings_layer(app),
+            code = cli.run(argv, prog="flask migrations",
+                           framework=lambda: settings_layer(app),
                            stdout=sys.stdout, stderr=sys.stderr)
             click.get_current_context().exit(code)
 

@@ -26,17 +26,35 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("args", nargs=argparse.REMAINDER,
                             help="an analytiq-migrations command and its options")
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
+        """Django's parser, except that every argument goes to the CLI untouched.
+
+        ``call_command`` parses with it: without this, options before the command
+        (``"--json", "status"``) or the CLI's ``-v`` would be taken as Django's own.
+        """
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        django_defaults = vars(parser.parse_args([]))
+
+        def parse_args(args: Any = None, namespace: Any = None) -> argparse.Namespace:
+            return argparse.Namespace(**{**django_defaults, "args": list(args or [])})
+
+        parser.parse_args = parse_args
+        return parser
+
+    def print_help(self, prog_name: str, subcommand: str) -> None:
+        """``manage.py help mongo_migrations``: the CLI's own help."""
+        cli.run(["--help"], prog=f"{prog_name} {subcommand}")
+
     def run_from_argv(self, argv: list[str]) -> None:
         """``manage.py mongo_migrations ...``: the whole rest of the line goes to the CLI."""
         prog = f"{os.path.basename(argv[0])} {argv[1]}"
-        code = cli.run(_without_django_options(argv[2:]), prog=prog,
-                       framework=settings_layer())
+        code = cli.run(_without_django_options(argv[2:]), prog=prog, framework=settings_layer)
         raise SystemExit(code)
 
     def handle(self, *args: str, **options: Any) -> None:
         """``call_command("mongo_migrations", "status", "--json")``."""
         self.stdout.ending = self.stderr.ending = ""  # the CLI ends its own lines
-        code = cli.run(list(args), prog="mongo_migrations", framework=settings_layer(),
+        code = cli.run(list(args), prog="mongo_migrations", framework=settings_layer,
                        stdout=self.stdout, stderr=self.stderr)
         if code:
             raise CommandError(f"mongo_migrations {' '.join(args)} exited with code {code}",
