@@ -52,16 +52,16 @@ class TouchesEverything(Migration):
 
 def transaction_of(recorder: Any, version: int, db_name: str) -> list[Any]:
     """The commands sent for ``version``'s transaction (from startTransaction to commit)."""
-    events = [e for e in recorder.events if e.command_name not in DRIVER]
+    events = [e for e in recorder.commands if e.name not in DRIVER]
     start = next(i for i, e in enumerate(events)
                  if e.command.get("startTransaction") and _touches(e, db_name))
     end = next(i for i, e in enumerate(events[start:], start)
-               if e.command_name in ("commitTransaction", "abortTransaction"))
+               if e.name in ("commitTransaction", "abortTransaction"))
     return events[start:end + 1]
 
 
 def _touches(event: Any, db_name: str) -> bool:
-    return bool(event.database_name == db_name)
+    return bool(event.database == db_name)
 
 
 def test_every_call_on_db_joins_the_transaction(recorded_db: Any, recorder: Any) -> None:
@@ -71,16 +71,16 @@ def test_every_call_on_db_joins_the_transaction(recorded_db: Any, recorder: Any)
     migrator.upgrade()
     txn = transaction_of(recorder, 1, recorded_db.name)
     lsid, txn_number = txn[0].command["lsid"], txn[0].command["txnNumber"]
-    names = [e.command_name for e in txn]
+    names = [e.name for e in txn]
     for name in ("insert", "update", "findAndModify", "delete", "aggregate", "distinct",
                  "find", "createIndexes", "commitTransaction"):
         assert name in names, name
     for event in txn:
-        assert event.command["lsid"] == lsid, event.command_name
-        assert event.command["txnNumber"] == txn_number, event.command_name
-        assert event.command.get("autocommit") is False, event.command_name
+        assert event.command["lsid"] == lsid, event.name
+        assert event.command["txnNumber"] == txn_number, event.name
+        assert event.command.get("autocommit") is False, event.name
     # the bookkeeping is inside the very same transaction
-    written = [(e.command_name, e.command.get(e.command_name)) for e in txn]
+    written = [(e.name, e.command.get(e.name)) for e in txn]
     assert ("update", "migrations") in written
     assert ("insert", "migrations_history") in written
     assert ("update", "migration_lock") in written  # the lease is re-checked by writing it
@@ -96,7 +96,7 @@ def test_the_record_commits_with_the_migration(recorded_db: Any, recorder: Any) 
 
     Migrator(recorded_db, [One]).upgrade()
     txn = transaction_of(recorder, 1, recorded_db.name)
-    assert [e.command_name for e in txn] == [
+    assert [e.name for e in txn] == [
         "update",   # lease (migration_lock)
         "insert",   # the migration's own write
         "update",   # record -> applied
@@ -156,29 +156,29 @@ def test_returning_false_fails_and_rolls_back(db: Any) -> None:
 
 
 def test_standalone_sends_no_start_transaction(
-    recorded_standalone_db: Any, recorder: Any
+    recorded_standalone_db: Any, standalone_recorder: Any
 ) -> None:
     migrator = Migrator(recorded_standalone_db, [TouchesEverything])
     assert not migrator.plan().steps[0].transactional
     migrator.upgrade()
     migrator.downgrade(0)
-    assert recorder.events, "the recorder saw nothing"
-    assert not [e for e in recorder.events if "startTransaction" in e.command]
-    assert not [e for e in recorder.events if e.command_name == "commitTransaction"]
+    assert standalone_recorder.commands, "the recorder saw nothing"
+    assert not [e for e in standalone_recorder.commands if "startTransaction" in e.command]
+    assert not [e for e in standalone_recorder.commands if e.name == "commitTransaction"]
     record = recorded_standalone_db.migrations.find_one({"_id": 1})
     assert record["status"] == "rolled_back" and record["transactional"] is False
 
 
 def test_always_on_standalone_fails_before_anything_runs(
-    recorded_standalone_db: Any, recorder: Any
+    recorded_standalone_db: Any, standalone_recorder: Any
 ) -> None:
     migrator = Migrator(recorded_standalone_db, [TouchesEverything], transactions="always")
-    recorder.clear()
+    standalone_recorder.clear()
     with pytest.raises(TransactionsUnsupportedError, match="Standalone") as info:
         migrator.upgrade()
     assert info.value.exit_code == 2
-    writes = [e for e in recorder.events
-              if e.command_name in ("insert", "update", "delete", "findAndModify")]
+    writes = [e for e in standalone_recorder.commands
+              if e.name in ("insert", "update", "delete", "findAndModify")]
     assert writes == []
     assert recorded_standalone_db.list_collection_names() == []
 
@@ -217,10 +217,10 @@ def test_per_migration_opt_out(recorded_db: Any, recorder: Any) -> None:
     assert [s.transactional for s in migrator.plan()] == [False, True]
     recorder.clear()
     migrator.upgrade()
-    create = [e for e in recorder.events if e.command_name == "createIndexes"]
+    create = [e for e in recorder.commands if e.name == "createIndexes"]
     assert create and "txnNumber" not in create[0].command
-    backfill = [e for e in recorder.events
-                if e.command_name == "update" and e.command.get("update") == "users"]
+    backfill = [e for e in recorder.commands
+                if e.name == "update" and e.command.get("update") == "users"]
     assert backfill and backfill[0].command.get("autocommit") is False
     assert "email_1" in recorded_db.users.index_information()
 
@@ -228,7 +228,7 @@ def test_per_migration_opt_out(recorded_db: Any, recorder: Any) -> None:
 def test_never_mode_sends_no_transactions(recorded_db: Any, recorder: Any) -> None:
     migrator = Migrator(recorded_db, [TouchesEverything], transactions="never")
     migrator.upgrade()
-    assert not [e for e in recorder.events if "startTransaction" in e.command]
+    assert not [e for e in recorder.commands if "startTransaction" in e.command]
 
 
 def test_self_session_is_the_runs_session(db: Any) -> None:
