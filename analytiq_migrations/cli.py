@@ -61,6 +61,10 @@ exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configurat
 DESCRIPTION_WIDTH = 44
 
 
+_AFTER_INTERRUPT = ("Any lock this run held was released; a migration cut short shows as "
+                    "interrupted in `status`, and the next `up` re-runs it if that is safe.")
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived: unwind (releasing the lock) like Ctrl-C does."""
 
@@ -326,12 +330,10 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         out.error(exc, prog)
         return exc.exit_code
     except KeyboardInterrupt:
-        out.note(f"{prog}: interrupted (Ctrl-C): the lock was released; an unfinished "
-                 "migration is recorded as interrupted - run `status` to see it.")
+        out.note(f"{prog}: interrupted (Ctrl-C). {_AFTER_INTERRUPT}")
         return EXIT_SIGINT
     except _Terminated:
-        out.note(f"{prog}: terminated (SIGTERM): the lock was released; an unfinished "
-                 "migration is recorded as interrupted - run `status` to see it.")
+        out.note(f"{prog}: terminated (SIGTERM). {_AFTER_INTERRUPT}")
         return EXIT_SIGTERM
     except Exception as exc:
         if command is not None and command.migrator is not None and _is_driver_error(exc):
@@ -399,7 +401,24 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequenc
 
 def _dump(items: Sequence[Any]) -> list[Any]:
     """Pydantic models as JSON-ready dicts (ISO-8601 UTC times)."""
-    return [item.model_dump(mode="json") for item in items]
+    return [_plain(item.model_dump()) for item in items]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data: ISO-8601 UTC times; BSON values from checkpoints and the lock
+    (``ObjectId``, binary session ids, ``Decimal128``...) as strings (binary as hex)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def _problems_text(problems: Sequence[Any]) -> str:
@@ -437,7 +456,7 @@ def cmd_status(cmd: Command) -> int:
         "database": m.db.name, "current_version": current, "head_version": head,
         "pending": pending, "healthy": not problems,
         "migrations": _dump(rows), "problems": _dump(problems),
-        "lock": lock.model_dump(mode="json") if lock else None,
+        "lock": _plain(lock.model_dump()) if lock else None,
     }
     table = _table(
         ["VERSION", "DESCRIPTION", "STATUS", "APPLIED AT (UTC)", "CHECKSUM"],
@@ -452,7 +471,7 @@ def cmd_status(cmd: Command) -> int:
     if problems:
         text += f"\nProblems:\n{_problems_text(problems)}\n"
     cmd.out.result(text, data)
-    if not cmd.args.__dict__.get("check"):
+    if not cmd.args.check:
         return EXIT_OK
     blocking = [p for p in problems if p.kind != "running"]
     if blocking:
@@ -480,7 +499,7 @@ def cmd_plan(cmd: Command) -> int:
         )
         text = (f"Plan for {cmd.where}: {plan.direction} from version {plan.current_version} "
                 f"to {plan.target_version}, {_plural(len(plan.steps), 'step')}:\n\n{table}")
-    cmd.out.result(text, plan.model_dump(mode="json"))
+    cmd.out.result(text, _plain(plan.model_dump()))
     return EXIT_OK
 
 
@@ -500,7 +519,7 @@ def _report(cmd: Command, report: Any) -> int:
         )
         text = (f"{verb} {_plural(len(report.steps), 'migration')} on {cmd.where}: version "
                 f"{report.start_version} -> {report.end_version}\n\n{table}")
-    cmd.out.result(text, report.model_dump(mode="json"))
+    cmd.out.result(text, _plain(report.model_dump()))
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from bson import Binary
 from support import child_env, free_port, run_python, wait_for
 
 from analytiq_migrations import Migrator
@@ -158,13 +159,13 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mongo_uri: str, db: Any
     return Cli(capsys, db, tmp_path / "migrations", mongo_uri)
 
 
-def hold_lock(db: Any, *, expires_in: float = 600.0) -> None:
+def hold_lock(db: Any, *, expires_in: float = 600.0, **extra: Any) -> None:
     """Another process's lease, as the lock collection holds it."""
     now = datetime.now(timezone.utc)
     db.migration_lock.insert_one({
         "_id": "migration_lock", "holder": "deploy@web-7:4242/feedbeef", "run_id": "feedbeef",
         "host": "web-7", "pid": 4242, "locked_at": now - timedelta(seconds=5),
-        "heartbeat_at": now, "expires_at": now + timedelta(seconds=expires_in),
+        "heartbeat_at": now, "expires_at": now + timedelta(seconds=expires_in), **extra,
     })
 
 
@@ -221,6 +222,40 @@ def test_json_on_every_read_command(cli: Cli) -> None:
     assert history["entries"][0]["started_at"].endswith("Z")
     assert cli("validate", "--json").json() == {"database": cli.db.name, "healthy": True,
                                                 "problems": []}
+
+
+HALFWAY = '''\
+"""Name the items"""
+
+from analytiq_migrations import Migration
+
+
+class NameItems(Migration):
+    transactional = False
+
+    def up(self, db):
+        def name(doc):
+            if doc["n"] == 2:
+                raise ValueError("item 2 has no number")
+            return {"$set": {"name": f"item {doc['n']}"}}
+
+        self.batch_update("items", {}, name, batch_size=1)
+'''
+
+
+def test_json_carries_checkpoints_and_lock_session_ids(cli: Cli) -> None:
+    cli("up")
+    ids = cli.db.items.insert_many([{"n": n} for n in range(4)]).inserted_ids
+    cli.write("0004_name_items.py", HALFWAY)
+    assert cli("up", "-q").code == 1
+    hold_lock(cli.db, session_ids=[{"id": Binary(uuid.uuid4().bytes, 4)}])
+    result = cli("status", "--json")
+    assert result.code == 0, result.err
+    status = result.json()
+    row = status["migrations"][3]
+    assert (row["version"], row["status"]) == (4, "failed")
+    assert str(ids[1]) in json.dumps(row["progress"])  # the checkpoint: items 0 and 1 done
+    assert len(status["lock"]["session_ids"][0]["id"]) == 32  # hex of a UUID
 
 
 def test_plan_shows_what_a_target_would_do_without_doing_it(cli: Cli) -> None:
@@ -648,7 +683,7 @@ def test_sigterm_releases_the_lock_and_leaves_an_interrupted_record(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 143
-    assert "terminated (SIGTERM): the lock was released" in err
+    assert "terminated (SIGTERM). Any lock this run held was released" in err
     assert db.migration_lock.find_one({"_id": "migration_lock"}) is None
     rows = Migrator(db, str(tmp_path / "migrations")).status()
     assert [(row.version, row.status) for row in rows] == [
