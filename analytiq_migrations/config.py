@@ -10,6 +10,7 @@ error can always say every way to set a missing value.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from .errors import ConfigurationError, ConnectionFailedError, redact
 
 #: Where settings of the ``pyproject.toml`` in the working directory live.
 PYPROJECT_TABLE = ("tool", "analytiq_migrations")
+
+#: ``[tool.analytiq_migrations]`` as a line of TOML (for when no TOML parser is around).
+_TABLE_HEADER = re.compile(r'^\s*\[\s*"?tool"?\s*\.\s*"?analytiq_migrations"?\s*\]', re.M)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -215,6 +219,8 @@ def _read_pyproject(path: Path) -> dict[str, Any]:
         return {}  # nothing of ours: don't parse (or need a TOML parser) at all
     toml = _toml_module()
     if toml is None:
+        if not _TABLE_HEADER.search(text):
+            return {}  # only mentions the package (a dependency list, say)
         raise ConfigurationError(
             f"{path} has a [tool.analytiq_migrations] table but this Python has no TOML "
             "parser.",
