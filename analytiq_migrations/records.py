@@ -6,10 +6,11 @@ so a hand-edited or corrupted record is reported by name instead of crashing a r
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Annotated, Any, Iterator, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
 from .errors import CorruptRecordError
 
@@ -27,6 +28,17 @@ def _as_utc(value: datetime) -> datetime:
 
 #: A datetime that is always timezone-aware UTC.
 UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _bson_to_json(value: Any) -> Any:
+    """BSON values (ObjectId, Binary, ...) as relaxed Extended JSON, for JSON dumps."""
+    from bson import json_util
+
+    return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
+
+
+#: Stored free-form data (checkpoints, ids): BSON types become Extended JSON in JSON mode.
+BSONData = Annotated[Any, PlainSerializer(_bson_to_json, when_used="json")]
 
 #: Statuses that count a version as present in the database.
 APPLIED_STATUSES = frozenset({"applied", "baselined"})
@@ -73,7 +85,7 @@ class MigrationRecord(BaseModel):
     transactional: bool = False
     attempts: int = 0
     error: Optional[ErrorInfo] = None
-    progress: Optional[dict[str, Any]] = None
+    progress: Optional[dict[str, BSONData]] = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], collection: str) -> MigrationRecord:
@@ -206,7 +218,7 @@ class StatusRow(BaseModel):
     reversible: Optional[bool] = None
     attempts: int = 0
     error: Optional[ErrorInfo] = None
-    progress: Optional[dict[str, Any]] = None
+    progress: Optional[dict[str, BSONData]] = None
 
 
 ProblemKind = Literal[
@@ -238,6 +250,10 @@ class LockInfo(BaseModel):
     host: Optional[str] = None
     pid: Optional[int] = None
     run_id: Optional[str] = None
+    user: Optional[str] = None
+    tool_version: Optional[str] = None
+    #: The holder's session ids (``{"id": UUID}``), ended by whoever takes over.
+    session_ids: list[BSONData] = Field(default_factory=list)
 
 
 class ProgressEvent(BaseModel):

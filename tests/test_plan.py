@@ -133,3 +133,21 @@ def test_problems_distinguish_a_live_run_from_a_dead_one() -> None:
     assert [p.kind for p in find_problems(MIGRATIONS, records)] == ["interrupted"]
     assert [p.kind for p in find_problems(MIGRATIONS, records, live_run_id="dead")] == [
         "running"]
+
+
+def test_rows_and_lock_info_dump_to_json_with_bson_values() -> None:
+    import json
+    import uuid
+
+    from bson import Binary, ObjectId
+
+    from analytiq_migrations.records import LockInfo
+
+    oid = ObjectId()
+    row = status_rows(MIGRATIONS, {1: interrupted(1, progress={"batch_update": [
+        {"last_id": oid}]})})[0]
+    assert json.loads(row.model_dump_json())["progress"] == {
+        "batch_update": [{"last_id": {"$oid": str(oid)}}]}
+    assert row.model_dump()["progress"]["batch_update"][0]["last_id"] == oid  # python mode: BSON
+    lock = LockInfo(holder="h", session_ids=[{"id": Binary.from_uuid(uuid.uuid4())}])
+    assert "$binary" in json.dumps(lock.model_dump(mode="json"))
