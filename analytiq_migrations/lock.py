@@ -38,6 +38,15 @@ LOCK_ID = "migration_lock"
 #: before the lease runs out.
 HEARTBEAT_FRACTION = 1 / 3
 
+#: Tries at removing a lock that keeps changing hands before ``unlock`` gives up: each
+#: retry means another run took the lock in between, so a few are plenty.
+BREAK_ATTEMPTS = 5
+
+
+def local_now() -> datetime:
+    """This machine's clock, aware UTC (which may be wrong: ``ServerClock`` corrects it)."""
+    return datetime.now(timezone.utc)
+
 
 class ServerClock:
     """The server's time, estimated from ``hello.localTime`` and the round trip."""
@@ -45,9 +54,9 @@ class ServerClock:
     def __init__(self, db: Any) -> None:
         self.offset = timedelta(0)
         try:
-            sent = datetime.now(timezone.utc)
+            sent = local_now()
             reply = db.client.admin.command("hello")
-            received = datetime.now(timezone.utc)
+            received = local_now()
         except (PyMongoError, AttributeError, NotImplementedError):
             return  # no server clock to read (mongomock): trust ours
         local_time = reply.get("localTime")
@@ -58,7 +67,7 @@ class ServerClock:
 
     def now(self) -> datetime:
         """Current server time (aware UTC)."""
-        return datetime.now(timezone.utc) + self.offset
+        return local_now() + self.offset
 
 
 def describe(info: LockInfo) -> str:
@@ -76,14 +85,33 @@ def describe(info: LockInfo) -> str:
 def read_lock(collection: Any) -> Optional[LockInfo]:
     """The lock document, or ``None`` when nobody holds the lock."""
     doc = collection.find_one({"_id": LOCK_ID})
-    if doc is None:
-        return None
-    doc.pop("_id", None)
+    return None if doc is None else lock_info(doc)
+
+
+def lock_info(doc: dict[str, Any]) -> LockInfo:
+    """A lock document as ``LockInfo``; a foreign or damaged one shows as its text."""
+    body = {k: v for k, v in doc.items() if k != "_id"}
     try:
-        return LockInfo.model_validate(doc)
+        return LockInfo.model_validate(body)
     except ValueError:
         # A foreign document: show what we can, never crash on it.
-        return LockInfo(holder=repr(doc)[:200])
+        return LockInfo(holder=f"an unrecognised lock document {_short(doc)}")
+
+
+def _short(doc: dict[str, Any]) -> str:
+    """A lock document as text for a message, cut to a readable length."""
+    text = repr({k: v for k, v in doc.items() if k != "session_ids"})
+    return text if len(text) <= 200 else text[:200] + "...}"
+
+
+def _expired(doc: dict[str, Any], now: datetime) -> bool:
+    """True when a lock document's lease ran out (a lease without a valid expiry never does)."""
+    expires = doc.get("expires_at")
+    if not isinstance(expires, datetime):
+        return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires <= now
 
 
 class Lease:
@@ -170,6 +198,18 @@ class Lease:
 
     def _try_acquire(self) -> None:
         """One atomic attempt to take (or take over) the lock."""
+        current = self.policy.call(
+            "read the migration lock", lambda: self.collection.find_one({"_id": LOCK_ID})
+        )
+        killed: list[Any] = []
+        if current is not None and current.get("run_id") != self.run.run_id:
+            if not _expired(current, self.clock.now()):
+                raise self._busy(current)
+            # End the dead holder's sessions *before* writing: a transaction it left open
+            # holds the lock document (it re-checks its lease by writing it), and our
+            # write would wait on that transaction until the server reaps it.
+            killed = list(current.get("session_ids") or [])
+            kill_sessions(self.collection, killed)
         started = time.monotonic()
         query = {
             "_id": LOCK_ID,
@@ -186,28 +226,34 @@ class Lease:
                 ),
             )
         except DuplicateKeyError:
-            info = read_lock(self.collection)
-            if info is None:  # released between our two commands: try once more
+            raw = self.collection.find_one({"_id": LOCK_ID})
+            if raw is None:  # released between our two commands: try once more
                 return self._try_acquire()
-            raise LockBusyError(
-                f"The migration lock is held by {describe(info)}.",
-                hint="Wait for that run to finish, or wait for the lock with "
-                "lock_wait=SECONDS (--lock-wait). If that process is dead, the lock "
-                "expires on its own; to break it now: `analytiq-migrations unlock --force`.",
-            ) from None
+            raise self._busy(raw) from None
         self._deadline = started + self.ttl
         if previous is not None and previous.get("run_id") != self.run.run_id:
-            self._take_over(previous)
+            self._take_over(previous, killed)
         log.info("Acquired the migration lock as %s (ttl %.0fs)", self.holder, self.ttl)
 
-    def _take_over(self, previous: dict[str, Any]) -> None:
-        """We replaced an expired lease: end the dead holder's sessions."""
+    def _busy(self, doc: dict[str, Any]) -> LockBusyError:
+        """The error for a lock someone else holds."""
+        return LockBusyError(
+            f"The migration lock is held by {describe(lock_info(doc))}.",
+            hint="Wait for that run to finish, or wait for the lock with "
+            "lock_wait=SECONDS (--lock-wait). If that process is dead, the lock "
+            "expires on its own; to break it now: `analytiq-migrations unlock --force`.",
+        )
+
+    def _take_over(self, previous: dict[str, Any], killed: list[Any]) -> None:
+        """We replaced an expired lease: make sure the dead holder's sessions are ended."""
         log.warning(
             "Took over an expired migration lock from %s (expired %s)",
             previous.get("holder"),
             previous.get("expires_at"),
         )
-        kill_sessions(self.collection, previous.get("session_ids") or [])
+        # Normally ended just before; a lease that changed hands in between is ended now.
+        remaining = [sid for sid in previous.get("session_ids") or [] if sid not in killed]
+        kill_sessions(self.collection, remaining)
 
     def release(self) -> None:
         """Give the lock back (only if we still hold it)."""
@@ -228,12 +274,16 @@ class Lease:
     # -- while held ----------------------------------------------------------------------
 
     def check(self, session: Any = None) -> None:
-        """Prove we still hold the lease; inside a transaction, by writing it."""
+        """Prove we still hold the lease (and extend it) by writing it; raises ``LockLostError``.
+
+        Outside a transaction this renews the lease, so whatever comes next starts with a
+        full TTL. Inside one the write joins the transaction: a takeover then conflicts
+        with it, and a run that lost its lease cannot commit.
+        """
         if self.lost_reason:
             raise self._lost()
         if session is None or not session.in_transaction:
-            if time.monotonic() >= self._deadline:
-                self.renew()
+            self.renew()
             return
         ttl = timedelta(seconds=self.ttl)
         now = self.clock.now()
@@ -243,11 +293,13 @@ class Lease:
             session=session,
         )
         if result.matched_count != 1:
-            self.lost_reason = "the lock document no longer names this run"
+            self.lost_reason = "its lease expired or another run took the lock over"
             raise self._lost()
 
     def renew(self) -> None:
         """Extend the lease by one TTL; marks the lease lost if it is no longer ours."""
+        if self.lost_reason:
+            raise self._lost()
         started = time.monotonic()
         result = self.collection.update_one(
             {"_id": LOCK_ID, "run_id": self.run.run_id},
@@ -311,24 +363,33 @@ def kill_sessions(collection: Any, session_ids: list[Any]) -> None:
 
 def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: ServerClock) -> bool:
     """Remove the lock document if allowed; returns True when something was removed."""
-    info = read_lock(collection)
-    if info is None:
-        return False
-    mine = run_id is not None and info.run_id == run_id
-    expired = info.expires_at is not None and info.expires_at <= clock.now()
-    if not (force or mine or expired):
-        raise LockBusyError(
-            f"The migration lock is held by {describe(info)}, which is not this process.",
-            hint="Only its holder releases a live lock. If that process is dead and you "
-            "cannot wait for the lock to expire: `analytiq-migrations unlock --force`.",
-        )
-    # Delete exactly the lease we looked at: if it changed hands meanwhile, leave it be.
-    removed = collection.delete_one({"_id": LOCK_ID, "run_id": info.run_id}).deleted_count
-    if not removed:
-        return break_lock(collection, run_id=run_id, force=force, clock=clock)
-    if force and not mine:
-        log.warning("Force-broke the migration lock held by %s", describe(info))
-        kill_sessions(collection, getattr(info, "session_ids", None) or [])
-    else:
-        log.info("Removed the migration lock held by %s", describe(info))
-    return True
+    for _ in range(BREAK_ATTEMPTS):
+        doc = collection.find_one({"_id": LOCK_ID})
+        if doc is None:
+            return False
+        info = lock_info(doc)
+        mine = run_id is not None and doc.get("run_id") == run_id
+        expired = _expired(doc, clock.now())
+        if not (force or mine or expired):
+            raise LockBusyError(
+                f"The migration lock is held by {describe(info)}, which is not this process.",
+                hint="Only its holder releases a live lock. If that process is dead and you "
+                "cannot wait for the lock to expire: `analytiq-migrations unlock --force`.",
+            )
+        if not mine:
+            # First end its sessions: a transaction it left open holds the lock document,
+            # and the delete below would wait on it.
+            sessions = doc.get("session_ids")
+            kill_sessions(collection, sessions if isinstance(sessions, list) else [])
+        # Delete exactly the document we looked at: if it changed hands meanwhile, look again.
+        if collection.delete_one(doc).deleted_count:
+            if force and not (mine or expired):
+                log.warning("Force-broke the migration lock held by %s", describe(info))
+            else:
+                log.info("Removed the migration lock held by %s", describe(info))
+            return True
+    raise LockBusyError(
+        "The migration lock changed hands on every attempt to remove it; another run is "
+        "taking it right now.",
+        hint="Run `analytiq-migrations status` to see who holds it.",
+    )

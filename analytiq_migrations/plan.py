@@ -292,6 +292,8 @@ def status_rows(
                 row.status = "pending" if migration is not None else "rolled_back"
             if record.status == "running" and record.run_id != live_run_id:
                 row.status = "interrupted"
+            if record.status == "failed" and record.error and record.error.type == "Interrupted":
+                row.status = "interrupted"  # settled by a later run: still what happened
             if record.status in APPLIED_STATUSES:
                 if migration is None:
                     row.status = "missing" if record.status == "applied" else "baselined"

@@ -13,7 +13,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-from pymongo.errors import ConnectionFailure, NotPrimaryError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    NotPrimaryError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -101,6 +107,10 @@ def has_label(exc: BaseException, label: str) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors where the same request may succeed if sent again."""
+    if isinstance(exc, ServerSelectionTimeoutError):
+        # The driver already waited its whole server-selection budget for a server;
+        # waiting that long again per attempt would only make a dead host hang a cron job.
+        return False
     if isinstance(exc, (ConnectionFailure, NotPrimaryError)):
         return True
     if has_label(exc, "RetryableWriteError") or has_label(exc, "TransientTransactionError"):
@@ -131,7 +141,11 @@ def run_transaction(
             if session.in_transaction:
                 _abort_quietly(session)
             raise
-        policy.retrying(f"{what}: commit", _unknown_commit)(session.commit_transaction)
+        try:
+            policy.retrying(f"{what}: commit", _unknown_commit)(session.commit_transaction)
+        except BaseException:
+            end_open_transaction(session)
+            raise
         return result
 
     return policy.retrying(what, is_transient_transaction)(attempt)
@@ -140,6 +154,20 @@ def run_transaction(
 def _unknown_commit(exc: BaseException) -> bool:
     """The commit may or may not have happened: committing again is safe."""
     return has_label(exc, "UnknownTransactionCommitResult")
+
+
+def end_open_transaction(session: Any) -> None:
+    """After a failed commit, make sure the server holds no open transaction for ``session``.
+
+    A commit can fail before the server acted on it, leaving the transaction open; the
+    driver then refuses ``abortTransaction``, and the open transaction would block every
+    document it wrote (the lock and record included) until the server reaps it. Ending
+    the session's operations settles it: a transaction that did commit stays committed.
+    """
+    try:
+        session.client.admin.command("killSessions", [session.session_id])
+    except PyMongoError as exc:
+        log.warning("Could not end the transaction left open by a failed commit: %s", exc)
 
 
 def _abort_quietly(session: Any) -> None:

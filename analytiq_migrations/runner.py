@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Callable, Iterator, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, NoReturn, Optional, TypeVar, Union
 
 import pymongo
 from pymongo.database import Database
@@ -429,28 +429,19 @@ class Migrator:
                                          f"migration {step.version} ({step.direction})")
             else:
                 self._call(migration, step, session)
+                lease.check()  # a run that lost the lock must not write over the new holder's
                 fields = record_success(None)
         except LockLostError:
             raise  # someone else owns the run now: writing our record could clobber theirs
         except Exception as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
-            fields, entry = outcome_fields("failed", error)
-            fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
-            self.store.finish(step.version, fields)
-            self.store.append_history(entry)
-            records[step.version] = _merge(previous, step, fields, migration)
-            if isinstance(exc, MigrationError):
-                raise  # already says what happened and what to do
-            raise MigrationFailedError(
-                f"Migration {step.version} ({step.description}) failed during "
-                f"'{step.direction}': {error.type}: {error.message}",
-                version=step.version,
-                hint=("The transaction was rolled back: nothing of it was written. Fix the "
-                      "migration and run again." if step.transactional else
-                      "It ran without a transaction and may be half applied: inspect the "
-                      "data, fix the migration, then `repair --clear-failed` (or make it "
-                      "idempotent) and run again."),
-            ) from exc
+            _confirm_lease(lease, exc)
+            committed = self._committed_anyway(step, success, run) if step.transactional \
+                else None
+            if committed is None:
+                self._record_failure(exc, step, previous, records, migration, outcome_fields)
+            log.warning("Migration %d: the commit reported %s, but the transaction did commit",
+                        step.version, _first_line(exc))
+            fields = committed
         finally:
             migration._context = None
             migration.session = None
@@ -460,6 +451,42 @@ class Migrator:
                           description=step.description, status=success,  # type: ignore[arg-type]
                           transactional=step.transactional, duration_ms=fields["duration_ms"],
                           attempts=attempts)
+
+    def _record_failure(self, exc: Exception, step: PlanStep,
+                        previous: Optional[MigrationRecord],
+                        records: dict[int, MigrationRecord], migration: Migration,
+                        outcome_fields: Callable[[str, Optional[ErrorInfo]],
+                                                 tuple[dict[str, Any], Any]]) -> NoReturn:
+        """Store a failed attempt (record and history) and raise the error for it."""
+        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
+        fields, entry = outcome_fields("failed", error)
+        fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
+        self.store.finish(step.version, fields)
+        self.store.append_history(entry)
+        records[step.version] = _merge(previous, step, fields, migration)
+        if isinstance(exc, MigrationError):
+            raise exc  # already says what happened and what to do
+        raise MigrationFailedError(
+            f"Migration {step.version} ({step.description}) failed during "
+            f"'{step.direction}': {error.type}: {error.message}",
+            version=step.version,
+            hint=("The transaction was rolled back: nothing of it was written. Fix the "
+                  "migration and run again." if step.transactional else
+                  "It ran without a transaction and may be half applied: inspect the "
+                  "data, fix the migration, then `repair --clear-failed` (or make it "
+                  "idempotent) and run again."),
+        ) from exc
+
+    def _committed_anyway(self, step: PlanStep, success: str,
+                          run: RunInfo) -> Optional[dict[str, Any]]:
+        """After a failed commit: the record's fields if this run's transaction committed."""
+        try:
+            doc = self.store.records.find_one({"_id": step.version})
+        except PyMongoError:
+            return None
+        if doc and doc.get("status") == success and doc.get("run_id") == run.run_id:
+            return {k: v for k, v in doc.items() if k != "_id"}
+        return None
 
     def _call(self, migration: Migration, step: PlanStep, session: Any) -> None:
         """Run ``up``/``down`` with the session bound; ``False`` or odd returns fail."""
@@ -724,6 +751,17 @@ class Migrator:
         )
 
 
+def _confirm_lease(lease: Lease, cause: BaseException) -> None:
+    """Before recording a failure: raise ``LockLostError`` if the lock is no longer ours."""
+    try:
+        lease.check()
+    except LockLostError as lost:
+        raise lost from cause
+    except PyMongoError as exc:
+        log.warning("Could not confirm the migration lock before recording the failure: %s",
+                    _first_line(exc))
+
+
 def _merge(previous: Optional[MigrationRecord], step: PlanStep, fields: dict[str, Any],
            migration: Migration) -> MigrationRecord:
     """The in-memory record after a step (saves re-reading it)."""
@@ -763,11 +801,13 @@ def _is_database(obj: Any) -> bool:
 def _resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
     """A Database from a URI, a client (+ name or the URI's default) or a Database."""
     if isinstance(client_or_db, str):
+        # Our defaults, unless the URI sets them (keyword arguments would override it).
+        options: dict[str, Any] = {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+                                   "appname": "analytiq-migrations"}
+        options = {k: v for k, v in options.items() if f"{k.lower()}=" not in
+                   client_or_db.lower()}
         try:
-            client: Any = pymongo.MongoClient(
-                client_or_db, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                appname="analytiq-migrations", connect=False,
-            )
+            client: Any = pymongo.MongoClient(client_or_db, connect=False, **options)
         except (PyMongoConfigurationError, ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"Bad MongoDB URI {redact(client_or_db)!r}: {redact(str(exc))}",

@@ -1,0 +1,391 @@
+"""The migration lock as many pods and cron jobs meet it: a race of real processes, live
+leases respected, dead ones taken over (their open transactions ended), leases stolen
+mid-migration, ``unlock`` with and without force, and a client with a wrong clock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from children import Children, children_for, write_migrations
+from pymongo import MongoClient
+from support import CLIENT_OPTIONS, wait_for
+
+import analytiq_migrations.lock as lock_module
+from analytiq_migrations import LockBusyError, LockLostError, Migration, Migrator
+
+LOCK = "migration_lock"
+
+#: Lease length for children whose lease a test watches or outlives: short, so the
+#: tests stay quick, yet several heartbeats (at a third of it) long.
+SHORT_TTL = 1.5
+
+
+@pytest.fixture
+def children(mongo_uri: str, db: Any) -> Iterator[Children]:
+    yield from children_for(mongo_uri, db.name)
+
+
+def server_now(db: Any) -> datetime:
+    """The server's clock (from ``hello``), aware UTC."""
+    local = db.client.admin.command("hello")["localTime"]
+    return local.replace(tzinfo=timezone.utc)
+
+
+def foreign_lease(db: Any, *, expires_in: float, session_ids: Any = (),
+                  holder: str = "deploy@web-7:4242/feedbeef") -> dict[str, Any]:
+    """Write the lease of another (possibly dead) process into the lock collection."""
+    now = server_now(db)
+    doc = {"_id": LOCK, "holder": holder, "run_id": holder.rsplit("/", 1)[-1],
+           "host": "web-7", "pid": 4242, "locked_at": now - timedelta(seconds=30),
+           "heartbeat_at": now - timedelta(seconds=5),
+           "expires_at": now + timedelta(seconds=expires_in), "session_ids": list(session_ids)}
+    db[LOCK].replace_one({"_id": LOCK}, doc, upsert=True)
+    return doc
+
+
+class CountRuns(Migration):
+    """Bump a counter: how often the body ran, whatever the bookkeeping says."""
+
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
+
+
+# -- many processes at once ------------------------------------------------------------------
+
+RACED_MIGRATIONS = {
+    "0001_create_accounts.py": '''\
+        """Create accounts (in a transaction)"""
+
+
+        def up(db):
+            db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
+            db.accounts.insert_many([{"_id": i, "balance": 10} for i in range(20)])
+        ''',
+    "0002_index_accounts.py": '''\
+        """Index accounts by balance (no transaction)"""
+
+        transactional = False
+
+
+        def up(db):
+            db.counters.update_one({"_id": 2}, {"$inc": {"runs": 1}}, upsert=True)
+            db.accounts.create_index("balance")
+        ''',
+    "0003_double_balances.py": '''\
+        """Double every balance (not idempotent: a second run would quadruple)"""
+
+
+        def up(db):
+            db.counters.update_one({"_id": 3}, {"$inc": {"runs": 1}}, upsert=True)
+            db.accounts.update_many({}, {"$mul": {"balance": 2}})
+        ''',
+}
+
+RACERS = 8
+
+
+@pytest.mark.slow
+def test_eight_processes_upgrading_at_once_apply_each_migration_exactly_once(
+    db: Any, children: Children, tmp_path: Path
+) -> None:
+    source = write_migrations(tmp_path / "migrations", RACED_MIGRATIONS)
+    racers = [children.upgrade(source, lock_wait=90, lock_ttl=10, gate=True)
+              for _ in range(RACERS)]
+    for racer in racers:
+        racer.expect("READY")
+    for racer in racers:  # all connected and waiting: release them together
+        racer.go()
+    codes = [racer.finish() for racer in racers]
+
+    assert codes == [0] * RACERS, [r._story("result") for r in racers if r.proc.returncode]
+    applied_by = [v for racer in racers for v in (racer.result or {})["versions"]]
+    assert sorted(applied_by) == [1, 2, 3]
+    assert {c["_id"]: c["runs"] for c in db.counters.find()} == {1: 1, 2: 1, 3: 1}
+    assert {a["balance"] for a in db.accounts.find()} == {20}
+    outcomes = Counter((h["version"], h["status"]) for h in db.migrations_history.find())
+    assert outcomes == {(1, "applied"): 1, (2, "applied"): 1, (3, "applied"): 1}
+    assert [r["status"] for r in db.migrations.find().sort("_id")] == ["applied"] * 3
+    assert db[LOCK].count_documents({}) == 0
+
+
+# -- a live lease ------------------------------------------------------------------------
+
+HELD_MIGRATION = {
+    "0001_long_backfill.py": '''\
+        """A long backfill (no transaction)"""
+
+        # park helper
+
+        transactional = False
+
+
+        def up(db):
+            park("backfill")
+        ''',
+}
+
+
+@pytest.mark.slow
+def test_a_live_holder_keeps_its_lease_beyond_the_ttl_and_others_are_refused(
+    db: Any, children: Children, tmp_path: Path
+) -> None:
+    source = write_migrations(tmp_path / "migrations", HELD_MIGRATION)
+    holder = children.upgrade(source, lock_ttl=SHORT_TTL, park_at="backfill")
+    holder.expect("PARKED backfill")
+    first = db[LOCK].find_one({"_id": LOCK})
+
+    # The heartbeat renews it: well past one TTL it is still the same run's lease.
+    later = first["locked_at"] + timedelta(seconds=3 * SHORT_TTL)
+    wait_for(lambda: db[LOCK].find_one({"_id": LOCK, "expires_at": {"$gt": later}}),
+             timeout=30, message="the holder's heartbeat did not renew its lease")
+    lease = db[LOCK].find_one({"_id": LOCK})
+    assert lease["run_id"] == first["run_id"] and lease["pid"] == holder.proc.pid
+
+    migrator = Migrator(db, source)
+    with pytest.raises(LockBusyError) as busy:
+        migrator.upgrade()
+    message = str(busy.value)
+    assert f"pid {holder.proc.pid}" in message and "until " in message
+    assert "lock_wait" in message and "unlock --force" in message
+
+    with pytest.raises(LockBusyError, match="not this process"):
+        migrator.unlock()
+    assert db[LOCK].find_one({"_id": LOCK})["run_id"] == first["run_id"]
+    assert holder.proc.poll() is None
+
+
+def test_a_no_op_upgrade_takes_no_lock(db: Any) -> None:
+    Migrator(db, [CountRuns]).upgrade()
+    foreign_lease(db, expires_in=600)
+
+    report = Migrator(db, [CountRuns]).upgrade()  # a cron job while someone else holds it
+
+    assert report.steps == [] and report.end_version == 1
+    assert db[LOCK].find_one({"_id": LOCK})["holder"] == "deploy@web-7:4242/feedbeef"
+
+
+def test_lock_wait_gives_up_with_lock_busy_naming_the_holder(db: Any) -> None:
+    foreign_lease(db, expires_in=600)
+    with pytest.raises(LockBusyError, match="held by deploy@web-7:4242/feedbeef"):
+        Migrator(db, [CountRuns], lock_wait=0.5).upgrade()
+    assert db.counters.count_documents({}) == 0 and db.migrations.count_documents({}) == 0
+
+
+# -- a dead holder -----------------------------------------------------------------------
+
+
+def test_an_expired_lease_is_taken_over_and_its_open_transaction_ended(
+    recorded_db: Any, mongo_uri: str, recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = recorded_db
+    # A holder that died inside its migration's transaction: the transaction re-checked
+    # the lease by writing it and touched the counter, and was never committed.
+    dead = MongoClient(mongo_uri, **CLIENT_OPTIONS)
+    session = dead.start_session()
+    lease = foreign_lease(db, expires_in=-1, session_ids=[session.session_id],
+                          holder="deploy@web-3:77/0ddba11")
+    session.start_transaction()
+    dead[db.name][LOCK].update_one({"_id": LOCK}, {"$set": {"heartbeat_at": 1}},
+                                   session=session)
+    dead[db.name].counters.update_one({"_id": 1}, {"$inc": {"runs": 100}}, upsert=True,
+                                      session=session)
+
+    caplog.set_level(logging.INFO, logger="analytiq_migrations")
+    with pymongo.timeout(60):  # a regression would block on the dead transaction
+        report = Migrator(db, [CountRuns], lock_ttl=5).upgrade()
+
+    assert report.versions == [1]
+    assert db.counters.find_one({"_id": 1})["runs"] == 1  # the dead write never landed
+    killed = [c for c in recorder.filter("killSessions")
+              if lease["session_ids"][0] in c.command["killSessions"]]
+    assert killed, "the dead holder's session was not ended"
+    assert "Took over an expired migration lock from deploy@web-3:77/0ddba11" in caplog.text
+    with pytest.raises(pymongo.errors.OperationFailure):
+        session.commit_transaction()  # it can never commit now
+    dead.close()
+
+
+def test_a_lease_whose_expiry_is_damaged_never_expires_on_its_own(db: Any) -> None:
+    db[LOCK].insert_one({"_id": LOCK, "holder": "old-tool", "expires_at": "tomorrow"})
+    with pytest.raises(LockBusyError, match="unrecognised lock document") as busy:
+        Migrator(db, [CountRuns]).upgrade()
+    assert "unlock --force" in str(busy.value)
+    assert Migrator(db, [CountRuns]).unlock(force=True) is True
+    assert Migrator(db, [CountRuns]).upgrade().versions == [1]
+
+
+# -- unlock ----------------------------------------------------------------------------------
+
+
+def test_unlock_leaves_a_live_lease_alone_and_force_breaks_it(
+    recorded_db: Any, recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = recorded_db
+    holder_session = db.client.start_session()
+    foreign_lease(db, expires_in=600, session_ids=[holder_session.session_id])
+    migrator = Migrator(db, [CountRuns])
+
+    with pytest.raises(LockBusyError) as refused:
+        migrator.unlock()
+    assert "unlock --force" in str(refused.value)
+    assert db[LOCK].count_documents({}) == 1
+    assert not recorder.filter("killSessions")
+
+    caplog.set_level(logging.INFO, logger="analytiq_migrations")
+    assert migrator.unlock(force=True) is True
+    assert db[LOCK].count_documents({}) == 0
+    assert "Force-broke the migration lock held by deploy@web-7:4242/feedbeef" in caplog.text
+    assert [c.command["killSessions"] for c in recorder.filter("killSessions")] == \
+        [[holder_session.session_id]]
+    assert migrator.unlock() is False  # nothing left to release
+    holder_session.end_session()
+
+
+def test_unlock_without_force_removes_an_expired_lease(db: Any) -> None:
+    foreign_lease(db, expires_in=-5)
+    assert Migrator(db, [CountRuns]).unlock() is True
+    assert db[LOCK].count_documents({}) == 0
+
+
+# -- a lease stolen mid-migration ----------------------------------------------------------
+
+
+class OverwritesTheLock(Migration):
+    """While it runs, an operator force-breaks the lock and another run takes it."""
+
+    version = 1
+    transactional = False
+    uri = ""
+
+    def up(self, db: Any) -> None:
+        db.accounts.insert_one({"_id": 1})
+        # The operator works elsewhere: another client, on another thread.
+        operator = threading.Thread(target=self.steal, args=(db.name,))
+        operator.start()
+        operator.join()
+
+    def steal(self, name: str) -> None:
+        other = MongoClient(self.uri, **CLIENT_OPTIONS)
+        other[name][LOCK].replace_one(
+            {"_id": LOCK}, {"holder": "intruder", "run_id": "intruder",
+                            "expires_at": datetime.now(timezone.utc) + timedelta(hours=1)})
+        other.close()
+
+
+def test_a_run_that_lost_its_lease_records_nothing_over_the_new_holder(
+    db: Any, mongo_uri: str
+) -> None:
+    OverwritesTheLock.uri = mongo_uri
+    with pytest.raises(LockLostError) as lost:
+        Migrator(db, [OverwritesTheLock]).upgrade()
+
+    assert "lost the migration lock" in str(lost.value) and "lock_ttl" in str(lost.value)
+    record = db.migrations.find_one({"_id": 1})
+    assert record["status"] == "running"  # left for the new holder to settle as interrupted
+    assert db.migrations_history.count_documents({}) == 0
+    assert db[LOCK].find_one({"_id": LOCK})["holder"] == "intruder"  # not released by us
+
+
+STOLEN_IN_TRANSACTION = {
+    "0001_move_funds.py": '''\
+        """Move funds (in a transaction), waiting halfway for the lock to be stolen"""
+
+        import os
+        import threading
+        import time
+
+        from pymongo import MongoClient
+
+
+        def wait_for_intruder(name):
+            watcher = MongoClient(os.environ["TEST_URI"])
+            lock = watcher[name].migration_lock
+            while lock.find_one({"_id": "migration_lock", "holder": "intruder"}) is None:
+                time.sleep(0.05)
+            watcher.close()
+
+
+        def up(db):
+            db.accounts.insert_one({"_id": "debit", "amount": -5})
+            print("HALFWAY", flush=True)
+            # Another client, so another thread: the migration's own is bound to its session.
+            watcher = threading.Thread(target=wait_for_intruder, args=(db.name,))
+            watcher.start()
+            watcher.join()
+            db.accounts.insert_one({"_id": "credit", "amount": 5})
+        ''',
+}
+
+
+@pytest.mark.slow
+def test_a_transaction_whose_lease_was_stolen_cannot_commit(
+    db: Any, children: Children, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = write_migrations(tmp_path / "migrations", STOLEN_IN_TRANSACTION)
+    victim = children.upgrade(source)
+    victim.expect("HALFWAY")
+    victim_run = db[LOCK].find_one({"_id": LOCK})["run_id"]
+
+    caplog.set_level(logging.WARNING, logger="analytiq_migrations")
+    with pymongo.timeout(60):
+        assert Migrator(db, source).unlock(force=True) is True
+    assert "Force-broke" in caplog.text
+    db[LOCK].insert_one({"_id": LOCK, "holder": "intruder", "run_id": "intruder",
+                         "expires_at": server_now(db) + timedelta(hours=1)})
+
+    assert victim.finish() == LockLostError.exit_code
+    assert victim.result is not None and victim.result["type"] == "LockLostError"
+    assert db.accounts.count_documents({}) == 0  # neither half of the transfer
+    record = db.migrations.find_one({"_id": 1})
+    assert (record["status"], record["run_id"]) == ("running", victim_run)
+    assert db.migrations_history.count_documents({}) == 0
+    assert db[LOCK].find_one({"_id": LOCK})["holder"] == "intruder"
+
+
+# -- clocks ----------------------------------------------------------------------------------
+
+
+def fast_clock() -> datetime:
+    """The clock of a machine that runs an hour ahead."""
+    return datetime.now(timezone.utc) + timedelta(hours=1)
+
+
+def test_a_client_with_a_fast_clock_cannot_take_a_live_lease(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    foreign_lease(db, expires_in=600)  # ten minutes left by the server's clock
+    monkeypatch.setattr(lock_module, "local_now", fast_clock)
+
+    with pytest.raises(LockBusyError):
+        Migrator(db, [CountRuns]).upgrade()
+    assert db.counters.count_documents({}) == 0
+
+
+def test_the_lease_is_written_in_server_time(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    class Peek(Migration):
+        version = 1
+
+        def up(self, db: Any) -> None:
+            seen.update(db[LOCK].find_one({"_id": LOCK}) or {})
+
+    monkeypatch.setattr(lock_module, "local_now", fast_clock)
+    before = server_now(db)
+    Migrator(db, [Peek], lock_ttl=30).upgrade()
+
+    assert seen["run_id"] and seen["pid"] == os.getpid()
+    expires = seen["expires_at"].replace(tzinfo=timezone.utc)
+    # 30 s after the server's now, not an hour later as this machine's clock would have it.
+    assert before < expires < before + timedelta(minutes=30)
