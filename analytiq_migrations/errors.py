@@ -108,9 +108,15 @@ class IrreversibleMigrationError(MigrationError):
     exit_code = 1
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE)
+#: ``user:password@`` after any URI scheme (a MongoDB URI with a mistyped scheme still
+#: carries a real password). Not when it opens with ``[``: that is the
+#: ``mongodb://[user:password@]host`` placeholder of help texts, and a real user name
+#: cannot start with an unescaped bracket (RFC 3986).
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?!\[)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:
-    """``text`` with the credentials of any MongoDB URI in it replaced by ``***``."""
+    """``text`` with the credentials of any URI in it replaced by ``***``."""
     return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)

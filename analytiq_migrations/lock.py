@@ -92,10 +92,14 @@ def lock_info(doc: dict[str, Any]) -> LockInfo:
     """A lock document as ``LockInfo``; a foreign or damaged one shows as its text."""
     body = {k: v for k, v in doc.items() if k != "_id"}
     try:
-        return LockInfo.model_validate(body)
+        info = LockInfo.model_validate(body)
     except ValueError:
-        # A foreign document: show what we can, never crash on it.
-        return LockInfo(holder=f"an unrecognised lock document {_short(doc)}")
+        info = None
+    if info is None or not (info.holder or info.run_id):
+        # A foreign or damaged document: show what it says, never crash on it.
+        return LockInfo(holder=f"an unrecognised lock document {_short(doc)}",
+                        expires_at=info.expires_at if info else None)
+    return info
 
 
 def _short(doc: dict[str, Any]) -> str:
@@ -301,12 +305,15 @@ class Lease:
         if self.lost_reason:
             raise self._lost()
         started = time.monotonic()
-        result = self.collection.update_one(
-            {"_id": LOCK_ID, "run_id": self.run.run_id},
-            self._times_update({}, first=False),
+        result = self.policy.call(
+            "renew the migration lock",
+            lambda: self.collection.update_one(
+                {"_id": LOCK_ID, "run_id": self.run.run_id},
+                self._times_update({}, first=False),
+            ),
         )
         if result.matched_count != 1:
-            self.lost_reason = "another run took over the lock"
+            self.lost_reason = "another process took the lock over or broke it"
             raise self._lost()
         self._deadline = started + self.ttl
 

@@ -76,6 +76,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: job pointed at a dead host fails within a minute instead of hanging.
 SERVER_SELECTION_TIMEOUT_MS = 15_000
 
+#: MongoDB refuses longer database names (fewer than 64 bytes), but only once something
+#: is written; checked up front so the mistake is named before anything runs.
+MAX_DATABASE_NAME = 63
+
 TRANSACTION_MODES = ("auto", "always", "never")
 DRIFT_MODES = ("error", "warn", "ignore")
 
@@ -831,6 +835,9 @@ def _resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
                 hint="Pass database='name' (--database, ANALYTIQ_MIGRATIONS_DATABASE) or put "
                 "it in the URI path: mongodb://host/name.",
             ) from None
+    if isinstance(database, str) and len(database.encode()) > MAX_DATABASE_NAME:
+        raise ConfigurationError(
+            f"Bad database name {database!r}: longer than {MAX_DATABASE_NAME} bytes.")
     try:
         return client[database]
     except (InvalidName, TypeError) as exc:

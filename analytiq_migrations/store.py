@@ -8,17 +8,21 @@ the same transaction as a migration's own writes.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from bson import ObjectId
+from pydantic import ValidationError
 from pymongo import DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
+
+log = logging.getLogger("analytiq_migrations")
 
 #: ``_id`` of the seed's single version document, kept current for code that reads it.
 LEGACY_ID = "schema_version"
@@ -64,7 +68,10 @@ class Store:
         docs = self.policy.call("read migration records", lambda: list(self.records.find({})))
         for doc in docs:
             if doc.get("_id") == LEGACY_ID:
-                state.legacy_version = _legacy_version(doc, self.collection_name)
+                try:
+                    state.legacy_version = _legacy_version(doc, self.collection_name)
+                except CorruptRecordError as exc:
+                    state.corrupt.append(exc)
                 continue
             try:
                 record = MigrationRecord.from_document(doc, self.collection_name)
@@ -82,7 +89,16 @@ class Store:
         )
         if limit:
             cursor = cursor.limit(limit)
-        return [HistoryEntry.model_validate(doc) for doc in cursor]
+        entries = []
+        for doc in cursor:
+            try:
+                entries.append(HistoryEntry.model_validate(doc))
+            except ValidationError as exc:
+                # An audit log is read to investigate: one damaged entry must not hide the rest.
+                log.warning("Skipped a malformed entry in '%s' (version %r): %s",
+                            self.history_name, doc.get("version"),
+                            exc.errors()[0]["msg"] if exc.errors() else exc)
+        return entries
 
     # -- writes --------------------------------------------------------------------------
 

@@ -1,0 +1,390 @@
+"""What users (and their databases) actually hand the library at run time: dead servers,
+broken URIs and names, migrations that misbehave, code and database that disagree,
+foreign or damaged documents, and passwords. Each gets a ``MigrationError`` that names
+the thing (version, file, host:port) and the way out, and no password ever shows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from children import write_migrations
+from pymongo import MongoClient
+from support import free_port
+
+from analytiq_migrations import (
+    ChecksumDriftError,
+    ConfigurationError,
+    ConnectionFailedError,
+    CorruptRecordError,
+    IrreversibleMigrationError,
+    LockBusyError,
+    Migration,
+    MigrationDefinitionError,
+    MigrationError,
+    MigrationFailedError,
+    Migrator,
+    OutOfOrderError,
+)
+
+PASSWORD = "s3cr3t-Pa55"
+
+
+class CreatePlans(Migration):
+    version = 1
+    description = "Create plans"
+
+    def up(self, db: Any) -> None:
+        db.plans.insert_many([{"_id": "free"}, {"_id": "pro"}])
+
+    def down(self, db: Any) -> None:
+        db.plans.delete_many({})
+
+
+class PricePlans(Migration):
+    version = 2
+    description = "Price plans"
+
+    def up(self, db: Any) -> None:
+        db.plans.update_many({}, {"$set": {"price": 0}})
+
+
+# -- servers, URIs and names -----------------------------------------------------------------
+
+
+def test_an_unreachable_server_fails_in_bounded_time_naming_host_and_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()  # nothing listens there
+    uri = f"mongodb://app:{PASSWORD}@127.0.0.1:{port}/shop?serverSelectionTimeoutMS=1000"
+    caplog.set_level(logging.DEBUG, logger="analytiq_migrations")
+
+    with pytest.raises(ConnectionFailedError) as failed:
+        Migrator(uri, [CreatePlans]).upgrade()
+
+    message = str(failed.value)
+    assert f"Cannot reach MongoDB at 127.0.0.1:{port}" in message
+    assert "Timeout: 1.0s" in message  # the URI's own timeout, not the library's default
+    assert "transient error" not in caplog.text  # a dead host is not waited for twice
+    assert "Nothing was changed" in message
+    assert PASSWORD not in message and PASSWORD not in caplog.text
+    assert failed.value.exit_code == 5
+
+
+@pytest.mark.parametrize("uri, complaint", [
+    (f"mongodb://app:{PASSWORD}@db.internal:27o17/shop", "Port"),
+    (f"http://app:{PASSWORD}@db.internal/shop", "scheme"),
+    (f"mongodb://app:{PASSWORD}@/shop", "host"),
+])
+def test_a_bad_uri_is_a_configuration_error_without_the_password(
+    uri: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigurationError) as bad:
+        Migrator(uri, [CreatePlans])
+
+    message = str(bad.value)
+    assert message.startswith("Bad MongoDB URI") and complaint.lower() in message.lower()
+    assert PASSWORD not in message
+    assert "mongodb://[user:password@]host[:port]" in message  # the hint reads right
+    assert bad.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["my.shop", "my shop", "shop$", "", "x" * 64])
+def test_a_bad_database_name_is_named_before_anything_runs(client: Any, name: str) -> None:
+    with pytest.raises(ConfigurationError, match="Bad database name"):
+        Migrator(client, [CreatePlans], database=name)
+
+
+def test_no_database_name_at_all_says_where_to_put_one(mongo_uri: str) -> None:
+    with pytest.raises(ConfigurationError, match="No database name") as missing:
+        Migrator(mongo_uri, [CreatePlans])
+    assert "--database" in str(missing.value)
+
+
+# -- migrations that misbehave -----------------------------------------------------------------
+
+
+class Explodes(Migration):
+    version = 1
+    description = "Backfill totals"
+
+    def up(self, db: Any) -> None:
+        db.totals.insert_one({"_id": 1})
+        raise ValueError("order 17 has no lines")
+
+
+class SaysFalse(Migration):
+    """Seed style: False means it failed."""
+
+    def __init__(self) -> None:
+        super().__init__(version=1, description="Check invoices")
+
+    def up(self, db: Any) -> bool:
+        db.totals.insert_one({"_id": 1})
+        return False
+
+
+class SaysSomethingElse(Migration):
+    version = 1
+    description = "Count invoices"
+
+    def up(self, db: Any) -> Any:
+        db.totals.insert_one({"_id": 1})
+        return "done: 42 invoices"
+
+
+@pytest.mark.parametrize("migration, says, stored", [
+    (Explodes, "ValueError: order 17 has no lines", "ValueError"),
+    (SaysFalse(), "returned False", "MigrationFailedError"),
+    (SaysSomethingElse, "returned str 'done: 42 invoices'; it must return None, True or False",
+     "MigrationFailedError"),
+])
+def test_a_failing_migration_is_rolled_back_recorded_and_named(
+    db: Any, migration: Any, says: str, stored: str
+) -> None:
+    with pytest.raises(MigrationFailedError) as failed:
+        Migrator(db, [migration, PricePlans]).upgrade()
+
+    message = str(failed.value)
+    assert "Migration 1" in message and says in message
+    assert failed.value.version == 1
+    assert db.totals.count_documents({}) == 0  # its transaction was rolled back
+    record = db.migrations.find_one({"_id": 1})
+    assert (record["status"], record["error"]["type"]) == ("failed", stored)
+    assert says.split(": ", 1)[-1] in record["error"]["message"]
+    assert db.migrations.find_one({"_id": 2}) is None  # later migrations did not run
+    assert [h["status"] for h in db.migrations_history.find()] == ["failed"]
+
+
+def test_reverting_past_a_migration_without_down_reverts_nothing(db: Any) -> None:
+    migrator = Migrator(db, [CreatePlans, PricePlans])
+    migrator.upgrade()
+
+    with pytest.raises(IrreversibleMigrationError) as refused:
+        migrator.downgrade(0)
+
+    message = str(refused.value)
+    assert "2 (Price plans: it has no down())" in message and "Nothing was reverted" in message
+    assert migrator.current_version() == 2
+    assert db.plans.count_documents({"price": 0}) == 2
+
+
+def test_duplicate_versions_are_refused_naming_both(db: Any) -> None:
+    class AlsoOne(Migration):
+        version = 1
+
+        def up(self, db: Any) -> None:
+            pass
+
+    with pytest.raises(MigrationDefinitionError) as duplicate:
+        Migrator(db, [CreatePlans, AlsoOne])
+    assert "CreatePlans" in str(duplicate.value) and "AlsoOne" in str(duplicate.value)
+
+
+def test_a_new_migration_numbered_below_the_applied_ones_is_refused(db: Any) -> None:
+    class Later(Migration):
+        version = 5
+
+        def up(self, db: Any) -> None:
+            pass
+
+    Migrator(db, [CreatePlans, Later]).upgrade()
+
+    with pytest.raises(OutOfOrderError) as refused:
+        Migrator(db, [CreatePlans, PricePlans, Later]).upgrade()
+
+    message = str(refused.value)
+    assert "Migration 2 (Price plans) is pending but version 5 is already applied" in message
+    assert "allow_out_of_order" in message
+    assert db.plans.count_documents({"price": 0}) == 0
+
+
+def test_a_migration_edited_after_it_was_applied_stops_the_next_upgrade(
+    db: Any, tmp_path: Path
+) -> None:
+    source = write_migrations(tmp_path / "migrations", {
+        "0001_create_plans.py": '''\
+            """Create plans"""
+
+
+            def up(db):
+                db.plans.insert_one({"_id": "free"})
+            ''',
+    })
+    Migrator(db, source).upgrade()
+    write_migrations(source, {
+        "0001_create_plans.py": '''\
+            """Create plans"""
+
+
+            def up(db):
+                db.plans.insert_one({"_id": "free", "price": 0})
+            ''',
+        "0002_more.py": '''\
+            """More plans"""
+
+
+            def up(db):
+                db.plans.insert_one({"_id": "pro"})
+            ''',
+    })
+
+    with pytest.raises(ChecksumDriftError) as drift:
+        Migrator(db, source).upgrade()
+
+    assert "Applied migration(s) 1 changed since they were applied" in str(drift.value)
+    assert "repair --accept-checksums" in str(drift.value)
+    assert db.plans.count_documents({}) == 1
+
+
+# -- the lock collection -------------------------------------------------------------------------
+
+
+def test_the_seed_era_lock_of_a_live_old_deployment_is_respected(db: Any) -> None:
+    now = db.client.admin.command("hello")["localTime"]
+    db.migration_lock.insert_one({"_id": "migration_lock", "holder": "legacy-app-7f9c",
+                                  "locked_at": now, "expires_at": now.replace(year=now.year + 1)})
+
+    with pytest.raises(LockBusyError, match="held by legacy-app-7f9c"):
+        Migrator(db, [CreatePlans]).upgrade()
+    assert db.plans.count_documents({}) == 0
+
+
+def test_a_foreign_lock_document_is_shown_as_it_is_and_can_be_broken(db: Any) -> None:
+    db.migration_lock.insert_one({"_id": "migration_lock", "owner": 42, "note": "do not touch"})
+
+    with pytest.raises(LockBusyError) as busy:
+        Migrator(db, [CreatePlans]).upgrade()
+
+    message = str(busy.value)
+    assert "unrecognised lock document" in message and "'owner': 42" in message
+    assert "unlock --force" in message
+    assert Migrator(db, [CreatePlans]).unlock(force=True) is True
+    assert Migrator(db, [CreatePlans]).upgrade().versions == [1]
+
+
+# -- damaged or orphaned records -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage, field", [
+    ({"_id": 1, "version": "one", "status": "applied"}, "version"),
+    ({"_id": 1, "version": 1, "status": "done"}, "status"),
+    ({"_id": 1, "version": 1, "status": "applied", "applied_at": "yesterday"}, "applied_at"),
+    ({"_id": 1, "version": 2, "status": "applied"}, "_id and version must be equal"),
+])
+def test_a_damaged_record_is_reported_by_name_and_nothing_runs(
+    db: Any, damage: dict[str, Any], field: str
+) -> None:
+    db.migrations.insert_one(damage)
+    migrator = Migrator(db, [CreatePlans, PricePlans])
+
+    with pytest.raises(CorruptRecordError) as corrupt:
+        migrator.upgrade()
+
+    message = str(corrupt.value)
+    assert "Record 1 in collection 'migrations'" in message and field in message
+    assert "Fix the document" in message or "Fix or delete the document" in message
+    assert db.plans.count_documents({}) == 0
+    problems = migrator.validate()
+    assert [p.kind for p in problems] == ["corrupt"]
+
+
+def test_a_damaged_legacy_version_is_listed_by_validate(db: Any) -> None:
+    db.migrations.insert_one({"_id": "schema_version", "version": "three"})
+    migrator = Migrator(db, [CreatePlans])
+
+    [problem] = migrator.validate()
+    assert problem.kind == "corrupt" and "schema_version" in problem.message
+    with pytest.raises(CorruptRecordError, match="schema_version"):
+        migrator.upgrade()
+
+
+def test_a_damaged_history_entry_does_not_hide_the_rest(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrator = Migrator(db, [CreatePlans])
+    migrator.upgrade()
+    db.migrations_history.insert_one({"version": "one", "status": "exploded"})
+
+    with caplog.at_level(logging.WARNING, logger="analytiq_migrations"):
+        entries = migrator.history()
+
+    assert [(e.version, e.status) for e in entries] == [(1, "applied")]
+    assert "Skipped a malformed entry in 'migrations_history'" in caplog.text
+
+
+def test_a_record_whose_code_is_gone_is_reported_and_never_reverted_blindly(db: Any) -> None:
+    class Retired(Migration):
+        version = 3
+        description = "Retired plans"
+
+        def up(self, db: Any) -> None:
+            db.plans.insert_one({"_id": "legacy"})
+
+    Migrator(db, [CreatePlans, PricePlans, Retired]).upgrade()
+    migrator = Migrator(db, [CreatePlans, PricePlans])  # older code, newer database
+
+    [problem] = migrator.validate()
+    assert (problem.kind, problem.version) == ("missing", 3)
+    assert "Restore the migration file" in problem.hint
+    assert {row.version: row.status for row in migrator.status()}[3] == "missing"
+    assert migrator.upgrade().steps == []  # nothing to do is not an error
+    with pytest.raises(IrreversibleMigrationError, match="3 \\(Retired plans: its code is gone\\)"):
+        migrator.downgrade(0)
+    assert db.plans.count_documents({}) == 3
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+class LeaksItsUri(Migration):
+    """A migration that reports the URI it was given in its error (as real code does)."""
+
+    version = 2
+    description = "Copy plans from the billing database"
+    uri = ""
+
+    def up(self, db: Any) -> None:
+        raise RuntimeError(f"billing copy failed for {self.uri}: timed out")
+
+
+def test_credentials_never_reach_errors_logs_or_stored_documents(
+    server_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = server_factory()
+    with MongoClient(server.uri) as setup:
+        setup.admin.command("createUser", "deployer", pwd=PASSWORD,
+                            roles=[{"role": "root", "db": "admin"}])
+    server.restart(extra_args=["--auth"])
+    uri = f"mongodb://deployer:{PASSWORD}@{server.address}/shop?authSource=admin" \
+        "&directConnection=true"
+    LeaksItsUri.uri = uri
+    caplog.set_level(logging.DEBUG, logger="analytiq_migrations")
+
+    with Migrator(uri, [CreatePlans, LeaksItsUri]) as migrator:
+        with pytest.raises(MigrationFailedError) as failed:
+            migrator.upgrade()
+        assert "billing copy failed for mongodb://***@" in str(failed.value)
+
+    wrong = uri.replace(PASSWORD, "wrong-" + PASSWORD[::-1])
+    with pytest.raises(ConfigurationError) as denied, Migrator(wrong, [CreatePlans]) as m:
+        m.status()
+    assert f"Authentication failed on {server.address}" in str(denied.value)
+
+    with MongoClient(uri) as admin:
+        stored = [doc for name in admin.shop.list_collection_names()
+                  for doc in admin.shop[name].find()]
+    assert any("billing copy failed" in str(doc) for doc in stored)
+    everything = " ".join([str(failed.value), str(denied.value), caplog.text, repr(stored)])
+    assert PASSWORD not in everything and PASSWORD[::-1] not in everything
+
+
+def test_every_error_is_a_migration_error(db: Any) -> None:
+    # One root to catch, whatever went wrong.
+    for failure in (lambda: Migrator(db, [Explodes]).upgrade(),
+                    lambda: Migrator("mongodb://h:99999/x", [CreatePlans]),
+                    lambda: Migrator(db, [CreatePlans], lock_ttl=0)):
+        with pytest.raises(MigrationError):
+            failure()
