@@ -1,27 +1,43 @@
 """``batch_update``: change any number of documents in ``_id`` order, one checkpoint per batch.
 
-The walk is by ``_id`` range (``_id > last_id``), never by skip or by re-running the
-filter from the start, so a document changed by one batch is never visited again even
-when the filter is on the field being changed, and only one batch is ever in memory.
+The walk is one cursor over the matching documents in ``_id`` order (hinted onto the
+``_id`` index, so the server streams it without a blocking sort), read ``batch_size``
+documents at a time. Each batch is then written with per-document updates addressed by
+``_id`` (the filter re-checked), so a document is visited once even when the filter is
+on the field being changed, and only one batch is ever in memory.
 
-On a replica set each batch (read, write and checkpoint) is one small transaction, so a
-run killed at any instant resumes with every document updated exactly once. Without
-transactions a batch's writes and its checkpoint are two steps: a crash between them
-re-applies that one batch (at-least-once per batch).
+On a replica set each batch's writes and its checkpoint commit in one small
+transaction, so a run killed at any instant resumes with every document updated
+exactly once. Without transactions they are two steps: a crash between them re-applies
+that one batch (at-least-once per batch). A resumed run (or a cursor the server lost)
+reopens the walk after the checkpoint's last ``_id``, across ``_id`` types.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
+import logging
+import re
 import time
+import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from pymongo import ASCENDING, UpdateMany, UpdateOne
+from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from pymongo import ASCENDING, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import CursorNotFound, PyMongoError
 
 from .errors import MigrationDefinitionError
 from .records import ProgressEvent
+from .retry import is_transient
 
 if TYPE_CHECKING:
     from .migration import RunContext
+
+log = logging.getLogger("analytiq_migrations")
 
 #: A static update document, an update pipeline, or ``doc -> update document | None``.
 UpdateSpec = Union[dict[str, Any], list[dict[str, Any]], Callable[[dict[str, Any]], Any]]
@@ -29,11 +45,35 @@ UpdateSpec = Union[dict[str, Any], list[dict[str, Any]], Callable[[dict[str, Any
 #: Key of this helper's checkpoints inside a record's ``progress``.
 PROGRESS_KEY = "batch_update"
 
+#: Times the walk reopens its cursor after losing it (failover, idle timeout) before
+#: giving up. Each reopen waits for a primary through server selection, so three cover
+#: an election without a retry loop of their own.
+REOPEN_ATTEMPTS = 3
+
+#: ``$type`` aliases in BSON comparison order, one group per bracket. Documents whose
+#: ``_id`` is of a later bracket sort after every ``_id`` of an earlier one, but
+#: ``{_id: {$gt: x}}`` only matches ``_id``s of ``x``'s own bracket; resuming after
+#: ``x`` therefore also asks for the later brackets by type. (Arrays cannot be ``_id``s.)
+TYPE_BRACKETS: tuple[tuple[str, ...], ...] = (
+    ("minKey",),
+    ("null",),
+    ("double", "int", "long", "decimal"),
+    ("string", "symbol"),
+    ("object",),
+    ("binData",),
+    ("objectId",),
+    ("bool",),
+    ("date",),
+    ("timestamp",),
+    ("regex",),
+    ("maxKey",),
+)
+
 
 def batch_update(
     ctx: RunContext,
     collection: Any,
-    filter: dict[str, Any],
+    filter: Mapping[str, Any],
     update: UpdateSpec,
     batch_size: int = 1000,
     *,
@@ -41,60 +81,146 @@ def batch_update(
 ) -> int:
     """Apply ``update`` to documents matching ``filter``; returns how many were modified."""
     coll = ctx.db[collection] if isinstance(collection, str) else collection
-    _check_arguments(ctx, coll.name, update, batch_size)
+    _check_arguments(ctx, coll.name, filter, update, batch_size, pause)
+    query = dict(filter)
     call = ctx.next_call()
     state = _checkpoint(ctx, call, coll.name)
     if state.get("done"):
         return int(state.get("modified", 0))
-    projection = None if callable(update) else {"_id": 1}
-    total = _total(ctx, coll, filter)
+    if ctx.wants_progress and state.get("total") is None:
+        state["total"] = _total(coll, query)
+    if not state.get("started"):
+        # Saved before the first batch: an interruption from here on is resumable.
+        state.update(collection=coll.name, started=True, done=False)
+        ctx.save_progress(_progress(ctx, call, state), None)
     clock = time.monotonic() - float(state.get("elapsed_s", 0.0))
+    walk = _Walk(ctx, coll, query, None if callable(update) else {"_id": 1}, batch_size,
+                 state)
 
-    def one_batch(session: Any) -> Optional[dict[str, Any]]:
-        query = filter if "last_id" not in state else {
-            "$and": [filter, {"_id": {"$gt": state["last_id"]}}]}
-        docs = list(coll.find(query, projection, session=session)
-                    .sort("_id", ASCENDING).limit(batch_size))
-        if not docs:
-            return None
-        if callable(update):
-            ops: list[Any] = _operations(docs, update)
-        else:
-            ops = [UpdateMany({"_id": {"$in": [d["_id"] for d in docs]}}, update)]
-        matched = modified = 0
-        if ops:
-            result = coll.bulk_write(ops, ordered=False, session=session)
-            matched, modified = result.matched_count, result.modified_count
+    def one_batch(docs: list[dict[str, Any]], session: Any) -> dict[str, Any]:
+        matched, modified = _write(coll, _operations(ctx, docs, query, update), session)
         new_state = {
             **state,
-            "collection": coll.name,
             "last_id": docs[-1]["_id"],
             "scanned": int(state.get("scanned", 0)) + len(docs),
             "matched": int(state.get("matched", 0)) + matched,
             "modified": int(state.get("modified", 0)) + modified,
             "batches": int(state.get("batches", 0)) + 1,
             "elapsed_s": round(time.monotonic() - clock, 3),
-            "done": False,
         }
         ctx.save_progress(_progress(ctx, call, new_state), session)
         return new_state
 
-    while True:
-        next_state = ctx.run_in_transaction(one_batch)
-        if next_state is None:
-            break
-        state = next_state
-        _report(ctx, coll.name, state, total, done=False)
-        if pause > 0:
-            time.sleep(pause)
-    state = {**state, "collection": coll.name, "done": True,
-             "elapsed_s": round(time.monotonic() - clock, 3)}
+    with walk:
+        while True:
+            docs = walk.next_batch()
+            if not docs:
+                break
+            state = ctx.run_in_transaction(functools.partial(one_batch, docs))
+            walk.done_with(state["last_id"])
+            _report(ctx, coll.name, state, done=False)
+            if pause > 0:
+                time.sleep(pause)
+    state = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
     ctx.save_progress(_progress(ctx, call, state), None)
-    _report(ctx, coll.name, state, total, done=True)
+    _report(ctx, coll.name, state, done=True)
     return int(state.get("modified", 0))
 
 
-def _check_arguments(ctx: RunContext, name: str, update: UpdateSpec, batch_size: int) -> None:
+class _Walk:
+    """The matching documents in ``_id`` order, ``batch_size`` at a time, from one cursor."""
+
+    def __init__(self, ctx: RunContext, coll: Any, query: dict[str, Any],
+                 projection: Optional[dict[str, Any]], batch_size: int,
+                 state: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.coll = coll
+        self.query = query
+        self.projection = projection
+        self.batch_size = batch_size
+        self.started = "last_id" in state
+        self.last_id = state.get("last_id")
+        self.session: Any = None
+        self.cursor: Any = None
+
+    def __enter__(self) -> _Walk:
+        if self.ctx.session is not None:
+            # Its own session: the run's session is bound to the migration and goes in
+            # and out of each batch's transaction, which a cursor cannot follow.
+            self.session = self.ctx.session.client.start_session(causal_consistency=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cursor is not None:
+            with contextlib.suppress(PyMongoError):
+                self.cursor.close()
+        if self.session is not None:
+            self.session.end_session()
+
+    def next_batch(self) -> list[dict[str, Any]]:
+        """The next documents (at most ``batch_size``); empty when the walk is over."""
+        for attempt in range(REOPEN_ATTEMPTS + 1):
+            if self.cursor is None:
+                self.cursor = self._open()
+            try:
+                docs = []
+                for doc in self.cursor:
+                    docs.append(doc)
+                    if len(docs) == self.batch_size:
+                        break
+                return docs
+            except PyMongoError as exc:
+                if not (isinstance(exc, CursorNotFound) or is_transient(exc)) or \
+                        attempt == REOPEN_ATTEMPTS:
+                    raise
+                log.warning("Migration %d: batch_update(%r) lost its cursor (%s: %s); "
+                            "reopening it after the last checkpoint", self.ctx.version,
+                            self.coll.name, type(exc).__name__, exc)
+                self.cursor = None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def done_with(self, last_id: Any) -> None:
+        """The batch ending at ``last_id`` is committed: a reopened walk starts after it."""
+        self.started, self.last_id = True, last_id
+
+    def _open(self) -> Any:
+        """A cursor from the start, or after the last committed ``_id``."""
+        query = self.query
+        if self.started:
+            after = _after(self.last_id)
+            query = {"$and": [query, after]} if query else after
+        return (self.coll.find(query, self.projection, session=self.session)
+                .sort("_id", ASCENDING).hint([("_id", ASCENDING)])
+                .batch_size(self.batch_size))
+
+
+def _after(last_id: Any) -> dict[str, Any]:
+    """A filter for ``_id``s sorting after ``last_id``, whatever their BSON type."""
+    later: list[dict[str, Any]] = [{"_id": {"$gt": last_id}}]
+    bracket = _bracket(last_id)
+    if bracket is not None:
+        later += [{"_id": {"$type": alias}}
+                  for group in TYPE_BRACKETS[bracket + 1:] for alias in group]
+    return later[0] if len(later) == 1 else {"$or": later}
+
+
+def _bracket(value: Any) -> Optional[int]:
+    """Index of ``value``'s type in ``TYPE_BRACKETS`` (``None`` if unknown)."""
+    kinds: tuple[tuple[Any, int], ...] = (
+        (MinKey, 0), (MaxKey, 11), (bool, 7), (int, 2), (float, 2), (Int64, 2),
+        (Decimal128, 2), (str, 3), (Mapping, 4), (Binary, 5), (bytes, 5), (uuid.UUID, 5),
+        (ObjectId, 6), (datetime.datetime, 8), (Timestamp, 9), (Regex, 10), (re.Pattern, 10),
+    )
+    if value is None:
+        return 1
+    for kind, bracket in kinds:  # bool before int: True is an int to Python, not to BSON
+        if isinstance(value, kind):
+            return bracket
+    return None
+
+
+def _check_arguments(ctx: RunContext, name: str, filter: Any, update: UpdateSpec,
+                     batch_size: int, pause: float) -> None:
     """Refuse what cannot work, before writing anything."""
     where = f"Migration {ctx.version}: batch_update({name!r})"
     if ctx.in_transaction:
@@ -105,49 +231,100 @@ def _check_arguments(ctx: RunContext, name: str, update: UpdateSpec, batch_size:
             hint="Declare `transactional = False` on the migration: each batch then runs in "
             "its own small transaction together with its checkpoint.",
         )
+    if not isinstance(filter, Mapping):
+        raise MigrationDefinitionError(
+            f"{where}: filter must be a query document (a dict), not {type(filter).__name__}.",
+            version=ctx.version, hint="Pass {} to walk the whole collection.",
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise MigrationDefinitionError(
             f"{where}: batch_size must be a positive integer, not {batch_size!r}.",
-            version=ctx.version,
+            version=ctx.version, hint="1000 suits most collections.",
         )
-    if isinstance(update, dict):
-        if not update or not all(str(k).startswith("$") for k in update):
-            raise MigrationDefinitionError(
-                f"{where}: update must use update operators ($set, $unset, ...), got "
-                f"{sorted(update)!r}.",
-                version=ctx.version,
-                hint="Write {'$set': {...}}; a replacement document is not an update.",
-            )
-    elif not (isinstance(update, list) or callable(update)):
+    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not pause >= 0:
         raise MigrationDefinitionError(
-            f"{where}: update must be an update document, a pipeline (list) or a function "
-            f"doc -> update, not {type(update).__name__}.",
-            version=ctx.version,
+            f"{where}: pause must be 0 or more seconds, not {pause!r}.", version=ctx.version,
+        )
+    if callable(update):
+        return
+    problem = _update_problem(update)
+    if problem:
+        raise MigrationDefinitionError(
+            f"{where}: {problem}", version=ctx.version,
+            hint="Write {'$set': {...}} or a pipeline [{'$set': {...}}], or pass a function "
+            "doc -> update; a replacement document is not an update.",
         )
 
 
-def _operations(docs: list[dict[str, Any]], fn: Callable[[dict[str, Any]], Any]) -> list[Any]:
-    """One ``UpdateOne`` per document the function wants changed."""
+def _update_problem(update: Any) -> Optional[str]:
+    """What is wrong with a static update or pipeline (``None`` when it is fine)."""
+    if isinstance(update, Mapping):
+        if not update or not all(str(k).startswith("$") for k in update):
+            return f"update must use update operators ($set, $inc, ...), got {sorted(update)!r}."
+        return None
+    if isinstance(update, list):
+        if not update or not all(isinstance(s, Mapping) and len(s) == 1 and
+                                 str(next(iter(s))).startswith("$") for s in update):
+            return "an update pipeline must be a non-empty list of stages like {'$set': {...}}."
+        return None
+    return (f"update must be an update document, a pipeline (list) or a function "
+            f"doc -> update, not {type(update).__name__}.")
+
+
+def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, Any],
+                update: UpdateSpec) -> list[tuple[dict[str, Any], Any]]:
+    """``(filter, update)`` per document (the filter re-checked), minus those declined."""
     ops = []
     for doc in docs:
-        change = fn(doc)
-        if change is None:
-            continue
-        ops.append(UpdateOne({"_id": doc["_id"]}, change))
+        change: Any = update
+        if callable(update):
+            change = update(doc)
+            if not change:  # None or {}: leave this document alone
+                continue
+            problem = _update_problem(change)
+            if problem:
+                raise MigrationDefinitionError(
+                    f"Migration {ctx.version}: the batch_update function returned a bad "
+                    f"update for _id {doc['_id']!r}: {problem}",
+                    version=ctx.version,
+                    hint="Return an update document like {'$set': {...}}, a pipeline, or "
+                    "None to leave the document alone.",
+                )
+        ops.append((_by_id(doc["_id"], query), change))
     return ops
+
+
+def _write(coll: Any, ops: list[tuple[dict[str, Any], Any]], session: Any) -> tuple[int, int]:
+    """One unordered bulk write of ``(filter, update)`` pairs; returns (matched, modified)."""
+    if not ops:
+        return 0, 0
+    if not isinstance(coll, Collection):
+        # mongomock's bulk_write does not take current pymongo's operation objects.
+        results = [coll.update_one(where, change) for where, change in ops]
+        return sum(r.matched_count for r in results), sum(r.modified_count for r in results)
+    result = coll.bulk_write([UpdateOne(where, change) for where, change in ops],
+                             ordered=False, session=session)
+    return result.matched_count, result.modified_count
+
+
+def _by_id(doc_id: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """``query`` narrowed to one ``_id`` (merged flat when it does not constrain ``_id``)."""
+    if not query:
+        return {"_id": doc_id}
+    if "_id" in query:
+        return {"$and": [{"_id": doc_id}, query]}
+    return {"_id": doc_id, **query}
 
 
 def _checkpoint(ctx: RunContext, call: int, name: str) -> dict[str, Any]:
     """The saved state of the ``call``-th batch_update of this migration, if resuming."""
     saved = (ctx.progress or {}).get(PROGRESS_KEY) or []
-    if call < len(saved) and isinstance(saved[call], dict) and saved[call].get("collection") in (
-        None, name
-    ):
+    state: dict[str, Any] = {}
+    if call < len(saved) and isinstance(saved[call], dict) and \
+            saved[call].get("collection") in (None, name):
         state = dict(saved[call])
-        ctx.checkpoints.append(state)
-        return state
-    ctx.checkpoints.append({})
-    return {}
+    ctx.checkpoints.append(state)
+    return state
 
 
 def _progress(ctx: RunContext, call: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -156,19 +333,23 @@ def _progress(ctx: RunContext, call: int, state: dict[str, Any]) -> dict[str, An
     return {PROGRESS_KEY: list(ctx.checkpoints)}
 
 
-def _total(ctx: RunContext, coll: Any, filter: dict[str, Any]) -> Optional[int]:
-    """How many documents match, only when someone shows progress (it costs a count)."""
-    if not ctx.wants_progress:
-        return None
-    return int(coll.count_documents(filter))
+def _total(coll: Any, query: dict[str, Any]) -> int:
+    """How many documents match (for the ETA; costs one count, once per call)."""
+    if not query:
+        return int(coll.estimated_document_count())
+    return int(coll.count_documents(query))
 
 
-def _report(ctx: RunContext, name: str, state: dict[str, Any], total: Optional[int],
-            *, done: bool) -> None:
-    """Tell the progress hook."""
-    ctx.report(ProgressEvent(
+def _report(ctx: RunContext, name: str, state: dict[str, Any], *, done: bool) -> None:
+    """Tell the progress hook; a broken display never stops a migration."""
+    event = ProgressEvent(
         version=ctx.version, collection=name, scanned=int(state.get("scanned", 0)),
-        matched=int(state.get("matched", 0)),
-        modified=int(state.get("modified", 0)), batches=int(state.get("batches", 0)),
-        elapsed_s=float(state.get("elapsed_s", 0.0)), total=total, done=done,
-    ))
+        matched=int(state.get("matched", 0)), modified=int(state.get("modified", 0)),
+        batches=int(state.get("batches", 0)), elapsed_s=float(state.get("elapsed_s", 0.0)),
+        total=state.get("total"), done=done,
+    )
+    try:
+        ctx.report(event)
+    except Exception as exc:
+        log.warning("Migration %d: the progress hook failed (ignored): %s: %s",
+                    ctx.version, type(exc).__name__, exc)
