@@ -27,6 +27,11 @@ log = logging.getLogger("analytiq_migrations")
 #: ``_id`` of the seed's single version document, kept current for code that reads it.
 LEGACY_ID = "schema_version"
 
+#: First-batch size when reading all records: the server's default (101 documents)
+#: would add a ``getMore`` from the 102nd migration on; the server caps a batch at
+#: 16 MB anyway, which at ~0.5 KB a record is some 30,000 versions in one round trip.
+RECORDS_BATCH = 100_000
+
 
 def utcnow() -> datetime:
     """Now, as an aware UTC datetime truncated to BSON's millisecond precision."""
@@ -65,7 +70,8 @@ class Store:
     def load(self) -> DatabaseState:
         """Read every record (and the legacy document) in one round trip."""
         state = DatabaseState()
-        docs = self.policy.call("read migration records", lambda: list(self.records.find({})))
+        docs = self.policy.call("read migration records", lambda: list(
+            self.records.find({}, batch_size=RECORDS_BATCH)))
         for doc in docs:
             if doc.get("_id") == LEGACY_ID:
                 try:
