@@ -266,14 +266,17 @@ class Lease:
             return
         self.held = False
         try:
-            self.policy.call(
+            result = self.policy.call(
                 "release the migration lock",
                 lambda: self.collection.delete_one({"_id": LOCK_ID, "run_id": self.run.run_id}),
             )
         except PyMongoError as exc:
             log.warning("Could not release the migration lock (it expires on its own): %s", exc)
-        else:
+            return
+        if result.deleted_count:
             log.info("Released the migration lock")
+        else:
+            log.warning("The migration lock was no longer this run's; left it as it is")
 
     # -- while held ----------------------------------------------------------------------
 

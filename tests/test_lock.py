@@ -284,9 +284,10 @@ class OverwritesTheLock(Migration):
 
 
 def test_a_run_that_lost_its_lease_records_nothing_over_the_new_holder(
-    db: Any, mongo_uri: str
+    db: Any, mongo_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     OverwritesTheLock.uri = mongo_uri
+    caplog.set_level(logging.INFO, logger="analytiq_migrations")
     with pytest.raises(LockLostError) as lost:
         Migrator(db, [OverwritesTheLock]).upgrade()
 
@@ -295,6 +296,7 @@ def test_a_run_that_lost_its_lease_records_nothing_over_the_new_holder(
     assert record["status"] == "running"  # left for the new holder to settle as interrupted
     assert db.migrations_history.count_documents({}) == 0
     assert db[LOCK].find_one({"_id": LOCK})["holder"] == "intruder"  # not released by us
+    assert "no longer this run's; left it as it is" in caplog.text
 
 
 STOLEN_IN_TRANSACTION = {
