@@ -1,0 +1,222 @@
+"""Figure 5: ``batch_update`` over many documents, and its memory.
+
+The same change (``$inc`` a counter on every document) made four ways on one collection,
+each through a complete run:
+
+* the seed's way: a per-document ``update_one`` loop over ``find()`` (the baseline);
+* one ``update_many`` (the server-side floor; no checkpoints, no resumption);
+* ``batch_update`` with a static update document, inside ``Migrator.upgrade``;
+* ``batch_update`` with a function ``doc -> update`` (full documents read).
+
+Then, in a fresh child process, peak RSS growth of ``batch_update`` (function kind: it
+holds whole documents) over ``--rss-docs`` documents, against a child that holds the
+whole result of ``find()`` as a naive migration would.
+
+    python benchmarks/bench_batch.py [--docs 100000] [--loop-docs N] [--rss-docs 200000]
+                                     [--batch-size 1000] [--uri URI]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable
+
+from common import (
+    DATABASE,
+    REPO_ROOT,
+    client,
+    describe_machine,
+    parser,
+    server,
+    table,
+    timed,
+    verdict,
+)
+
+from analytiq_migrations import Migration, Migrator
+
+#: The issue's targets: at least 10x the loop, at most 2x one update_many, and flat memory.
+TARGET_VS_LOOP = 10.0
+TARGET_VS_UPDATE_MANY = 2.0
+TARGET_RSS_MB = 50.0
+
+#: Documents per insert_many while seeding: large enough to be quick, small enough to
+#: stay far below the 48 MB message limit.
+SEED_CHUNK = 10_000
+
+#: Bytes of filler per document, so documents weigh something like real ones (~200 B).
+PAD = "x" * 150
+
+RSS_CHILD = r"""
+import json, resource, sys
+import pymongo
+from analytiq_migrations import Migration, Migrator
+
+uri, database, mode, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+db = pymongo.MongoClient(uri)[database]
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+class Bump(Migration):
+    transactional = False
+    def __init__(self, version, collection):
+        super().__init__(version=version, description=f"bump {collection}")
+        self.collection = collection
+    def up(self, db):
+        self.batch_update(self.collection, {}, lambda doc: {"$inc": {"n": 1}},
+                          batch_size=batch_size)
+
+db.drop_collection("rss_runs"); db.drop_collection("rss_runs_history")
+# Warm up every code path on a small collection first: imports, pydantic models,
+# connection pools and the first batch's buffers are not "growth with documents".
+Migrator(db, [Bump(1, "warm")], collection="rss_runs").upgrade()
+if mode == "naive":
+    list(db.warm.find())
+before = peak_mb()
+if mode == "batch_update":
+    Migrator(db, [Bump(1, "warm"), Bump(2, "items")], collection="rss_runs").upgrade()
+else:
+    docs = list(db.items.find())
+after = peak_mb()
+db.drop_collection("rss_runs"); db.drop_collection("rss_runs_history")
+print(json.dumps({"before_mb": before, "after_mb": after}))
+"""
+
+
+class Bump(Migration):
+    """``$inc`` every item's counter, in batches."""
+
+    transactional = False
+
+    def __init__(self, update: Any, batch_size: int) -> None:
+        super().__init__(version=1, description="bump every item")
+        self.update = update
+        self.batch_size = batch_size
+
+    def up(self, db: Any) -> None:
+        self.batch_update("items", {}, self.update, batch_size=self.batch_size)
+
+
+def seed(db: Any, start: int, stop: int) -> None:
+    """Items ``start..stop-1`` with a zero counter."""
+    for first in range(start, stop, SEED_CHUNK):
+        db.items.insert_many([{"_id": i, "n": 0, "group": i % 10, "pad": PAD}
+                              for i in range(first, min(stop, first + SEED_CHUNK))])
+
+
+def with_migrator(db: Any, update: Any, batch_size: int) -> Callable[[], None]:
+    """A complete ``upgrade`` running one ``batch_update`` (records reset first)."""
+
+    def go() -> None:
+        db.drop_collection("migrations")
+        db.drop_collection("migrations_history")
+        report = Migrator(db, [Bump(update, batch_size)]).upgrade()
+        assert report.versions == [1]
+
+    return go
+
+
+def rss(uri: str, mode: str, batch_size: int) -> dict[str, float]:
+    """Peak RSS before and after in a fresh child process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", RSS_CHILD, uri, DATABASE, mode,
+                           str(batch_size)], env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"RSS child failed: {done.stderr}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--docs", type=int, default=100_000, help="documents in the timed runs")
+    p.add_argument("--loop-docs", type=int, default=None,
+                   help="documents the update_one loop walks (default: --docs); it is by "
+                   "far the slowest, and compared by rate")
+    p.add_argument("--rss-docs", type=int, default=200_000,
+                   help="documents for the memory figure (0: skip it)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    args = p.parse_args(argv)
+    n, loop_n = args.docs, min(args.loop_docs or args.docs, args.docs)
+    with server(args.uri) as uri:
+        c = client(uri)
+        print(f"Machine: {describe_machine(c)}")
+        c.drop_database(DATABASE)
+        db = c[DATABASE]
+        seed_s = timed(lambda: seed(db, 0, n))
+        print(f"seeded {n:,} documents in {seed_s:.1f} s", flush=True)
+
+        def loop() -> None:
+            for i, doc in enumerate(db.items.find()):
+                if i == loop_n:
+                    break
+                db.items.update_one({"_id": doc["_id"]}, {"$inc": {"n": 1}})
+
+        runs = [
+            ("update_one loop (baseline)", loop_n, loop),
+            ("one update_many", n, lambda: db.items.update_many({}, {"$inc": {"n": 1}})),
+            ("batch_update, static $inc", n,
+             with_migrator(db, {"$inc": {"n": 1}}, args.batch_size)),
+            ("batch_update, function", n,
+             with_migrator(db, lambda doc: {"$inc": {"n": 1}}, args.batch_size)),
+        ]
+        results = []
+        for label, docs, fn in runs:
+            seconds = timed(fn)
+            results.append((label, docs, seconds, docs / seconds))
+            print(f"  {label}: {seconds:.1f} s", flush=True)
+        wrong = db.items.count_documents({"$or": [
+            {"_id": {"$lt": loop_n}, "n": {"$ne": len(runs)}},
+            {"_id": {"$gte": loop_n}, "n": {"$ne": len(runs) - 1}}]})
+        assert not wrong, f"{wrong} documents were not changed exactly once per run"
+
+        memory: dict[str, dict[str, float]] = {}
+        if args.rss_docs:
+            seed(db, n, max(n, args.rss_docs))
+            seed_warm = [{"_id": i, "n": 0, "pad": PAD} for i in range(args.batch_size * 3)]
+            db.warm.insert_many(seed_warm)
+            for mode in ("batch_update", "naive"):
+                memory[mode] = rss(uri, mode, args.batch_size)
+        c.drop_database(DATABASE)
+        c.close()
+
+    loop_rate = results[0][3]
+    many_rate = results[1][3]
+    rows = []
+    for label, docs, seconds, rate in results:
+        rows.append([label, docs, seconds, rate, round(rate / loop_rate, 2),
+                     round(many_rate / rate, 2)])
+    print(table(["run", "documents", "seconds", "docs/s", "x loop", "x update_many time"],
+                rows, title=f"\nFigure 5: $inc over {n:,} documents, batch_size "
+                f"{args.batch_size}"))
+    best = results[2]
+    vs_loop = best[3] / loop_rate
+    vs_many = many_rate / best[3]
+    ok = vs_loop >= TARGET_VS_LOOP and vs_many <= TARGET_VS_UPDATE_MANY
+    print(f"\nbatch_update (static) vs loop: {vs_loop:.1f}x faster (target >= "
+          f"{TARGET_VS_LOOP:g}x: {verdict(vs_loop >= TARGET_VS_LOOP)}); vs update_many: "
+          f"{vs_many:.2f}x its time (target <= {TARGET_VS_UPDATE_MANY:g}x: "
+          f"{verdict(vs_many <= TARGET_VS_UPDATE_MANY)})")
+    if memory:
+        growth = {k: v["after_mb"] - v["before_mb"] for k, v in memory.items()}
+        print(table(["child process", "peak RSS before MB", "peak RSS after MB", "growth MB"],
+                    [["batch_update (function)", memory["batch_update"]["before_mb"],
+                      memory["batch_update"]["after_mb"], growth["batch_update"]],
+                     ["list(find()) (naive)", memory["naive"]["before_mb"],
+                      memory["naive"]["after_mb"], growth["naive"]]],
+                    title=f"\nMemory over {max(n, args.rss_docs):,} documents "
+                    f"(ru_maxrss of a fresh child)"))
+        flat = growth["batch_update"] < TARGET_RSS_MB
+        print(f"\nbatch_update peak RSS growth {growth['batch_update']:.1f} MB (target < "
+              f"{TARGET_RSS_MB:g} MB: {verdict(flat)})")
+        ok = ok and flat
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Figure 1: bookkeeping commands per applied migration.
+
+Each migration inserts one document (its own work). Every command sent during
+``upgrade`` is counted with pymongo command monitoring; the migrations' own inserts and
+the commits of their transactions are subtracted; what is left is bookkeeping. Two runs
+(``--small`` and ``--small + --migrations`` migrations) separate the per-migration cost
+from the fixed per-run cost (reading records, taking and releasing the lock).
+
+Baseline: bare pymongo applying the same migrations (insert + commit each), with no
+records, no lock and no history.
+
+    python benchmarks/bench_bookkeeping.py [--migrations 20] [--uri URI]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+from common import (
+    Commands,
+    client,
+    describe_machine,
+    fresh_db,
+    parser,
+    server,
+    table,
+    verdict,
+)
+
+from analytiq_migrations import Migration, Migrator
+
+#: The design's budget per applied migration: running-record write, and in the
+#: migration's transaction the lock re-check, the record write and the history insert.
+TARGET_PER_MIGRATION = 4
+
+
+class InsertOne(Migration):
+    """One insert: the migration's own work."""
+
+    def up(self, db: Any) -> None:
+        db.data.insert_one({"version": self.version})
+
+
+def migrations(n: int) -> list[Migration]:
+    return [InsertOne(version=v, description=f"insert {v}") for v in range(1, n + 1)]
+
+
+def bookkeeping(uri: str, n: int, transactions: str) -> tuple[int, int, Counter[str]]:
+    """(all commands, bookkeeping commands, bookkeeping by kind) for ``upgrade`` of ``n``."""
+    commands = Commands()
+    c = client(uri, event_listeners=[commands])
+    with fresh_db(c) as db:
+        migrator = Migrator(db, migrations(n), transactions=transactions)
+        migrator.current_version()  # connected: the handshake is not the library's cost
+        commands.clear()
+        report = migrator.upgrade()
+        commands.on = False
+        assert len(report.versions) == n
+        kinds = commands.breakdown()
+        own = Counter({k: v for k, v in kinds.items()
+                       if k.startswith("insert data") or k.startswith("commitTransaction")})
+        kinds.subtract(own)
+        kinds = +kinds
+        total = len(commands)
+    c.close()
+    return total, sum(kinds.values()), kinds
+
+
+def bare(uri: str, n: int, transactions: bool) -> int:
+    """Commands bare pymongo sends to apply ``n`` inserts, each in its own transaction."""
+    commands = Commands()
+    c = client(uri, event_listeners=[commands])
+    with fresh_db(c) as db:
+        db.command("ping")
+        commands.clear()
+        for v in range(1, n + 1):
+            if transactions:
+                with c.start_session() as s, s.start_transaction():
+                    db.data.insert_one({"version": v}, session=s)
+            else:
+                db.data.insert_one({"version": v})
+        commands.on = False
+    c.close()
+    return len(commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--small", type=int, default=1, help="migrations in the first run")
+    p.add_argument("--migrations", type=int, default=20,
+                   help="extra migrations in the second run")
+    args = p.parse_args(argv)
+    small, large = args.small, args.small + args.migrations
+    with server(args.uri) as uri:
+        c = client(uri)
+        print(f"Machine: {describe_machine(c)}")
+        replica_set = bool(c.admin.command("hello").get("setName"))
+        c.close()
+        rows, details, ok = [], [], True
+        modes = [("transactional", "auto")] if replica_set else []
+        modes.append(("no transactions", "never"))
+        for label, mode in modes:
+            _, book_s, kinds_s = bookkeeping(uri, small, mode)
+            total_l, book_l, kinds_l = bookkeeping(uri, large, mode)
+            per = (book_l - book_s) / (large - small)
+            fixed = book_s - per * small
+            bare_l = bare(uri, large, mode != "never")
+            met = per <= TARGET_PER_MIGRATION
+            ok = ok and (met or mode == "never")
+            rows.append([label, large, total_l, bare_l, round(total_l / bare_l, 2), per, fixed,
+                         verdict(met) if mode != "never" else "-"])
+            per_kind = {k: (kinds_l[k] - kinds_s.get(k, 0)) / (large - small) for k in kinds_l}
+            details.append(f"{label}: per migration: " + ", ".join(
+                f"{k} x{v:g}" for k, v in sorted(per_kind.items()) if v))
+            fixed_kind = {k: kinds_s[k] - per_kind.get(k, 0) * small for k in kinds_s}
+            details.append(f"{label}: fixed per run: " + ", ".join(
+                f"{k} x{v:g}" for k, v in sorted(fixed_kind.items()) if v))
+        print(table(
+            ["mode", "migrations", "commands", "bare pymongo", "ratio", "bookkeeping/migration",
+             "fixed/run", f"target <= {TARGET_PER_MIGRATION}"],
+            rows, title="\nFigure 1: commands during upgrade (bookkeeping = all minus the "
+            "migrations' own inserts and commits)"))
+        print()
+        print("\n".join(details))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
