@@ -493,10 +493,13 @@ class Migrator:
         return None
 
     def _call(self, migration: Migration, step: PlanStep, session: Any) -> None:
-        """Run ``up``/``down`` with the session bound; ``False`` or odd returns fail."""
+        """Run ``up``/``down`` (in a transaction: with the session bound); check the result."""
         fn = migration.up if step.direction == "up" else migration.down
-        binding = session.bind(end_session=False) if session is not None else \
-            contextlib.nullcontext()
+        # Bound only in a transaction, where every call must join it: pymongo refuses any
+        # other client's operations while a session is bound, and a migration without a
+        # transaction may well use a second client (copying from another cluster, say).
+        in_txn = session is not None and session.in_transaction
+        binding = session.bind(end_session=False) if in_txn else contextlib.nullcontext()
         with binding:
             result = fn(self.db)
         if result is False:

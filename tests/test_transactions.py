@@ -254,3 +254,21 @@ def test_bad_transactions_option() -> None:
 
     with pytest.raises(ConfigurationError, match="transactions='sometimes'"):
         Migrator(mongomock.MongoClient()["x"], [], transactions="sometimes")
+
+
+def test_a_non_transactional_migration_may_use_another_client(
+    db: Any, mongo_uri: str
+) -> None:
+    from pymongo import MongoClient
+
+    class CopyFromElsewhere(Migration):
+        version = 1
+        transactional = False
+
+        def up(self, db: Any) -> None:
+            with MongoClient(mongo_uri) as other:  # e.g. another cluster
+                other[db.name].source.insert_one({"_id": "from-elsewhere"})
+                db.copy.insert_many(other[db.name].source.find())
+
+    Migrator(db, [CopyFromElsewhere]).upgrade()
+    assert db.copy.find_one() == {"_id": "from-elsewhere"}
