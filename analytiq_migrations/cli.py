@@ -337,7 +337,7 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         return EXIT_SIGTERM
     except Exception as exc:
         if command is not None and command.migrator is not None and _is_driver_error(exc):
-            translated = command.migrator._driver_error(exc)
+            translated = command.migrator.translate_error(exc)
             out.error(translated, prog)
             return int(translated.exit_code)
         out.note(f"{prog}: internal error: {type(exc).__name__}: {exc}")
@@ -441,13 +441,13 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
-    from .lock import describe, read_lock
+    from .lock import describe
 
     m = cmd.open()
     rows = m.status()
     problems = m.validate()
     current = m.current_version()
-    lock = read_lock(m.lock_collection)
+    lock = m.lock_info()
     pending = [r.version for r in rows if r.status == "pending"]
     head = max((int(x.version or 0) for x in m.migrations), default=0)
     lock_live = lock is not None and lock.expires_at is not None and \
@@ -468,6 +468,10 @@ def cmd_status(cmd: Command) -> int:
         f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
     text = (f"Database {cmd.where} at version {current} (latest {head}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
+    checkpoints = [f"  {r.version}: {r.checkpoint}" for r in rows if r.checkpoint]
+    if checkpoints:
+        text += "\nCheckpoints (where unfinished batch_update calls resume):\n" + \
+            "\n".join(checkpoints) + "\n"
     if problems:
         text += f"\nProblems:\n{_problems_text(problems)}\n"
     cmd.out.result(text, data)

@@ -53,6 +53,7 @@ from .records import (
     APPLIED_STATUSES,
     ErrorInfo,
     HistoryEntry,
+    LockInfo,
     MigrationRecord,
     Plan,
     PlanStep,
@@ -96,7 +97,7 @@ def _translate_errors(method: F) -> F:
         except MigrationError:
             raise
         except PyMongoError as exc:
-            raise self._driver_error(exc) from exc
+            raise self.translate_error(exc) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -196,6 +197,11 @@ class Migrator:
     def history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
         """Audit entries, newest first."""
         return self.store.read_history(version, limit)
+
+    @_translate_errors
+    def lock_info(self) -> Optional[LockInfo]:
+        """The lock document as stored (live or expired), or ``None`` when unlocked."""
+        return read_lock(self.lock_collection)
 
     @_translate_errors
     def validate(self) -> list[Problem]:
@@ -599,7 +605,7 @@ class Migrator:
 
     def _live_run_id(self) -> Optional[str]:
         """``run_id`` of the current, unexpired lock holder (``None`` if none)."""
-        info = read_lock(self.lock_collection)
+        info = self.lock_info()
         if info is None or info.expires_at is None:
             return info.run_id if info else None
         return info.run_id if info.expires_at > utcnow() else None
@@ -735,8 +741,8 @@ class Migrator:
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _driver_error(self, exc: PyMongoError) -> MigrationError:
-        """A ``MigrationError`` for a driver error that escaped."""
+    def translate_error(self, exc: PyMongoError) -> MigrationError:
+        """The ``MigrationError`` a driver error stands for (every public method uses it)."""
         where = _hosts(self.client)
         if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
             return ConnectionFailedError(
@@ -781,8 +787,10 @@ def _merge(previous: Optional[MigrationRecord], step: PlanStep, fields: dict[str
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first line of an error message, without credentials."""
-    text = str(exc).split("\n")[0]
+    """The first line of an error message (the server's errmsg if any), no credentials."""
+    details = getattr(exc, "details", None)
+    errmsg = details.get("errmsg") if isinstance(details, dict) else None
+    text = str(errmsg or exc).split("\n")[0]
     if len(text) > 300:
         text = text[:300] + "..."
     return redact(text)

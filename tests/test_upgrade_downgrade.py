@@ -106,6 +106,7 @@ def test_upgrade_applies_in_order_and_records_everything(any_db: Any) -> None:
     assert [(h.version, h.status) for h in history] == [
         (5, "applied"), (3, "applied"), (2, "applied"), (1, "applied")]
     assert any_db.migration_lock.count_documents({}) == 0  # released
+    assert migrator.lock_info() is None
 
 
 def test_rerun_is_a_no_op(any_db: Any) -> None:
