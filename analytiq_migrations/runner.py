@@ -696,12 +696,15 @@ class Migrator:
         return bool(description.max_wire_version >= (8 if kind == "Mongos" else 7))
 
     def _server_description(self) -> Any:
-        """The selected server's description (from its ``hello``); connects if needed."""
+        """The primary's (or mongos') description, from its ``hello``; connects if needed."""
         for _ in range(2):
             known = [d for d in self.client.topology_description.server_descriptions().values()
                      if d.is_server_type_known]
-            if known:
-                return known[0]
+            # Writes (and so transactions) go to the writable server: a secondary that
+            # happens to be listed first says nothing about them.
+            writable = [d for d in known if d.is_writable]
+            if writable or known:
+                return (writable or known)[0]
             self.client.admin.command("hello")
         return None
 

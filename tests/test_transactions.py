@@ -272,3 +272,22 @@ def test_a_non_transactional_migration_may_use_another_client(
 
     Migrator(db, [CopyFromElsewhere]).upgrade()
     assert db.copy.find_one() == {"_id": "from-elsewhere"}
+
+
+def test_transactions_are_judged_by_the_primary_not_a_secondary(db: Any) -> None:
+    """A replica-set URI lists secondaries too; the writable member decides."""
+    from types import SimpleNamespace
+
+    migrator = Migrator(db, [TouchesEverything])
+    migrator.current_version()  # connected: the primary is known
+    primary = migrator._server_description()
+    secondary = SimpleNamespace(is_server_type_known=True, is_writable=False,
+                                server_type_name="RSSecondary")
+    topology = SimpleNamespace(server_descriptions=lambda: {
+        ("secondary", 1): secondary, ("primary", 2): primary})
+
+    class Client:
+        topology_description = topology
+
+    migrator.client = Client()  # type: ignore[assignment]
+    assert migrator._server_description() is primary
