@@ -18,6 +18,7 @@ from .errors import (
     OutOfOrderError,
 )
 from .migration import Migration
+from .progress import describe_checkpoint
 from .records import (
     APPLIED_STATUSES,
     MigrationRecord,
@@ -288,6 +289,7 @@ def status_rows(
             row.attempts = record.attempts
             row.error = record.error
             row.progress = record.progress
+            row.checkpoint = describe_checkpoint(record.progress)
             if record.status == "rolled_back":
                 row.status = "pending" if migration is not None else "rolled_back"
             if record.status == "running" and record.run_id != live_run_id:

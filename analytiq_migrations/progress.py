@@ -13,7 +13,7 @@ hung. The last event of each call (``done``) is always written.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from .records import ProgressEvent
 
@@ -112,6 +112,32 @@ def log_line(event: ProgressEvent) -> str:
     eta = _eta(event)
     tail = f", ETA {_clock(eta)}" if eta is not None else ""
     return f"{what}{count}, {_rate(event):,.0f}/s{tail}"
+
+
+def describe_checkpoint(progress: Optional[dict[str, Any]]) -> Optional[str]:
+    """A record's ``progress`` for people: ``items: 4,000 of 10,000 documents, ...``."""
+    calls = (progress or {}).get("batch_update")
+    if not isinstance(calls, list):
+        return None
+    parts = [_describe_call(state) for state in calls if isinstance(state, dict) and state]
+    return "; ".join(parts) or None
+
+
+def _describe_call(state: dict[str, Any]) -> str:
+    """One ``batch_update`` call's checkpoint."""
+    name = state.get("collection") or "?"
+    modified = int(state.get("modified") or 0)
+    if state.get("done"):
+        return f"{name}: done, {modified:,} changed"
+    scanned, total = int(state.get("scanned") or 0), state.get("total")
+    text = f"{name}: {scanned:,}" + (f" of {int(total):,}" if total is not None else "") + \
+        f" documents, {modified:,} changed"
+    if "last_id" in state:
+        last = repr(state["last_id"])
+        text += f", last _id {last if len(last) <= 40 else last[:37] + '...'}"
+    batches = int(state.get("batches") or 0)
+    return text + f" ({batches:,} batch{'' if batches == 1 else 'es'}, " \
+        f"{_clock(float(state.get('elapsed_s') or 0.0))})"
 
 
 def _rate(event: ProgressEvent) -> float:

@@ -219,6 +219,8 @@ class StatusRow(BaseModel):
     attempts: int = 0
     error: Optional[ErrorInfo] = None
     progress: Optional[dict[str, BSONData]] = None
+    #: ``progress`` for people (``items: 4,000 of 10,000 documents, ...``), if any.
+    checkpoint: Optional[str] = None
 
 
 ProblemKind = Literal[

@@ -44,7 +44,7 @@ def server(uri: str | None) -> Iterator[str]:
     if uri:
         yield uri
         return
-    from tests.support import start_server
+    from analytiq_migrations.testing import start_server
 
     srv = start_server()
     try:

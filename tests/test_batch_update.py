@@ -27,6 +27,7 @@ from analytiq_migrations import (
     Migrator,
     ProgressEvent,
 )
+from analytiq_migrations.cli import main
 
 #: The killed run's lease: short, so the next run does not wait long for it to expire.
 DEAD_TTL = 2.0
@@ -246,6 +247,9 @@ def test_a_failed_run_resumes_after_its_checkpoint_across_id_types(
     orders, items = row.progress["batch_update"]
     assert (orders["done"], orders["modified"]) == (True, 10)
     assert (items["done"], items["last_id"], items["batches"]) == (False, "a", 2)
+    assert row.checkpoint is not None
+    assert row.checkpoint.startswith("orders: done, 10 changed; items: 8 documents, "
+                                     "8 changed, last _id 'a' (2 batches, ")
 
     monkeypatch.setattr(Flaky, "FAIL_AT", set())
     assert migrator.upgrade().versions == [1]
@@ -269,6 +273,51 @@ def test_a_lost_cursor_is_reopened_after_the_last_batch(
 
     assert set(counts(db).values()) == {1}
     assert "lost its cursor" in caplog.text
+
+
+POISONED = '''\
+"""Stamp every item"""
+
+from analytiq_migrations import Migration
+
+
+def stamp(doc):
+    if doc.get("poison"):
+        raise ValueError(f"item {doc['_id']} is poisoned")
+    return {"$inc": {"n": 1}}
+
+
+class StampItems(Migration):
+    transactional = False
+
+    def up(self, db):
+        self.batch_update("items", {}, stamp, batch_size=5)
+'''
+
+
+def test_the_status_command_shows_the_checkpoint_and_up_resumes_from_it(
+    db: Any, mongo_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(db, 20)
+    db.items.update_one({"_id": 12}, {"$set": {"poison": True}})
+    source = write_migrations(tmp_path / "migrations", {"0001_stamp_items.py": POISONED})
+    monkeypatch.chdir(tmp_path)
+    where = ["--uri", mongo_uri, "--database", db.name, "--migrations", str(source)]
+    assert main(["up", "-q", *where]) == 1
+
+    capsys.readouterr()
+    assert main(["status", *where]) == 0
+    out = capsys.readouterr().out
+    assert "Checkpoints (where unfinished batch_update calls resume):\n" \
+        "  1: items: 10 documents, 10 changed, last _id 9 (2 batches, " in out
+
+    db.items.update_one({"_id": 12}, {"$unset": {"poison": ""}})
+    assert main(["up", "-q", *where]) == 0
+    assert set(counts(db).values()) == {1}
+    capsys.readouterr()
+    main(["status", *where])
+    assert "Checkpoints" not in capsys.readouterr().out
 
 
 # -- killed with SIGKILL -------------------------------------------------------------------------
@@ -406,6 +455,19 @@ def test_a_function_returning_a_replacement_document_is_refused(db: Any) -> None
         Migrator(db, [m]).upgrade()
 
     assert set(counts(db).values()) == {0}  # the batch's transaction was rolled back
+
+
+def test_a_collection_of_another_client_is_refused(db: Any, mongo_uri: str) -> None:
+    seed(db, 5)
+    other = pymongo.MongoClient(mongo_uri)
+    m = migration(lambda self, db: self.batch_update(
+        other[db.name].items, {}, {"$inc": {"n": 1}}))
+    try:
+        with pytest.raises(MigrationDefinitionError, match="belongs to another client"):
+            Migrator(db, [m]).upgrade()
+    finally:
+        other.close()
+    assert set(counts(db).values()) == {0}
 
 
 def test_outside_a_run_it_says_where_to_call_it() -> None:

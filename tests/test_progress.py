@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from analytiq_migrations import ProgressEvent
-from analytiq_migrations.progress import bar_line, log_line, make_reporter
+from analytiq_migrations.progress import bar_line, describe_checkpoint, log_line, make_reporter
 
 
 class FakeClock:
@@ -120,3 +120,29 @@ def test_tty_can_be_forced_either_way() -> None:
     forced = io.StringIO()
     make_reporter(forced, tty=True)(event(1000, 1.0))
     assert forced.getvalue().startswith("\r")
+
+
+# -- a checkpoint in status --------------------------------------------------------------------
+
+
+def test_a_checkpoint_reads_as_how_far_each_call_got() -> None:
+    progress = {"batch_update": [
+        {"collection": "orders", "done": True, "modified": 1200, "scanned": 1250},
+        {"collection": "items", "done": False, "scanned": 4000, "total": 10_000,
+         "modified": 3990, "last_id": 3999, "batches": 4, "elapsed_s": 72.4},
+    ]}
+    assert describe_checkpoint(progress) == (
+        "orders: done, 1,200 changed; items: 4,000 of 10,000 documents, 3,990 changed, "
+        "last _id 3999 (4 batches, 1:12)"
+    )
+
+
+def test_a_call_that_has_not_finished_a_batch_yet_shows_no_last_id() -> None:
+    progress = {"batch_update": [{"collection": "items", "started": True, "done": False}]}
+    assert describe_checkpoint(progress) == "items: 0 documents, 0 changed (0 batches, 0:00)"
+
+
+def test_no_checkpoint_no_text() -> None:
+    assert describe_checkpoint(None) is None
+    assert describe_checkpoint({}) is None
+    assert describe_checkpoint({"batch_update": [{}]}) is None
