@@ -120,19 +120,21 @@ def _require_secantus(why: str) -> None:
         )
 
 
+def _start_or_fail(what: str, data_dir: Any, **kwargs: Any) -> Server:
+    """``start_server``, or fail the test with the server's log tail (no traceback)."""
+    try:
+        return start_server(data_dir, **kwargs)
+    except ServerStartError as exc:
+        problem = str(exc)  # failing outside the except keeps the chained noise out
+    pytest.fail(f"could not start {what}: {problem}", pytrace=False)
+
+
 def _start_target(
     label: str, tmp_path_factory: pytest.TempPathFactory, *, standalone: bool
 ) -> Iterator[_Target]:
     _require_secantus("MONGODB_URI is not set")
     data_dir = tmp_path_factory.mktemp(f"secantus-{label}")
-    try:
-        server = start_server(data_dir, standalone=standalone)
-    except ServerStartError as exc:
-        problem: Optional[str] = str(exc)
-    else:
-        problem = None
-    if problem is not None:
-        pytest.fail(f"could not start the {label} test server: {problem}", pytrace=False)
+    server = _start_or_fail(f"the {label} test server", data_dir, standalone=standalone)
     target = _Target(uri=server.uri, label=label, server=server)
     _TARGETS[label] = target
     try:
@@ -351,14 +353,8 @@ class ServerFactory:
         ``data_dir`` is given. Use ``.uri``, ``.kill()``, ``.restart()``, ``.stop()``."""
         if data_dir is None:
             data_dir = self.base_dir / f"server{len(self.servers)}"
-        try:
-            server = start_server(data_dir, standalone=standalone, extra_args=extra_args)
-        except ServerStartError as exc:
-            problem: Optional[str] = str(exc)
-        else:
-            problem = None
-        if problem is not None:
-            pytest.fail(f"could not start a private test server: {problem}", pytrace=False)
+        server = _start_or_fail("a private test server", data_dir, standalone=standalone,
+                                extra_args=extra_args)
         self.servers.append(server)
         return server
 
