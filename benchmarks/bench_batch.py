@@ -18,6 +18,7 @@ whole result of ``find()`` as a naive migration would. Linux only (``/proc/self`
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             c.drop_database(DATABASE)
             db = c[DATABASE]
             seed(db, 0, n)
-            seconds = timed(lambda fn=fn, db=db: fn(db))
+            seconds = timed(functools.partial(fn, db))
             wrong = db.items.count_documents({"n": {"$ne": 1}, "_id": {"$lt": docs}})
             assert not wrong, f"{label}: {wrong} documents not changed exactly once"
             c.drop_database(DATABASE)
