@@ -303,6 +303,13 @@ class Lease:
             self.lost_reason = "its lease expired or another run took the lock over"
             raise self._lost()
 
+    def refresh(self) -> None:
+        """Renew unless renewed within the last heartbeat interval (saves a round trip)."""
+        if self.lost_reason:
+            raise self._lost()
+        if time.monotonic() >= self._deadline - self.ttl * (1 - HEARTBEAT_FRACTION):
+            self.renew()
+
     def renew(self) -> None:
         """Extend the lease by one TTL; marks the lease lost if it is no longer ours."""
         if self.lost_reason:

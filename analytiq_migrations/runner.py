@@ -379,7 +379,9 @@ class Migrator:
         resume = previous.progress if previous and previous.direction == step.direction else None
         started = utcnow()
         clock = time.monotonic()
-        lease.check()
+        # Each step starts with at least two thirds of the TTL left; a transactional step
+        # then proves the lease inside its transaction, a non-transactional one after it.
+        lease.refresh()
         log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
                  " in a transaction" if step.transactional else "")
         self.store.start(

@@ -56,3 +56,25 @@ def test_status_costs_the_same_commands_with_250_migrations_as_with_3(
     assert len(many.status()) == 250
 
     assert recorder.names() == with_few == ["find", "find"]  # records, lock
+
+
+def test_each_applied_migration_costs_four_bookkeeping_commands(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    """Record running, then in the transaction: lease, record, history (plus the commit)."""
+
+    class Touch(Migration):
+        def up(self, db: Any) -> None:
+            db.touched.insert_one({"v": self.version})
+
+    def bookkeeping(n: int) -> int:
+        recorder.clear()
+        Migrator(recorded_db, [Touch(version=v) for v in range(1, n + 1)]).upgrade()
+        sent = recorder.commands
+        own = [c for c in sent if c.collection == "touched" or c.name == "commitTransaction"]
+        recorded_db.drop_collection("migrations")
+        recorded_db.drop_collection("touched")
+        return len(sent) - len(own)
+
+    per_migration = (bookkeeping(6) - bookkeeping(2)) / 4
+    assert per_migration == 4
