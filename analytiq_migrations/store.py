@@ -11,7 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from bson import ObjectId
 from pydantic import ValidationError
@@ -142,6 +142,14 @@ class Store:
             lambda: self.records.update_one({"_id": version}, {"$set": fields}, upsert=True),
         )
 
+    def _write(self, what: str, write: Callable[[Any], object], session: Any) -> None:
+        """``write(session)`` inside the caller's transaction (whose loop retries it), or
+        ``write(None)`` on its own under the retry budget."""
+        if session is not None and session.in_transaction:
+            write(session)
+        else:
+            self.policy.call(what, lambda: write(None))
+
     def finish(
         self,
         version: int,
@@ -154,48 +162,42 @@ class Store:
         update: dict[str, Any] = {"$set": fields}
         if unset_applied_at:
             update["$unset"] = {"applied_at": ""}
-        if session is not None and session.in_transaction:
-            self.records.update_one({"_id": version}, update, upsert=True, session=session)
-            return
-        self.policy.call(
+        self._write(
             f"record the outcome of version {version}",
-            lambda: self.records.update_one({"_id": version}, update, upsert=True),
+            lambda s: self.records.update_one({"_id": version}, update, upsert=True, session=s),
+            session,
         )
 
     def append_history(self, entry: HistoryEntry, *, session: Any = None) -> None:
         """Append one attempt to the history (never rewrites an entry)."""
         doc = {"_id": ObjectId(), **entry.model_dump()}
-        if session is not None and session.in_transaction:
-            self.history.insert_one(doc, session=session)
-            return
 
-        def insert() -> None:
+        def insert(s: Any) -> None:
+            if s is not None:
+                self.history.insert_one(doc, session=s)
+                return
             # DuplicateKeyError: an earlier try of this same insert landed; it is there.
             with contextlib.suppress(DuplicateKeyError):
                 self.history.insert_one(doc)
 
-        self.policy.call(f"append history for version {entry.version}", insert)
+        self._write(f"append history for version {entry.version}", insert, session)
 
     def save_progress(self, version: int, progress: dict[str, Any], session: Any = None) -> None:
         """Store a checkpoint in the record's ``progress``."""
-        if session is not None and session.in_transaction:
-            self.records.update_one({"_id": version}, {"$set": {"progress": progress}},
-                                    session=session)
-            return
-        self.policy.call(
+        self._write(
             f"save checkpoint of version {version}",
-            lambda: self.records.update_one({"_id": version}, {"$set": {"progress": progress}}),
+            lambda s: self.records.update_one(
+                {"_id": version}, {"$set": {"progress": progress}}, session=s),
+            session,
         )
 
     def set_legacy(self, version: int, *, session: Any = None) -> None:
         """Keep the seed's ``schema_version`` document equal to the current version."""
         update = {"$set": {"version": version, "updated_at": utcnow()}}
-        if session is not None and session.in_transaction:
-            self.records.update_one({"_id": LEGACY_ID}, update, session=session)
-            return
-        self.policy.call(
+        self._write(
             "update the legacy schema_version document",
-            lambda: self.records.update_one({"_id": LEGACY_ID}, update),
+            lambda s: self.records.update_one({"_id": LEGACY_ID}, update, session=s),
+            session,
         )
 
     def put_record(self, record: MigrationRecord) -> None:
@@ -204,13 +206,6 @@ class Store:
         self.policy.call(
             f"write record of version {record.version}",
             lambda: self.records.replace_one({"_id": record.version}, doc, upsert=True),
-        )
-
-    def delete_record(self, version: int) -> None:
-        """Remove a record (``repair(clear_failed=True)`` on a failed first attempt)."""
-        self.policy.call(
-            f"delete record of version {version}",
-            lambda: self.records.delete_one({"_id": version}),
         )
 
     def note_repair(self, version: int, fields: dict[str, Any], note: dict[str, Any]) -> None:
