@@ -16,7 +16,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 from .checksum import source_checksum
 from .errors import MigrationDefinitionError
@@ -29,8 +29,13 @@ _LOOKS_LIKE_MIGRATION = re.compile(r"^\d+.*\.py$")
 MigrationSource = Union[str, "os.PathLike[str]", Iterable[Any], types.ModuleType]
 
 
-def load_migrations(source: MigrationSource) -> list[Migration]:
-    """Load and check migrations from ``source``; returns them sorted by version."""
+def load_migrations(source: MigrationSource, *, lazy: bool = False) -> list[Migration]:
+    """Load and check migrations from ``source``; returns them sorted by version.
+
+    ``lazy=True`` (what ``Migrator`` uses) imports no migration file: each is a
+    :class:`FileMigration` that reads its bytes now and imports them when its code is
+    first needed, so the errors of a broken file surface then (by the same messages).
+    """
     if isinstance(source, types.ModuleType):
         migrations = _from_module(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -45,7 +50,10 @@ def load_migrations(source: MigrationSource) -> list[Migration]:
                 "or a directory path.",
             ) from None
         migrations = _from_list(items)
-    return _checked(migrations)
+    checked = _checked(migrations)
+    if lazy:
+        return checked
+    return [m.loaded() for m in checked]
 
 
 def _from_name_or_path(text: str) -> list[Migration]:
@@ -122,7 +130,7 @@ def _from_list(items: list[Any]) -> list[Migration]:
 
 def _from_directory(directory: Path, package: str | None = None) -> list[Migration]:
     """Every ``NNNN_slug.py`` in ``directory``; other ``.py`` files are helpers."""
-    migrations = []
+    migrations: list[Migration] = []
     for path in sorted(directory.iterdir()):
         if not path.is_file() or path.suffix != ".py":
             continue
@@ -135,26 +143,106 @@ def _from_directory(directory: Path, package: str | None = None) -> list[Migrati
                     "underscores (e.g. 0003_add_email_index.py).",
                 )
             continue
-        migrations.append(_from_file(path, int(match.group("version")), package))
+        migrations.append(FileMigration(path, int(match.group("version")), package))
     return migrations
 
 
-def _from_file(path: Path, version: int, package: str | None) -> Migration:
-    """Import one migration file and adapt it."""
-    try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MigrationDefinitionError(
-            f"Cannot read migration file '{path}': {exc}", version=version
-        ) from exc
+class FileMigration(Migration):
+    """A ``NNNN_slug.py`` file, imported only when its code is needed.
+
+    Its version comes from the file name and its checksums from its bytes, read at
+    construction: a no-op ``up`` or ``status`` compares the raw hash with the record's
+    and so neither imports nor tokenizes a file that has not changed. Anything that
+    needs the code (``up``/``down``, the flags, the description) imports it via
+    :meth:`loaded`.
+    """
+
+    def __init__(self, path: Path, version: int, package: Optional[str] = None) -> None:
+        self.version = version
+        self.origin = str(path)
+        self._path = path
+        self._package = package
+        try:
+            raw = path.read_bytes()
+            self._source = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MigrationDefinitionError(
+                f"Cannot read migration file '{path}': {exc}", version=version
+            ) from exc
+        self.source_bytes = raw
+        self._loaded: Optional[Migration] = None
+
+    def loaded(self) -> Migration:
+        """Import the file (once) and return the migration it defines."""
+        if self._loaded is None:
+            migration = _from_file(self._path, int(self.version or 0), self._package,
+                                   self._source)
+            _check_definition(migration)
+            migration.source_bytes = self.source_bytes
+            self._loaded = migration
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def checksum(self) -> str:
+        """Normalized checksum of the whole file (tokenized on first use, not imported)."""
+        cached = self.__dict__.get("_checksum")
+        if cached is None:
+            try:
+                cached = source_checksum(self._source)
+            except SyntaxError as exc:
+                raise _syntax_error(self._path, int(self.version or 0), exc) from exc
+            self.__dict__["_checksum"] = cached
+        return str(cached)
+
+    # Everything else is the code's: import it.
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.loaded().description
+
+    @property
+    def transactional(self) -> Optional[bool]:  # type: ignore[override]
+        return self.loaded().transactional
+
+    @property
+    def idempotent(self) -> bool:  # type: ignore[override]
+        return self.loaded().idempotent
+
+    @property
+    def reversible(self) -> bool:
+        return self.loaded().reversible
+
+    def up(self, db: Any) -> Optional[bool]:
+        return self.loaded().up(db)
+
+    def down(self, db: Any) -> Optional[bool]:
+        return self.loaded().down(db)
+
+    def summary(self) -> str:
+        return self.loaded().summary()
+
+    def __repr__(self) -> str:
+        return f"<FileMigration version={self.version} {self.origin!r}>"
+
+
+def _syntax_error(path: Path, version: int, exc: SyntaxError) -> MigrationDefinitionError:
+    """The error for a migration file that does not parse."""
+    return MigrationDefinitionError(
+        f"Syntax error in migration file '{path}', line {exc.lineno}: {exc.msg}",
+        version=version,
+        hint="Fix the file; nothing was run.",
+    )
+
+
+def _from_file(path: Path, version: int, package: str | None, source: str) -> Migration:
+    """Import one migration file (whose text is ``source``) and adapt it."""
     try:
         compile(source, str(path), "exec")
     except SyntaxError as exc:
-        raise MigrationDefinitionError(
-            f"Syntax error in migration file '{path}', line {exc.lineno}: {exc.msg}",
-            version=version,
-            hint="Fix the file; nothing was run.",
-        ) from exc
+        raise _syntax_error(path, version, exc) from exc
     module = _import_file(path, package)
     classes = [
         obj
@@ -284,13 +372,20 @@ def _checked(migrations: list[Migration]) -> list[Migration]:
                 hint="Give each migration its own version (the next free one is "
                 f"{max(seen) + 1 if seen else version + 1}).",
             )
-        if migration.transactional not in (None, True, False):
-            raise MigrationDefinitionError(
-                f"{migration.name}: transactional must be None, True or False, not "
-                f"{migration.transactional!r}.",
-                version=version,
-            )
         seen[version] = migration
-        if not isinstance(migration, ModuleMigration):
-            _check_callables(migration, migration.name)
+        if isinstance(migration, FileMigration):
+            continue  # its code is checked when it is imported (FileMigration.loaded)
+        _check_definition(migration)
     return sorted(migrations, key=lambda m: int(m.version or 0))
+
+
+def _check_definition(migration: Migration) -> None:
+    """``transactional`` is None/True/False; a class implements a synchronous ``up``."""
+    if migration.transactional not in (None, True, False):
+        raise MigrationDefinitionError(
+            f"{migration.name}: transactional must be None, True or False, not "
+            f"{migration.transactional!r}.",
+            version=migration.version,
+        )
+    if not isinstance(migration, ModuleMigration):  # a module's are checked on import
+        _check_callables(migration, migration.name)

@@ -16,7 +16,7 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from .checksum import source_checksum
+from .checksum import raw_checksum, source_checksum
 from .errors import MigrationDefinitionError
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class Migration:
 
     #: The file a migration was loaded from (``None`` for classes listed in code).
     origin: Optional[str] = None
+    #: That file's bytes as read (``None`` for classes listed in code).
+    source_bytes: Optional[bytes] = None
 
     def __init__(
         self,
@@ -106,10 +108,26 @@ class Migration:
 
     # -- what the library asks of it -----------------------------------------------------
 
+    def loaded(self) -> Migration:
+        """The object whose code runs (a file migration imports its file here)."""
+        return self
+
+    @property
+    def is_loaded(self) -> bool:
+        """False while a file migration's code has not been imported."""
+        return True
+
     @property
     def name(self) -> str:
         """How errors name this migration: its file or its class."""
         return self.origin or f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def raw_checksum(self, checksum: Optional[str] = None) -> Optional[str]:
+        """The record's ``raw_checksum`` for this file and ``checksum`` (default: the
+        code's); ``None`` for classes listed in code."""
+        if self.source_bytes is None:
+            return None
+        return raw_checksum(self.source_bytes, self.checksum if checksum is None else checksum)
 
     @property
     def reversible(self) -> bool:

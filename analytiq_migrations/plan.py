@@ -49,6 +49,7 @@ def virtual_records(
                 version=version,
                 description=migration.summary(),
                 checksum=migration.checksum,
+                raw_checksum=migration.raw_checksum(),
                 status="baselined",
             )
     if legacy_version not in adopted:
@@ -56,6 +57,17 @@ def virtual_records(
             version=legacy_version, description="adopted from schema_version", status="baselined"
         )
     return adopted
+
+
+def unchanged(migration: Migration, record: MigrationRecord) -> bool:
+    """The migration's file is byte for byte the one recorded: no need to tokenize it."""
+    return record.raw_checksum is not None and record.checksum is not None and \
+        migration.raw_checksum(record.checksum) == record.raw_checksum
+
+
+def checksum_ok(migration: Migration, record: MigrationRecord) -> bool:
+    """The code is the recorded code (the normalized checksum decides; equal bytes suffice)."""
+    return unchanged(migration, record) or record.checksum == migration.checksum
 
 
 def current_version(records: dict[int, MigrationRecord]) -> int:
@@ -273,13 +285,13 @@ def status_rows(
     rows = []
     for version in sorted(set(by_version) | set(records)):
         migration, record = by_version.get(version), records.get(version)
-        row = StatusRow(
-            version=version,
-            description=(record.description if record else "") or (
-                migration.summary() if migration else ""),
-            status="pending",
-        )
-        if migration is not None:
+        row = StatusRow(version=version, description=record.description if record else "",
+                        status="pending")
+        if migration is not None and not (
+            record is not None and record.status in APPLIED_STATUSES
+            and not migration.is_loaded and unchanged(migration, record)
+        ):
+            # (An applied file unchanged since is described by its record: not imported.)
             row.description = migration.summary()
             row.transactional = migration.transactional
             row.reversible = migration.reversible
@@ -300,7 +312,7 @@ def status_rows(
                 if migration is None:
                     row.status = "missing" if record.status == "applied" else "baselined"
                 elif record.checksum:
-                    row.checksum_ok = record.checksum == migration.checksum
+                    row.checksum_ok = checksum_ok(migration, record)
         rows.append(row)
     return rows
 
@@ -339,7 +351,7 @@ def find_problems(
                 "does this), or leave it if it was deliberately squashed.",
             ))
         elif record.status in APPLIED_STATUSES and migration is not None and record.checksum \
-                and record.checksum != migration.checksum:
+                and not checksum_ok(migration, record):
             problems.append(Problem(
                 kind="checksum_drift", version=version,
                 message=f"{label} was changed after it was applied (checksum "

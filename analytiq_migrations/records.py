@@ -78,6 +78,9 @@ class MigrationRecord(_Model):
     version: int = Field(gt=0)
     description: str = ""
     checksum: Optional[str] = None
+    #: sha256 of the file's bytes when ``checksum`` was taken (``None`` for classes and
+    #: older records): equal bytes spare tokenizing; ``checksum`` stays the truth.
+    raw_checksum: Optional[str] = None
     status: RecordStatus
     direction: Direction = "up"
     applied_at: Optional[UTCDateTime] = None

@@ -47,6 +47,7 @@ from .plan import (
     plan_upgrade,
     resolve_target,
     status_rows,
+    unchanged,
     virtual_records,
 )
 from .records import (
@@ -139,7 +140,8 @@ class Migrator:
         self._owns_client = isinstance(client_or_db, str)
         self.db = _resolve_database(client_or_db, database)
         self.client = self.db.client
-        self.migrations: list[Migration] = load_migrations(migrations)
+        # Files are imported only when their code is needed (see FileMigration).
+        self.migrations: list[Migration] = load_migrations(migrations, lazy=True)
         self.transactions = transactions
         self.lock_ttl = float(lock_ttl)
         self.lock_wait = float(lock_wait)
@@ -239,7 +241,9 @@ class Migrator:
                 if accept_checksums and migration is not None and record.checksum and \
                         record.status in APPLIED_STATUSES and record.checksum != migration.checksum:
                     detail = f"checksum {record.checksum[:12]} -> {migration.checksum[:12]}"
-                    self.store.note_repair(version, {"checksum": migration.checksum}, {
+                    self.store.note_repair(version, {
+                        "checksum": migration.checksum,
+                        "raw_checksum": migration.raw_checksum()}, {
                         **note, "action": "accept_checksum", "old": record.checksum,
                         "new": migration.checksum})
                     actions.append(RepairAction(version=version, action="accept_checksum",
@@ -371,7 +375,7 @@ class Migrator:
         run: RunInfo,
     ) -> StepResult:
         """Run one step and record its outcome; raises ``MigrationFailedError`` on failure."""
-        migration = self._by_version[step.version]
+        migration = self._by_version[step.version].loaded()
         previous = records.get(step.version)
         # attempts counts tries at the current transition; a finished one starts afresh.
         unfinished = previous is not None and previous.status in ("failed", "running")
@@ -386,8 +390,9 @@ class Migrator:
                  " in a transaction" if step.transactional else "")
         self.store.start(
             version=step.version, description=step.description, checksum=migration.checksum,
-            direction=step.direction, run=run, transactional=step.transactional,
-            attempts=attempts, started_at=started, progress=resume,
+            raw_checksum=migration.raw_checksum(), direction=step.direction, run=run,
+            transactional=step.transactional, attempts=attempts, started_at=started,
+            progress=resume,
         )
         base = {
             "version": step.version, "description": step.description,
@@ -617,6 +622,7 @@ class Migrator:
         if self.on_drift == "ignore":
             return
         drifted = [p for p in find_problems(self.migrations, records) if p.kind == "checksum_drift"]
+        self._remember_raw_checksums(records)
         if not drifted:
             return
         if self.on_drift == "warn":
@@ -631,6 +637,22 @@ class Migrator:
             hint="Revert the edits, or accept them with `analytiq-migrations repair "
             "--accept-checksums` (repair(accept_checksums=True)), or run with on_drift='warn'.",
         )
+
+    def _remember_raw_checksums(self, records: dict[int, MigrationRecord]) -> None:
+        """Store the bytes' hash of files whose edits were cosmetic (or that older
+        versions recorded without one), so later runs compare them without tokenizing."""
+        stale = {}
+        for version, record in records.items():
+            migration = self._by_version.get(version)
+            if migration is None or migration.source_bytes is None or not record.checksum \
+                    or record.status not in APPLIED_STATUSES or unchanged(migration, record):
+                continue
+            if record.checksum == migration.checksum:  # tokenized already by the drift check
+                raw = str(migration.raw_checksum())
+                stale[version] = (record.checksum, raw)
+                records[version] = record.model_copy(update={"raw_checksum": raw})
+        if stale:
+            self.store.remember_raw_checksums(stale)
 
     def _adopt(self, state: DatabaseState, run: RunInfo) -> None:
         """Turn the seed's ``schema_version`` into baselined per-version records."""
@@ -649,6 +671,7 @@ class Migrator:
             version=version,
             description=migration.summary() if migration else description,
             checksum=migration.checksum if migration else None,
+            raw_checksum=migration.raw_checksum() if migration else None,
             status="baselined", direction="up", applied_at=now, started_at=now,
             finished_at=now, duration_ms=0, transactional=False, attempts=0,
             **run.model_dump(),
@@ -785,7 +808,8 @@ def _merge(previous: Optional[MigrationRecord], step: PlanStep, fields: dict[str
     """The in-memory record after a step (saves re-reading it)."""
     base: dict[str, Any] = previous.model_dump() if previous else {"version": step.version}
     base.update(description=step.description, checksum=migration.checksum,
-                direction=step.direction, transactional=step.transactional)
+                raw_checksum=migration.raw_checksum(), direction=step.direction,
+                transactional=step.transactional)
     base.update({k: v for k, v in fields.items() if k != "error"})
     base["error"] = fields.get("error")
     return MigrationRecord.model_validate(base)

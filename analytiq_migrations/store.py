@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 from bson import ObjectId
 from pydantic import ValidationError
-from pymongo import DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo import DESCENDING, UpdateOne
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
@@ -114,6 +114,7 @@ class Store:
         version: int,
         description: str,
         checksum: str,
+        raw_checksum: Optional[str] = None,
         direction: str,
         run: RunInfo,
         transactional: bool,
@@ -126,6 +127,7 @@ class Store:
             "version": version,
             "description": description,
             "checksum": checksum,
+            "raw_checksum": raw_checksum,
             "status": "running",
             "direction": direction,
             "started_at": started_at,
@@ -207,6 +209,18 @@ class Store:
             f"write record of version {record.version}",
             lambda: self.records.replace_one({"_id": record.version}, doc, upsert=True),
         )
+
+    def remember_raw_checksums(self, hashes: dict[int, tuple[str, str]]) -> None:
+        """Set ``raw_checksum`` on records whose ``checksum`` is still the one compared
+        (``{version: (checksum, raw)}``), in one command; a concurrent repair wins."""
+        requests = [UpdateOne({"_id": version, "checksum": checksum},
+                              {"$set": {"raw_checksum": raw}})
+                    for version, (checksum, raw) in sorted(hashes.items())]
+        try:
+            self.policy.call("remember file hashes",
+                             lambda: self.records.bulk_write(requests, ordered=False))
+        except PyMongoError as exc:  # only an optimisation: the next run compares again
+            log.warning("Could not store the migration files' hashes: %s", exc)
 
     def note_repair(self, version: int, fields: dict[str, Any], note: dict[str, Any]) -> None:
         """Apply a repair to a record and keep a note of it on the record."""
