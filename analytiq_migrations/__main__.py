@@ -1,8 +1,6 @@
 """``python -m analytiq_migrations``: the same command line as ``analytiq-migrations``."""
 
-import sys
-
-from .cli import main
+from .cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

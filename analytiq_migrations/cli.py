@@ -18,7 +18,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
@@ -63,6 +63,17 @@ DESCRIPTION_WIDTH = 44
 
 _AFTER_INTERRUPT = ("Any lock this run held was released; a migration cut short shows as "
                     "interrupted in `status`, and the next `up` re-runs it if that is safe.")
+
+
+@dataclass
+class _Teardown:
+    """Whether this process may end without the interpreter's teardown (see ``console``)."""
+
+    #: Set after a command that ran only this library's code and closed its client.
+    skippable: bool = False
+
+
+_TEARDOWN = _Teardown()
 
 
 class _Terminated(BaseException):
@@ -248,6 +259,9 @@ class Command:
     layers: list[Layer]
     out: Output
     migrator: Any = None
+    #: True once code outside this library may have run: migrations listed in a module
+    #: or a package's ``__init__`` (a directory's files are counted as they load).
+    imported_code: bool = False
 
     def open(self, *, need_code: bool = True) -> Any:
         """The ``Migrator``; ``need_code=False`` works without the migrations (unlock, history)."""
@@ -260,6 +274,7 @@ class Command:
             progress = make_reporter(self.out.stderr)
         # history and unlock work without the code (and so despite a broken file)
         source: Optional[list[Any]] = None if need_code else []
+        self.imported_code = need_code and not os.path.isdir(str(self.settings.migrations))
         self.migrator = open_migrator(self.settings, migrations=source, progress=progress)
         return self.migrator
 
@@ -267,6 +282,28 @@ class Command:
     def where(self) -> str:
         """``'app'`` for messages."""
         return f"'{self.migrator.db.name}'"
+
+
+def console() -> NoReturn:
+    """The ``analytiq-migrations`` executable: ``main()``, then exit.
+
+    When only this library ran (no migration's code was imported) and its client is
+    closed, nothing is left to clean up but pymongo's monitor threads, whose join at
+    interpreter exit costs about half a second (they wake every 0.5 s to notice they
+    were stopped). The process then flushes its output and leaves with ``os._exit``.
+    Anything else (a migration ran, or a module was imported) exits normally, so
+    ``atexit`` handlers of user code still run.
+    """
+    code = main()
+    if _TEARDOWN.skippable:
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed pipe: let the normal exit report it
+            sys.exit(code)
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -300,6 +337,7 @@ def run(
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    _TEARDOWN.skippable = False
     parser = build_parser(prog)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -349,6 +387,13 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     finally:
         if command is not None and command.migrator is not None:
             command.migrator.client.close()
+            _TEARDOWN.skippable = _ran_library_code_only(command)
+
+
+def _ran_library_code_only(command: Command) -> bool:
+    """No code but this library's (and pymongo's) ran: no migration was imported."""
+    return not command.imported_code and getattr(command.settings, "client", None) is None \
+        and not any(m.is_loaded for m in command.migrator.migrations)
 
 
 def _is_driver_error(exc: BaseException) -> bool:

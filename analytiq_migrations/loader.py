@@ -131,9 +131,10 @@ def _from_list(items: list[Any]) -> list[Migration]:
 def _from_directory(directory: Path, package: str | None = None) -> list[Migration]:
     """Every ``NNNN_slug.py`` in ``directory``; other ``.py`` files are helpers."""
     migrations: list[Migration] = []
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.suffix != ".py":
-            continue
+    with os.scandir(directory) as listing:  # file types come with the listing: no stat
+        names = sorted(e.name for e in listing if e.name.endswith(".py") and e.is_file())
+    for name in names:
+        path = directory / name
         match = FILE_PATTERN.match(path.name)
         if match is None:
             if _LOOKS_LIKE_MIGRATION.match(path.name):

@@ -608,6 +608,22 @@ def test_every_command_as_a_real_process_configured_by_the_environment(
     assert run("unlock").out.strip() == "The migration lock was not held."
 
 
+def test_a_run_of_library_code_only_exits_at_once_with_its_output_and_code(
+        tmp_path: Path, mongo_uri: str, db: Any) -> None:
+    # Such runs end with os._exit (no interpreter teardown): nothing may be lost.
+    env = {"MONGODB_URI": mongo_uri, "ANALYTIQ_MIGRATIONS_DATABASE": db.name,
+           "ANALYTIQ_MIGRATIONS_SOURCE": "migrations"}
+    write_migrations(tmp_path / "migrations", MIGRATIONS)
+    assert run_cli(["up", "-q"], cwd=tmp_path, env=env, module=False).code == 0
+    noop = run_cli(["up"], cwd=tmp_path, env=env, module=False)
+    assert (noop.code, noop.out.strip()) == (0, f"Nothing to do: '{db.name}' is at version 3.")
+    status = run_cli(["status", "--json"], cwd=tmp_path, env=env, module=False)
+    assert status.code == 0 and status.json()["current_version"] == 3
+    db.migrations.update_one({"_id": 2}, {"$set": {"checksum": "0" * 64}})
+    drift = run_cli(["validate"], cwd=tmp_path, env=env)
+    assert drift.code == 4 and "was changed after it was applied" in drift.out + drift.err
+
+
 def test_every_exit_code_as_a_real_process_configured_by_pyproject(
         tmp_path: Path, mongo_uri: str, db: Any) -> None:
     write_migrations(tmp_path / "db_migrations", MIGRATIONS)
