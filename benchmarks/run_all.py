@@ -26,6 +26,7 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("bench_noop.py", [], ["--runs", "5"]),
     ("bench_status.py", [], ["--migrations", "150", "--runs", "3"]),
     ("bench_startup.py", [], ["--runs", "10"]),
+    ("bench_peers.py", [], ["--runs", "3", "--files", "200"]),
     ("bench_batch.py", [], ["--docs", "3000", "--loop-docs", "1000", "--rss-docs", "6000"]),
 ]
 
