@@ -57,6 +57,10 @@ REOPEN_ATTEMPTS = 3
 #: 7x slower). MongoDB serves any of these from the ``_id`` index.
 IDS_PER_STATEMENT = 10
 
+#: Winning-plan stages that show the server serving an ``_id`` range from the index.
+INDEX_STAGES = frozenset({"IXSCAN", "IDHACK", "EXPRESS_IXSCAN", "EXPRESS_CLUSTERED_IXSCAN",
+                          "CLUSTERED_IXSCAN"})
+
 #: ``$type`` aliases in BSON comparison order, one group per bracket. Documents whose
 #: ``_id`` is of a later bracket sort after every ``_id`` of an earlier one, but
 #: ``{_id: {$gt: x}}`` only matches ``_id``s of ``x``'s own bracket; resuming after
@@ -103,9 +107,11 @@ def batch_update(
     clock = time.monotonic() - float(state.get("elapsed_s", 0.0))
     walk = _Walk(ctx, coll, query, None if callable(update) else {"_id": 1}, batch_size,
                  state)
+    ranges = not callable(update) and _serves_id_ranges(coll, query)
 
     def one_batch(docs: list[dict[str, Any]], session: Any) -> dict[str, Any]:
-        matched, modified = _write(coll, _operations(ctx, docs, query, update), session)
+        ops = _operations(ctx, docs, query, update, ranges=ranges)
+        matched, modified = _write(coll, ops, session)
         new_state = {
             **state,
             "last_id": docs[-1]["_id"],
@@ -286,11 +292,50 @@ def _update_problem(update: Any) -> Optional[str]:
             f"doc -> update, not {type(update).__name__}.")
 
 
+def _serves_id_ranges(coll: Any, query: dict[str, Any]) -> bool:
+    """Does the server answer an ``_id`` range (with ``query``) from the ``_id`` index?
+
+    One ``explain`` per call. MongoDB does (an ``IXSCAN`` on ``_id``); a server that
+    scans the whole collection for it (SecantusDB 0.7) gets ``$in`` lists instead, which
+    it looks up one by one.
+    """
+    if not isinstance(coll, Collection):
+        return False  # mongomock: no explain
+    probe = _by_range(MinKey(), MaxKey(), query)
+    try:
+        plan = coll.database.command("explain", {"find": coll.name, "filter": probe},
+                                     verbosity="queryPlanner")
+    except PyMongoError:
+        return False
+    return bool(INDEX_STAGES & set(_stages(plan.get("queryPlanner", {}).get("winningPlan"))))
+
+
+def _stages(plan: Any) -> list[str]:
+    """Every ``stage`` name in an explain plan tree."""
+    if isinstance(plan, list):
+        return [stage for item in plan for stage in _stages(item)]
+    if not isinstance(plan, Mapping):
+        return []
+    found = [str(plan["stage"])] if "stage" in plan else []
+    for value in plan.values():
+        if isinstance(value, (Mapping, list)):
+            found += _stages(value)
+    return found
+
+
 def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, Any],
-                update: UpdateSpec) -> list[tuple[dict[str, Any], Any, bool]]:
+                update: UpdateSpec, *, ranges: bool = False
+                ) -> list[tuple[dict[str, Any], Any, bool]]:
     """``(filter, update, many)`` writes for a batch: the filter re-checked, narrowed to its
-    ``_id``s (a few per statement for a static update, one each for a function)."""
+    ``_id``s: one range statement for a static update where the server serves ranges from
+    the index (and the batch's ``_id``s are of one BSON type bracket), else a few ``_id``s
+    per statement; one statement each for a function."""
     if not callable(update):
+        first, last = docs[0]["_id"], docs[-1]["_id"]
+        if ranges and _bracket(first) is not None and _bracket(first) == _bracket(last):
+            # Every document of the range that still matches is this batch's: the walk
+            # read them all (in _id order) and is past them.
+            return [(_by_range(first, last, query), update, True)]
         ids = [doc["_id"] for doc in docs]
         return [(_by_ids(ids[i:i + IDS_PER_STATEMENT], query), update, True)
                 for i in range(0, len(ids), IDS_PER_STATEMENT)]
@@ -326,6 +371,12 @@ def _write(coll: Any, ops: list[tuple[dict[str, Any], Any, bool]],
                 for where, change, many in ops]
     result = coll.bulk_write(requests, ordered=False, session=session)
     return result.matched_count, result.modified_count
+
+
+def _by_range(first: Any, last: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """``query`` narrowed to ``first <= _id <= last``."""
+    selector = {"_id": {"$gte": first, "$lte": last}}
+    return {"$and": [selector, query]} if query else selector
 
 
 def _by_ids(ids: list[Any], query: dict[str, Any]) -> dict[str, Any]:

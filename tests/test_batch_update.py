@@ -26,6 +26,7 @@ from analytiq_migrations import (
     MigrationFailedError,
     Migrator,
     ProgressEvent,
+    batch,
 )
 from analytiq_migrations.cli import main
 
@@ -134,6 +135,33 @@ def test_a_filter_on_the_field_being_changed_visits_each_document_once(
     Migrator(db, [m]).upgrade()
 
     assert {(d["level"], d["n"]) for d in db.items.find()} == {(5, 1)}
+
+
+@pytest.mark.parametrize("update", [{"$inc": {"level": 5, "n": 1}},
+                                    [{"$set": {"level": {"$add": ["$level", 5]},
+                                               "n": {"$add": ["$n", 1]}}}]])
+def test_where_the_server_serves_id_ranges_from_the_index_each_batch_is_one_range(
+    recorded_db: Any, recorder: CommandRecorder, monkeypatch: pytest.MonkeyPatch, update: Any
+) -> None:
+    # MongoDB answers {_id: {$gte, $lte}} from the _id index; SecantusDB scans (it gets
+    # $in lists, see batch._serves_id_ranges), so the range path is forced here.
+    db = recorded_db
+    ids: list[Any] = [*range(100), "a", "b", "c", ObjectId(), ObjectId()]
+    db.items.insert_many([{"_id": i, "level": 0, "n": 0} for i in ids])
+    monkeypatch.setattr(batch, "_serves_id_ranges", lambda coll, query: True)
+    m = migration(lambda self, db: self.batch_update(
+        "items", {"level": {"$lt": 10}}, update, batch_size=16))
+    recorder.clear()
+
+    Migrator(db, [m]).upgrade()
+
+    assert [(d["level"], d["n"]) for d in db.items.find()] == [(5, 1)] * len(ids)
+    statements = [u for c in recorder.filter("update") if c.command.get("update") == "items"
+                  for u in c.command["updates"]]
+    # 7 batches of 16: six of ints, one range each; the last mixes ints, strings and
+    # ObjectIds (a range matches one BSON type only), so it names its _ids instead.
+    ranged = [u for u in statements if "$gte" in str(u["q"])]
+    assert len(ranged) == 6 and len(statements) == 6 + 1 and all(u["multi"] for u in statements)
 
 
 def test_several_calls_in_one_migration_each_keep_their_own_checkpoint(db: Any) -> None:
