@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo import ASCENDING, UpdateMany, UpdateOne
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("analytiq_migrations")
 
 #: A static update document, an update pipeline, or ``doc -> update document | None``.
-UpdateSpec = Union[dict[str, Any], list[dict[str, Any]], Callable[[dict[str, Any]], Any]]
+UpdateSpec = Union[Dict[str, Any], List[Dict[str, Any]], Callable[[Dict[str, Any]], Any]]
 
 #: Key of this helper's checkpoints inside a record's ``progress``.
 PROGRESS_KEY = "batch_update"

@@ -28,6 +28,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 from .errors import LockBusyError, LockLostError
 from .records import LockInfo, RunInfo
 from .retry import RetryPolicy, backoff
+from .server import OWN_CODEC, hello
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -49,13 +50,14 @@ def local_now() -> datetime:
 
 
 class ServerClock:
-    """The server's time, estimated from ``hello.localTime`` and the round trip."""
+    """The server's time, estimated from ``hello.localTime`` (``isMaster`` on old servers)
+    and the round trip."""
 
     def __init__(self, db: Any) -> None:
         self.offset = timedelta(0)
         try:
             sent = local_now()
-            reply = db.client.admin.command("hello")
+            reply = hello(db.client)
             received = local_now()
         except (PyMongoError, AttributeError, NotImplementedError):
             return  # no server clock to read (mongomock): trust ours
@@ -372,7 +374,10 @@ def kill_sessions(collection: Any, session_ids: list[Any]) -> None:
     if not session_ids:
         return
     try:
-        collection.database.client.admin.command("killSessions", session_ids)
+        # Our codec: the ids are UUIDs, which the client's own options may encode wrongly
+        # (pymongo 3's pythonLegacy) or refuse to encode (pymongo 4's default).
+        collection.database.client.admin.command("killSessions", session_ids,
+                                                  codec_options=OWN_CODEC)
         log.info("Ended %d session(s) of the previous lock holder", len(session_ids))
     except (OperationFailure, PyMongoError, AttributeError, NotImplementedError) as exc:
         log.warning("Could not end the previous holder's sessions: %s", exc)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Literal, Optional, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
+import pydantic
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import CorruptRecordError
+
+#: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
+PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
 RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined"]
 HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined"]
@@ -21,13 +25,17 @@ RowStatus = Literal[
     "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing"
 ]
 
+
 def _as_utc(value: datetime) -> datetime:
     """BSON datetimes come back naive but are UTC: make that explicit."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-#: A datetime that is always timezone-aware UTC.
-UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+def _bson_default(value: Any) -> Any:
+    """One BSON value (ObjectId, Binary, ...) as relaxed Extended JSON."""
+    from bson import json_util
+
+    return json_util.default(value, json_options=json_util.RELAXED_JSON_OPTIONS)
 
 
 def _bson_to_json(value: Any) -> Any:
@@ -37,24 +45,97 @@ def _bson_to_json(value: Any) -> Any:
     return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
 
 
-#: Stored free-form data (checkpoints, ids): BSON types become Extended JSON in JSON mode.
-BSONData = Annotated[Any, PlainSerializer(_bson_to_json, when_used="json")]
+if TYPE_CHECKING:
+    UTCDateTime = datetime
+    BSONData = Any
+else:
+
+    class UTCDateTime:
+        """A datetime that is always timezone-aware UTC (pydantic 1 and 2)."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+            from pydantic_core import core_schema
+
+            return core_schema.no_info_after_validator_function(_as_utc, handler(datetime))
+
+        @classmethod
+        def __get_validators__(cls) -> Iterator[Any]:
+            from pydantic.datetime_parse import parse_datetime
+
+            yield parse_datetime
+            yield _as_utc
+
+    class BSONData:
+        """Stored free-form data (checkpoints, ids): BSON types become Extended JSON in
+        JSON mode, stay BSON in Python mode."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+            from pydantic_core import core_schema
+
+            serializer = core_schema.plain_serializer_function_ser_schema(
+                _bson_to_json, when_used="json")
+            return core_schema.any_schema(serialization=serializer)
+
+        @classmethod
+        def __get_validators__(cls) -> Iterator[Any]:
+            yield lambda value: value
+
 
 #: Statuses that count a version as present in the database.
 APPLIED_STATUSES = frozenset({"applied", "baselined"})
 
 
-class _Model(BaseModel):
-    """Base of the models here: each builds its validator on first use, not at import
-    (a no-op ``analytiq-migrations up`` uses three of the twelve; saves ~25 ms a start)."""
+if TYPE_CHECKING or PYDANTIC_V2:
 
-    model_config = ConfigDict(defer_build=True)
+    class _Model(BaseModel):
+        """Base of the models here: each builds its validator on first use, not at import
+        (a no-op ``analytiq-migrations up`` uses three of the twelve; saves ~25 ms a start)."""
+
+        model_config = {"defer_build": True}
+
+else:
+
+    class _Model(BaseModel):
+        """Base of the models here, on pydantic 1.10: the pydantic 2 method names this
+        package uses (``model_validate``, ``model_dump``, ``model_dump_json``,
+        ``model_copy``) mapped onto pydantic 1's."""
+
+        @classmethod
+        def model_validate(cls, obj: Any) -> Any:
+            return cls.parse_obj(obj)
+
+        def model_dump(self, *, mode: str = "python", include: Any = None) -> Dict[str, Any]:
+            if mode == "json":
+                return json.loads(self.model_dump_json(include=include))
+            return self.dict(include=include)
+
+        def model_dump_json(self, *, include: Any = None) -> str:
+            return self.json(include=include, encoder=_json_default)
+
+        def model_copy(self, *, update: Optional[Dict[str, Any]] = None) -> Any:
+            return self.copy(update=update)
+
+    def _json_default(value: Any) -> Any:
+        """pydantic 1's JSON encoder, with BSON types as Extended JSON."""
+        from pydantic.json import pydantic_encoder
+
+        try:
+            return pydantic_encoder(value)
+        except TypeError:
+            return _bson_default(value)
 
 
-class ErrorInfo(_Model):
+def field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The field names of a model class (pydantic 1 and 2)."""
+    if PYDANTIC_V2:
+        return frozenset(cast(Dict[str, Any], model.model_fields))
+    return frozenset(cast(Dict[str, Any], model.__fields__))
+
+
+class ErrorInfo(_Model, extra="ignore"):
     """The error stored with a failed attempt: exception type and message."""
-
-    model_config = ConfigDict(extra="ignore")
 
     type: str
     message: str
@@ -70,10 +151,8 @@ class RunInfo(_Model):
     tool_version: str
 
 
-class MigrationRecord(_Model):
+class MigrationRecord(_Model, extra="allow"):
     """One document per version in the ``migrations`` collection (``_id`` = version)."""
-
-    model_config = ConfigDict(extra="allow")
 
     version: int = Field(gt=0)
     description: str = ""
@@ -95,7 +174,7 @@ class MigrationRecord(_Model):
     transactional: bool = False
     attempts: int = 0
     error: Optional[ErrorInfo] = None
-    progress: Optional[dict[str, BSONData]] = None
+    progress: Optional[Dict[str, BSONData]] = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], collection: str) -> MigrationRecord:
@@ -123,10 +202,8 @@ class MigrationRecord(_Model):
         return record
 
 
-class HistoryEntry(_Model):
+class HistoryEntry(_Model, extra="allow"):
     """One attempt, in either direction, in the append-only ``migrations_history``."""
-
-    model_config = ConfigDict(extra="allow")
 
     version: int
     description: str = ""
@@ -164,7 +241,7 @@ class Plan(_Model):
     direction: Direction
     current_version: int
     target_version: int
-    steps: list[PlanStep] = Field(default_factory=list)
+    steps: List[PlanStep] = Field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -176,7 +253,7 @@ class Plan(_Model):
         return bool(self.steps)
 
     @property
-    def versions(self) -> list[int]:
+    def versions(self) -> List[int]:
         """The versions the plan touches, in execution order."""
         return [s.version for s in self.steps]
 
@@ -203,10 +280,10 @@ class RunReport(_Model):
     end_version: int
     started_at: UTCDateTime
     finished_at: UTCDateTime
-    steps: list[StepResult] = Field(default_factory=list)
+    steps: List[StepResult] = Field(default_factory=list)
 
     @property
-    def versions(self) -> list[int]:
+    def versions(self) -> List[int]:
         """Versions that completed in this run, in order."""
         return [s.version for s in self.steps if s.status != "failed"]
 
@@ -228,7 +305,7 @@ class StatusRow(_Model):
     reversible: Optional[bool] = None
     attempts: int = 0
     error: Optional[ErrorInfo] = None
-    progress: Optional[dict[str, BSONData]] = None
+    progress: Optional[Dict[str, BSONData]] = None
     #: ``progress`` for people (``items: 4,000 of 10,000 documents, ...``), if any.
     checkpoint: Optional[str] = None
 
@@ -250,10 +327,8 @@ class Problem(_Model):
         return f"{self.message} -> {self.hint}"
 
 
-class LockInfo(_Model):
+class LockInfo(_Model, extra="allow"):
     """The lock document as stored (``_id: "migration_lock"``)."""
-
-    model_config = ConfigDict(extra="allow")
 
     holder: Optional[str] = None
     locked_at: Optional[UTCDateTime] = None
@@ -265,7 +340,7 @@ class LockInfo(_Model):
     user: Optional[str] = None
     tool_version: Optional[str] = None
     #: The holder's session ids (``{"id": UUID}``), ended by whoever takes over.
-    session_ids: list[BSONData] = Field(default_factory=list)
+    session_ids: List[BSONData] = Field(default_factory=list)
 
 
 class ProgressEvent(_Model):

@@ -24,6 +24,7 @@ from pymongo.errors import (
 )
 
 from . import __version__
+from .dbproxy import joined
 from .errors import (
     ChecksumDriftError,
     ConfigurationError,
@@ -65,8 +66,10 @@ from .records import (
     RunReport,
     StatusRow,
     StepResult,
+    field_names,
 )
 from .retry import RetryPolicy, run_transaction
+from .server import MIN_WIRE_VERSION, PIPELINE_UPDATE_WIRE_VERSION, mongodb_release, own_collection
 from .store import DatabaseState, Store, utcnow
 
 log = logging.getLogger("analytiq_migrations")
@@ -151,7 +154,7 @@ class Migrator:
         self.progress = progress
         self.store = Store(self.db, collection, self.retry)
         lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
-        self.lock_collection = self.db[lock_name]
+        self.lock_collection = own_collection(self.db, lock_name)
         self._by_version = {int(m.version or 0): m for m in self.migrations}
         self._run_id: Optional[str] = None  # set while this object runs upgrade/downgrade
 
@@ -508,13 +511,13 @@ class Migrator:
     def _call(self, migration: Migration, step: PlanStep, session: Any) -> None:
         """Run ``up``/``down`` (in a transaction: with the session bound); check the result."""
         fn = migration.up if step.direction == "up" else migration.down
-        # Bound only in a transaction, where every call must join it: pymongo refuses any
+        # Joined only in a transaction, where every call must join it: pymongo refuses any
         # other client's operations while a session is bound, and a migration without a
         # transaction may well use a second client (copying from another cluster, say).
         in_txn = session is not None and session.in_transaction
-        binding = session.bind(end_session=False) if in_txn else contextlib.nullcontext()
-        with binding:
-            result = fn(self.db)
+        handle = joined(self.db, session) if in_txn else contextlib.nullcontext(self.db)
+        with handle as db:
+            result = fn(db)
         if result is False:
             raise MigrationFailedError(
                 f"Migration {step.version} {step.direction}() returned False.",
@@ -572,10 +575,15 @@ class Migrator:
     @contextlib.contextmanager
     def _locked(self, run: RunInfo) -> Iterator[tuple[Lease, Any]]:
         """Hold the lock (and a session whose id the lease records) for the block."""
+        if self._is_real_client():
+            self._wire_version()  # refuse an unsupported server before anything is written
         session = self._start_session()
         session_ids = [session.session_id] if session is not None else []
+        # $$NOW needs a pipeline update (4.2+); on 4.0 the lease uses the estimated server clock.
+        server_time = self._is_real_client() and \
+            self._wire_version() >= PIPELINE_UPDATE_WIRE_VERSION
         lease = Lease(self.lock_collection, run, self.lock_ttl, ServerClock(self.db), self.retry,
-                      session_ids=session_ids, server_time=self._is_real_client())
+                      session_ids=session_ids, server_time=server_time)
         try:
             lease.acquire(self.lock_wait)
             self._run_id = run.run_id
@@ -587,6 +595,19 @@ class Migrator:
         finally:
             if session is not None:
                 session.end_session()
+
+    def _wire_version(self) -> int:
+        """The server's wire version; refuses servers older than MongoDB 4.0 up front."""
+        description = self._server_description()
+        wire = int(description.max_wire_version or 0) if description is not None else 0
+        if description is not None and wire < MIN_WIRE_VERSION:
+            raise ConfigurationError(
+                f"The server at {_hosts(self.client)} is MongoDB {mongodb_release(wire)} "
+                f"(wire version {wire}); analytiq_migrations needs MongoDB 4.0 or newer.",
+                hint="Upgrade the server to MongoDB 4.0+ (sessions, killSessions and "
+                "transactions start there). Nothing was changed.",
+            )
+        return wire
 
     def _start_session(self) -> Any:
         """A session for the run, or ``None`` where sessions don't exist (mongomock)."""
@@ -678,7 +699,7 @@ class Migrator:
         )
         self.store.put_record(record)
         self.store.append_history(HistoryEntry(**{
-            **record.model_dump(include=set(HistoryEntry.model_fields)), "status": "baselined",
+            **record.model_dump(include=set(field_names(HistoryEntry))), "status": "baselined",
             "attempt": 0}))
 
     def _settle_interrupted(self, records: dict[int, MigrationRecord], run: RunInfo) -> None:
@@ -692,7 +713,7 @@ class Migrator:
             now = utcnow()
             log.warning("Migration %d was %s", version, message)
             self.store.append_history(HistoryEntry(**{
-                **record.model_dump(include=set(HistoryEntry.model_fields)),
+                **record.model_dump(include=set(field_names(HistoryEntry))),
                 "status": "interrupted", "finished_at": now, "attempt": record.attempts,
                 "error": error}))
             self.store.finish(version, {"status": "failed", "error": error.model_dump(),
@@ -730,7 +751,7 @@ class Migrator:
             writable = [d for d in known if d.is_writable]
             if writable or known:
                 return (writable or known)[0]
-            self.client.admin.command("hello")
+            self.client.admin.command("ping")  # connects; works on every server release
         return None
 
     def _check_transactions_possible(self) -> None:
@@ -772,6 +793,13 @@ class Migrator:
     def translate_error(self, exc: PyMongoError) -> MigrationError:
         """The ``MigrationError`` a driver error stands for (every public method uses it)."""
         where = _hosts(self.client)
+        if isinstance(exc, PyMongoConfigurationError) and "wire version" in str(exc):
+            return ConfigurationError(
+                f"pymongo {pymongo.version} cannot talk to the server at {where}: "
+                f"{_first_line(exc)}",
+                hint="Install a pymongo release that supports this server (pymongo 4.10 and "
+                "3.12 both talk to MongoDB 4.0), or upgrade the server. Nothing was changed.",
+            )
         if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
             return ConnectionFailedError(
                 f"Cannot reach MongoDB at {where}: {_first_line(exc)}",

@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
+from .server import own_collection
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -61,8 +62,8 @@ class Store:
         self.db = db
         self.collection_name = collection
         self.history_name = f"{collection}_history"
-        self.records = db[collection]
-        self.history = db[self.history_name]
+        self.records = own_collection(db, collection)
+        self.history = own_collection(db, self.history_name)
         self.policy = policy
 
     # -- reads ---------------------------------------------------------------------------

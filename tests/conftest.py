@@ -14,10 +14,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-import pymongo
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -40,13 +39,17 @@ from support import (  # noqa: E402
     Server,
     ServerStartError,
     client_options,
+    deadline,
     set_failpoint,
     start_server,
     unique_db_name,
 )
 
-Client = MongoClient[dict[str, Any]]
-Db = Database[dict[str, Any]]
+if TYPE_CHECKING:
+    Client = MongoClient[Dict[str, Any]]
+    Db = Database[Dict[str, Any]]
+else:  # pymongo 3's classes are not generic
+    Client, Db = MongoClient, Database
 
 # Teardown must never hang a run: a drop blocked by a transaction someone left open
 # gives up after this long (seconds) and fails the test's teardown instead.
@@ -239,7 +242,7 @@ def _fresh_db(client: Client, target: _Target, name: str) -> Iterator[Db]:
     finally:
         target.reset()
         try:
-            with pymongo.timeout(_TEARDOWN_TIMEOUT):
+            with deadline(_TEARDOWN_TIMEOUT):
                 client.drop_database(name)
         except PyMongoError as exc:
             raise AssertionError(

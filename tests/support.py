@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ class CommandRecorder(monitoring.CommandListener):
 # fault injection
 # --------------------------------------------------------------------------------------
 
-FailPointMode = Union[str, Mapping[str, int]]
+FailPointMode = Union[str, typing.Mapping[str, int]]
 
 
 def set_failpoint(
@@ -323,3 +324,19 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
+    """``pymongo.timeout(seconds)`` where pymongo has it (4.2+); elsewhere nothing, and the
+    test clients' socket timeout is the guard."""
+    import pymongo
+
+    timeout = getattr(pymongo, "timeout", None)
+    return timeout(seconds) if timeout is not None else contextlib.nullcontext()
+
+
+def session_uuids(session_ids: Iterable[Mapping[str, Any]]) -> list[uuid.UUID]:
+    """Session ids (``{"id": ...}``) as UUIDs, however they were encoded or decoded: a
+    subtype-4 ``Binary`` (pymongo 4's default codec, a live session) or a ``UUID`` (ours)."""
+    ids = [value["id"] for value in session_ids]
+    return [i if isinstance(i, uuid.UUID) else uuid.UUID(bytes=bytes(i)) for i in ids]

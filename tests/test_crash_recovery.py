@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pymongo
 import pytest
 from children import Children, children_for, write_migrations
+from support import deadline
 
 from analytiq_migrations import InterruptedMigrationError, Migrator
 
@@ -90,7 +90,7 @@ def test_killed_during_a_non_idempotent_migration_the_next_run_refuses(
     assert runs(db) == 1  # half applied, as far as anyone can tell
 
     migrator = next_run(db, source, caplog)
-    with pymongo.timeout(NEXT_RUN_TIMEOUT), pytest.raises(InterruptedMigrationError) as refused:
+    with deadline(NEXT_RUN_TIMEOUT), pytest.raises(InterruptedMigrationError) as refused:
         migrator.upgrade()
 
     message = str(refused.value)
@@ -138,7 +138,7 @@ def test_killed_during_an_idempotent_migration_the_next_run_completes_it(
     crash(children, source, park_at="opening")
 
     migrator = next_run(db, source, caplog)
-    with pymongo.timeout(NEXT_RUN_TIMEOUT):
+    with deadline(NEXT_RUN_TIMEOUT):
         report = migrator.upgrade()
 
     assert report.versions == [1]
@@ -182,7 +182,7 @@ def test_killed_during_a_transaction_nothing_shows_and_the_next_run_completes_it
     assert db.migrations.find_one({"_id": 1})["status"] == "running"
 
     migrator = next_run(db, source, caplog)
-    with pymongo.timeout(NEXT_RUN_TIMEOUT):  # the dead transaction still holds those users
+    with deadline(NEXT_RUN_TIMEOUT):  # the dead transaction still holds those users
         report = migrator.upgrade()
 
     assert report.versions == [1]
@@ -226,7 +226,7 @@ def test_killed_holding_the_lock_before_any_migration_the_next_run_does_everythi
     assert db.migrations.count_documents({}) == 0
 
     migrator = next_run(db, source, caplog)
-    with pymongo.timeout(NEXT_RUN_TIMEOUT):
+    with deadline(NEXT_RUN_TIMEOUT):
         report = migrator.upgrade()
 
     assert report.versions == [1, 2]
@@ -245,7 +245,7 @@ def test_killed_right_after_a_commit_the_next_run_carries_on_from_there(
     assert db.migrations.find_one({"_id": 2}) is None
 
     migrator = next_run(db, source, caplog)
-    with pymongo.timeout(NEXT_RUN_TIMEOUT):
+    with deadline(NEXT_RUN_TIMEOUT):
         report = migrator.upgrade()
 
     assert report.versions == [2]

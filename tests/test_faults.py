@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pymongo
 import pytest
 from pymongo import MongoClient
-from support import CommandRecorder, client_options, set_failpoint
+from support import CommandRecorder, client_options, deadline, set_failpoint
 
 from analytiq_migrations import (
     ConfigurationError,
@@ -303,7 +303,7 @@ def test_a_permanent_error_on_commit_leaves_no_transaction_open(
 
     # The failed commit left the server-side transaction open, holding the record and the
     # lock: without ending it, recording the failure would wait on it.
-    with pymongo.timeout(HANG_GUARD), pytest.raises(MigrationFailedError):
+    with deadline(HANG_GUARD), pytest.raises(MigrationFailedError):
         Migrator(faulty, [Faulty], retry=FAST).upgrade()
 
     assert Faulty.runs == 1 and retries() == []
@@ -311,7 +311,7 @@ def test_a_permanent_error_on_commit_leaves_no_transaction_open(
     assert faulty.migrations.find_one({"_id": 1})["status"] == "failed"
     assert outcomes(faulty) == ["failed"]
     assert faulty.client.recorder.filter("killSessions")
-    with pymongo.timeout(HANG_GUARD):
+    with deadline(HANG_GUARD):
         assert Migrator(faulty, [Faulty], retry=FAST).upgrade().versions == [1]
     assert [a["_id"] for a in faulty.accounts.find()] == ["attempt-2"]
 

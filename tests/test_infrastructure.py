@@ -8,7 +8,7 @@ here first.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Dict
 
 import pytest
 from pymongo import MongoClient
@@ -26,8 +26,11 @@ from support import (
     wait_for,
 )
 
-Client = MongoClient[dict[str, Any]]
-Db = Database[dict[str, Any]]
+if TYPE_CHECKING:
+    Client = MongoClient[Dict[str, Any]]
+    Db = Database[Dict[str, Any]]
+else:  # pymongo 3's classes are not generic
+    Client, Db = MongoClient, Database
 
 def supports_transactions(hello: dict[str, Any]) -> bool:
     """The library's rule: a replica-set member or mongos, with sessions."""

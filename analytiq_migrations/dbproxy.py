@@ -1,0 +1,142 @@
+"""The ``db`` a transactional migration receives: every call on it joins the run's session.
+
+The rule, on every pymongo this library supports:
+
+* ``db`` handed to ``up(db)``/``down(db)`` inside a transaction is a :class:`SessionDatabase`:
+  a real ``pymongo.database.Database`` subclass (``isinstance(db, Database)`` holds) that adds
+  ``session=`` to every call that takes one, unless the call passes its own. The databases
+  and collections it hands out (``db.users``, ``db["users"]``, ``db.get_collection(...)``,
+  ``db.with_options(...)``, ``db.users.archive``, ``coll.with_options(...)``,
+  ``coll.database``) are wrapped the same way, and cursors they open carry the session.
+* On pymongo releases with ``ClientSession.bind()`` (4.17+) the session is also bound for
+  the duration of the call, so handles *not* obtained from ``db`` (the app's
+  ``mongo.db.users``, MongoEngine documents, ``db.client["other"]``) join it as well,
+  provided they use the same ``MongoClient``.
+* On older releases (3.12 to 4.16) only handles obtained from ``db`` join: code that reaches
+  the database another way (``db.client["x"]``, a module-level collection, an ODM) runs
+  outside the transaction. Get every handle from ``db`` there.
+
+Outside a transaction the migration gets the plain ``Database``: no session is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+if TYPE_CHECKING:
+    _DatabaseBase = Database[Any]
+    _CollectionBase = Collection[Any]
+else:  # pymongo 3 has no generic classes: subscripting them at run time fails there.
+    _DatabaseBase = Database
+    _CollectionBase = Collection
+
+#: Whether this pymongo can bind a session to the client (``ClientSession.bind``, 4.17+).
+HAS_BIND = hasattr(ClientSession, "bind")
+
+# Methods that take ``session=`` (directly or through ``**kwargs``, as ``find`` does), across
+# pymongo 3.12-4.x; a name missing from the installed release is skipped. Left out on
+# purpose: ``estimated_document_count`` (the ``count`` command cannot run in a transaction).
+_DATABASE_METHODS = (
+    "command", "cursor_command", "create_collection", "drop_collection", "list_collections",
+    "list_collection_names", "collection_names", "aggregate", "validate_collection", "watch",
+    "dereference",
+)
+_COLLECTION_METHODS = (
+    "insert_one", "insert_many", "replace_one", "update_one", "update_many", "delete_one",
+    "delete_many", "bulk_write", "find", "find_one", "find_raw_batches", "find_one_and_delete",
+    "find_one_and_replace", "find_one_and_update", "aggregate", "aggregate_raw_batches",
+    "count_documents", "count", "distinct", "create_index", "create_indexes", "drop_index",
+    "drop_indexes", "list_indexes", "index_information", "options", "drop", "rename", "watch",
+    "map_reduce", "inline_map_reduce", "create_search_index", "create_search_indexes",
+    "drop_search_index", "list_search_indexes", "update_search_index",
+)
+
+
+def _injecting(base: type, name: str) -> Callable[..., Any]:
+    """``base.name`` with ``session=`` added when the caller gave none."""
+    original = getattr(base, name)
+
+    @functools.wraps(original)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "session" not in kwargs:
+            kwargs["session"] = self._am_session
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+class SessionDatabase(_DatabaseBase):
+    """A ``Database`` whose calls, and whose collections' calls, run in one session."""
+
+    _am_session: ClientSession
+
+    def __getitem__(self, name: str) -> SessionCollection:
+        return _collection(super().__getitem__(name), self._am_session)
+
+    def __getattr__(self, name: str) -> SessionCollection:
+        return _collection(super().__getattr__(name), self._am_session)
+
+    def get_collection(self, *args: Any, **kwargs: Any) -> SessionCollection:
+        return _collection(super().get_collection(*args, **kwargs), self._am_session)
+
+    def with_options(self, *args: Any, **kwargs: Any) -> SessionDatabase:
+        return session_database(super().with_options(*args, **kwargs), self._am_session)
+
+
+class SessionCollection(_CollectionBase):
+    """A ``Collection`` whose calls run in one session."""
+
+    _am_session: ClientSession
+
+    def __getitem__(self, name: str) -> SessionCollection:
+        return _collection(super().__getitem__(name), self._am_session)
+
+    def __getattr__(self, name: str) -> SessionCollection:
+        return _collection(super().__getattr__(name), self._am_session)
+
+    def with_options(self, *args: Any, **kwargs: Any) -> SessionCollection:
+        return _collection(super().with_options(*args, **kwargs), self._am_session)
+
+
+for _name in _DATABASE_METHODS:
+    if hasattr(Database, _name):
+        setattr(SessionDatabase, _name, _injecting(Database, _name))
+for _name in _COLLECTION_METHODS:
+    if hasattr(Collection, _name):
+        setattr(SessionCollection, _name, _injecting(Collection, _name))
+
+
+def session_database(db: Database[Any], session: ClientSession) -> SessionDatabase:
+    """``db`` as a :class:`SessionDatabase` running every call in ``session``."""
+    proxy = SessionDatabase(db.client, db.name, db.codec_options, db.read_preference,
+                            db.write_concern, db.read_concern)
+    proxy._am_session = session
+    return proxy
+
+
+def _collection(coll: Collection[Any], session: ClientSession) -> SessionCollection:
+    """``coll`` as a :class:`SessionCollection` (its ``database`` wrapped too)."""
+    database = coll.database
+    if not isinstance(database, SessionDatabase):
+        database = session_database(database, session)
+    proxy = SessionCollection(database, coll.name, False, coll.codec_options,
+                              coll.read_preference, coll.write_concern, coll.read_concern)
+    proxy._am_session = session
+    return proxy
+
+
+@contextlib.contextmanager
+def joined(db: Database[Any], session: ClientSession) -> Iterator[Database[Any]]:
+    """The ``db`` for a migration step in ``session``'s transaction (see the module rule)."""
+    proxy = session_database(db, session)
+    if not HAS_BIND:
+        yield proxy
+        return
+    with session.bind(end_session=False):  # type: ignore[attr-defined,unused-ignore]
+        yield proxy

@@ -1,0 +1,51 @@
+"""Across every supported pymongo and server: our codec, ``hello``, wire versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions
+from pymongo.errors import OperationFailure
+
+#: Codec options of the library's own collections (records, history, lock), whatever the
+#: client's: pymongo 3 decodes UUIDs as ``pythonLegacy`` by default and pymongo 4 refuses to
+#: encode them at all, so stored session ids would not round-trip to ``killSessions``.
+OWN_CODEC: CodecOptions[Any] = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
+
+#: MongoDB 4.0 is wire version 7: sessions, replica-set transactions, ``killSessions``.
+MIN_WIRE_VERSION = 7
+
+#: MongoDB 4.2 is wire version 8: pipeline updates (the lease writes ``$$NOW`` with one) and
+#: transactions through mongos.
+PIPELINE_UPDATE_WIRE_VERSION = 8
+
+#: "no such command": what servers before 4.4.2 (and 5.0) answer to ``hello``.
+COMMAND_NOT_FOUND = 59
+
+
+def own_collection(db: Any, name: str) -> Any:
+    """``db[name]`` with :data:`OWN_CODEC` (mongomock's collections as they are)."""
+    try:
+        return db.get_collection(name, codec_options=OWN_CODEC)
+    except (TypeError, NotImplementedError):
+        return db[name]
+
+
+def hello(client: Any) -> dict[str, Any]:
+    """The server's ``hello`` reply, from ``isMaster`` on servers that predate ``hello``."""
+    try:
+        reply: dict[str, Any] = client.admin.command("hello")
+    except OperationFailure as exc:
+        if exc.code != COMMAND_NOT_FOUND:
+            raise
+        reply = client.admin.command("isMaster")
+    return reply
+
+
+def mongodb_release(wire_version: int) -> str:
+    """The MongoDB release a wire version stands for, for messages."""
+    releases = {6: "3.6", 7: "4.0", 8: "4.2", 9: "4.4", 13: "5.0", 17: "6.0", 21: "7.0",
+                25: "8.0"}
+    known = [w for w in releases if w <= wire_version]
+    return releases[max(known)] if known else "before 3.6"
