@@ -89,6 +89,10 @@ def _common_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("settings")
     group.add_argument("--uri", metavar="URI",
                        help="MongoDB URI (env ANALYTIQ_MIGRATIONS_URI or MONGODB_URI)")
+    group.add_argument("--client", metavar="MODULE:ATTR",
+                       help="use your code's MongoClient or Database (or a function without "
+                       "arguments returning one) instead of --uri (env "
+                       "ANALYTIQ_MIGRATIONS_CLIENT)")
     group.add_argument("--database", metavar="NAME",
                        help="database name (env ANALYTIQ_MIGRATIONS_DATABASE; default: the "
                        "URI's path)")
@@ -386,12 +390,14 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         return EXIT_FAILED
     finally:
         if command is not None and command.migrator is not None:
-            command.migrator.client.close()
+            command.migrator.close()  # a client of the user's own stays open: it is theirs
             _TEARDOWN.skippable = _ran_library_code_only(command)
 
 
 def _ran_library_code_only(command: Command) -> bool:
-    """No code but this library's (and pymongo's) ran: no migration was imported."""
+    """No code but this library's (and pymongo's) ran: no migration was imported, and the
+    client was not the user's (``--client`` imports their module; it may hold threads,
+    open clients or ``atexit`` handlers that a normal exit must run)."""
     return not command.imported_code and getattr(command.settings, "client", None) is None \
         and not any(m.is_loaded for m in command.migrator.migrations)
 

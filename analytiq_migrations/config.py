@@ -9,6 +9,7 @@ error can always say every way to set a missing value.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .errors import ConfigurationError, ConnectionFailedError, redact
+from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
+
+log = logging.getLogger("analytiq_migrations")
 
 #: Where settings of the ``pyproject.toml`` in the working directory live.
 PYPROJECT_TABLE = ("tool", "analytiq_migrations")
@@ -93,12 +96,35 @@ class Option:
     @property
     def framework_key(self) -> str:
         """The key in framework settings (``ANALYTIQ_MIGRATIONS_<KEY>``, ``{"<KEY>": ...}``)."""
-        return self.env[0].removeprefix("ANALYTIQ_MIGRATIONS_")
+        prefix = "ANALYTIQ_MIGRATIONS_"
+        name = self.env[0]
+        return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _client_ref(value: Any, where: str) -> Any:
+    """``MODULE:ATTR`` or ``package.module.attr`` naming a client, a database or a
+    zero-argument callable returning one; an object (from a framework hook) as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not _CLIENT_REF.match(text) or (":" not in text and "." not in text):
+        raise ConfigurationError(
+            f"{where} must look like MODULE:ATTR, not {value!r}.",
+            hint="Name the module and the MongoClient, Database or zero-argument function "
+            "in it that returns one, e.g. myapp.db:get_client (or myapp.db.get_client).",
+        )
+    return text
+
+
+#: ``module.sub:attr.inner`` or ``module.sub.attr``.
+_CLIENT_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("uri", "--uri", "MongoDB URI", _text,
            ("ANALYTIQ_MIGRATIONS_URI", "MONGODB_URI")),
+    Option("client", "--client", "MongoDB client (MODULE:ATTR)", _client_ref,
+           ("ANALYTIQ_MIGRATIONS_CLIENT",)),
     Option("database", "--database", "database name", _text,
            ("ANALYTIQ_MIGRATIONS_DATABASE",)),
     Option("migrations", "--migrations", "migrations (a directory or a package name)", _text,
@@ -126,6 +152,9 @@ class Settings:
     """Resolved settings; ``origin`` says where each explicitly set value came from."""
 
     uri: Optional[str] = None
+    #: The application's own client: ``MODULE:ATTR``, or (from a framework hook) a
+    #: ``MongoClient``, a ``Database`` or a zero-argument callable returning one.
+    client: Any = None
     database: Optional[str] = None
     migrations: Optional[str] = None
     collection: str = "migrations"
@@ -152,10 +181,14 @@ class Settings:
 
     def describe(self) -> str:
         """One line per explicitly set value and its origin (URI redacted), for ``-v``."""
-        return "\n".join(
-            f"{name} = {redact(str(getattr(self, name)))!s} ({where})"
-            for name, where in self.origin.items()
-        )
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            if name == "client" and not isinstance(value, str):
+                return describe_client(value)
+            return redact(str(value))
+
+        return "\n".join(f"{name} = {shown(name)} ({where})"
+                         for name, where in self.origin.items())
 
 
 @dataclass(frozen=True)
@@ -255,14 +288,23 @@ def _toml_module() -> Any:
 def resolve(layers: Sequence[Layer]) -> Settings:
     """Settings from ``layers`` (highest precedence first), each value checked."""
     settings = Settings()
+    level: dict[str, int] = {}
     for option in OPTIONS:
-        for layer in layers:
+        for index, layer in enumerate(layers):
             if option.name in layer.values and layer.values[option.name] is not None:
                 where = layer.naming(option)
                 value = option.parse(layer.values[option.name], where)
                 setattr(settings, option.name, value)
                 settings.origin[option.name] = where
+                level[option.name] = index
                 break
+    if settings.client is not None and settings.uri is not None:
+        # One connection: the one set in the more specific place; a client and a URI
+        # set in the same place: the client (the URI is what it was made from).
+        loser = "client" if level["uri"] < level["client"] else "uri"
+        setattr(settings, loser, None)
+        settings.origin[loser] = f"ignored: {settings.origin[loser]} is overridden by " + \
+            settings.origin["uri" if loser == "client" else "client"]
     if settings.lock_ttl <= 0:
         raise ConfigurationError(
             f"The lock TTL must be more than 0 seconds ({settings.origin.get('lock_ttl')})."
@@ -284,6 +326,8 @@ def load(flags: Mapping[str, Any], framework: Optional[Layer] = None,
 def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
             *, database_from_uri: bool = True) -> None:
     """Raise one ``ConfigurationError`` naming every missing setting and how to set it."""
+    if settings.client is not None:  # the client is the connection (and may name the database)
+        names = [n for n in names if n not in ("uri", "database")]
     missing = [BY_NAME[n] for n in names if getattr(settings, n) is None]
     if database_from_uri and settings.uri and _uri_database(settings.uri):
         missing = [o for o in missing if o.name != "database"]
@@ -368,7 +412,8 @@ def _hosts(client: Any) -> str:
 
 
 def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any = None) -> Any:
-    """A ``Migrator`` for ``settings`` whose server answered; close it with ``.client.close()``.
+    """A ``Migrator`` for ``settings`` whose server answered; end with ``.close()``
+    (which closes the client only if it was made here from the URI, never the app's).
 
     The migrations are loaded before the server is contacted, so a broken migration
     file is reported even when the server is down.
@@ -378,6 +423,14 @@ def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any =
     source = migrations if migrations is not None else settings.migrations
     if source is None:
         raise ConfigurationError("No migrations given.", hint="Set --migrations.")
+    if settings.client is not None:
+        where = settings.origin.get("client", "the client setting")
+        target = resolve_client(settings.client, where)
+        migrator = Migrator(target, source, progress=progress, **settings.migrator_options())
+        log.debug("client: %s, from %s; database '%s'", describe_client(target), where,
+                  migrator.db.name)
+        ping(migrator.client)
+        return migrator
     client = make_client(settings)
     try:
         migrator = Migrator(client, source, progress=progress, **settings.migrator_options())
@@ -385,4 +438,130 @@ def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any =
     except BaseException:
         client.close()
         raise
+    migrator._owns_client = True  # made here: closed with the Migrator
     return migrator
+
+
+# -- the application's own client ------------------------------------------------------------
+
+
+def is_client_or_database(obj: Any) -> bool:
+    """A pymongo (or mongomock) ``MongoClient`` or ``Database``."""
+    import pymongo
+    from pymongo.database import Database
+
+    if isinstance(obj, (pymongo.MongoClient, Database)):
+        return True
+    kind = type(obj)
+    return kind.__name__ in ("MongoClient", "Database") and \
+        kind.__module__.startswith("mongomock")
+
+
+def resolve_client(value: Any, where: str) -> Any:
+    """The ``MongoClient`` or ``Database`` that ``value`` stands for.
+
+    ``value`` is ``MODULE:ATTR`` (or ``package.module.attr``), a client, a database, a
+    Flask-PyMongo ``PyMongo`` object, or a zero-argument callable returning one of
+    those; ``where`` names the setting in errors ("--client", "settings...['CLIENT']").
+    """
+    label = where
+    target = value
+    if isinstance(value, str):
+        label = f"{value!r} ({where})"
+        target = _import_ref(value, where)
+    if not is_client_or_database(target) and callable(target):
+        try:
+            target = target()
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(
+                f"Calling {label} failed: {type(exc).__name__}: {redact(str(exc))[:300]}",
+                hint="It must be callable without arguments and return a MongoClient or a "
+                "Database.",
+            ) from exc
+        label = f"what {label} returned"
+    target = _unwrap(target)
+    if not is_client_or_database(target):
+        raise ConfigurationError(
+            f"{label[0].upper()}{label[1:]} is {_a(target)}, not a MongoClient or a Database.",
+            hint="Point it at a pymongo MongoClient, a Database, or a function without "
+            "arguments that returns one.",
+        )
+    return target
+
+
+def _unwrap(obj: Any) -> Any:
+    """Flask-PyMongo's ``PyMongo`` object: its database if the URI names one, else its client."""
+    inner = getattr(obj, "cx", None)
+    if not is_client_or_database(obj) and inner is not None and is_client_or_database(inner):
+        db = getattr(obj, "db", None)
+        return db if db is not None else inner
+    return obj
+
+
+def _a(obj: Any) -> str:
+    """``a str 'x'`` / ``None`` for messages."""
+    if obj is None:
+        return "None"
+    kind = type(obj).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return f"{article} {kind}"
+
+
+def _import_ref(ref: str, where: str) -> Any:
+    """The object ``MODULE:ATTR`` / ``package.module.attr`` names."""
+    import importlib
+
+    if ":" in ref:
+        module_name, attr_path = ref.split(":", 1)
+    else:
+        module_name, _, attr_path = ref.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigurationError(
+                f"Cannot import module '{module_name}' named by {where} {ref!r}: {exc}",
+                hint="Run from the project's directory, or put the project on PYTHONPATH.",
+            ) from None
+        raise ConfigurationError(
+            f"Importing '{module_name}' ({where} {ref!r}) failed: {exc}",
+            hint="Install what it needs, or point the setting at a module that imports.",
+        ) from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"Importing '{module_name}' ({where} {ref!r}) failed: {type(exc).__name__}: "
+            f"{redact(str(exc))[:300]}",
+            hint="Fix the module, or point the setting at another one.",
+        ) from exc
+    target: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ConfigurationError(
+                f"Module '{module_name}' has no attribute '{attr_path}' ({where} {ref!r}).",
+                hint="Check the name after the colon: the client, database or function in "
+                "that module.",
+            )
+        target = getattr(target, part)
+    return target
+
+
+def describe_client(obj: Any) -> str:
+    """``MongoClient on host:port`` / ``database 'app' on host:port``, never credentials."""
+    if isinstance(obj, str):
+        return obj
+    if is_client_or_database(obj):
+        if type(obj).__name__ == "Database":
+            return f"database '{obj.name}' on {_hosts_or_unknown(obj.client)}"
+        return f"MongoClient on {_hosts_or_unknown(obj)}"
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return f"{name}() (called when needed)" if callable(obj) else name
+
+
+def _hosts_or_unknown(client: Any) -> str:
+    """``host:port, ...`` of a client, or ``?`` (mongomock)."""
+    try:
+        return _hosts(client)
+    except AttributeError:
+        return "?"

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 from bson import Binary
@@ -97,7 +97,8 @@ MIGRATIONS = {
 
 SETTING_VARIABLES = ("MONGODB_URI", "ANALYTIQ_MIGRATIONS_URI", "ANALYTIQ_MIGRATIONS_DATABASE",
                      "ANALYTIQ_MIGRATIONS_SOURCE", "ANALYTIQ_MIGRATIONS_LOCK_WAIT",
-                     "ANALYTIQ_MIGRATIONS_SERVER_TIMEOUT", "ANALYTIQ_MIGRATIONS_COLLECTION")
+                     "ANALYTIQ_MIGRATIONS_SERVER_TIMEOUT", "ANALYTIQ_MIGRATIONS_COLLECTION",
+                     "ANALYTIQ_MIGRATIONS_CLIENT")
 
 
 @dataclass
@@ -513,6 +514,134 @@ def test_long_batch_update_reports_progress_unless_quiet(cli: Cli) -> None:
     quiet = cli("up", "-q")
     assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
     assert cli.db.users.count_documents({"active": True}) == 2
+
+
+# -- the application's own client --------------------------------------------------------------
+
+APP_DB_MODULE = '''\
+"""The application's data layer: one client for the whole process."""
+
+import atexit
+import os
+
+from pymongo import MongoClient
+
+client = MongoClient(os.environ["APP_MONGO_URI"])
+database = client[os.environ["APP_DATABASE"]]
+calls = []
+
+
+def get_db():
+    calls.append("get_db")
+    return database
+
+
+def not_a_client():
+    return "mongodb://somewhere"
+
+
+def broken():
+    raise RuntimeError("settings not loaded")
+
+
+if os.environ.get("APP_ATEXIT_FILE"):
+    atexit.register(lambda: open(os.environ["APP_ATEXIT_FILE"], "w").write("ran"))
+'''
+
+
+@pytest.fixture
+def app_module(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A module ``appdb_<hex>`` in the project directory holding the app's own client;
+    the URI the CLI would use is gone, so only that client can reach the server."""
+    name = f"appdb_{uuid.uuid4().hex[:8]}"
+    (cli.dir.parent / f"{name}.py").write_text(APP_DB_MODULE)
+    monkeypatch.setenv("APP_MONGO_URI", cli.uri)
+    monkeypatch.setenv("APP_DATABASE", cli.db.name)
+    monkeypatch.delenv("MONGODB_URI")
+    monkeypatch.delenv("ANALYTIQ_MIGRATIONS_DATABASE")
+    yield name
+    loaded = sys.modules.pop(name, None)
+    if loaded is not None:
+        loaded.client.close()
+
+
+def test_client_names_the_apps_own_database_or_factory(cli: Cli, app_module: str) -> None:
+    up = cli("up", "2", "--client", f"{app_module}:database")
+    assert up.code == 0, up.err
+    assert f"Applied 2 migrations on '{cli.db.name}'" in up.out
+    module = sys.modules[app_module]
+    assert module.client.admin.command("ping")["ok"] == 1  # theirs: still open after the run
+    status = cli("status", "--json", "--client", f"{app_module}.get_db")  # dotted path too
+    assert status.code == 0, status.err
+    assert status.json()["current_version"] == 2
+    assert module.calls == ["get_db"]
+
+
+def test_client_from_the_environment_and_shown_by_verbose(
+        cli: Cli, app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALYTIQ_MIGRATIONS_CLIENT", f"{app_module}:client")
+    result = cli("-v", "up", "--database", cli.db.name)
+    assert result.code == 0, result.err
+    assert cli.db.migrations.count_documents({"status": "applied"}) == 3
+    assert f"client = {app_module}:client (environment variable ANALYTIQ_MIGRATIONS_CLIENT)" \
+        in result.err
+    assert "client: MongoClient on 127.0.0.1:" in result.err
+
+
+def test_a_uri_flag_beats_a_client_from_the_environment(
+        cli: Cli, app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALYTIQ_MIGRATIONS_CLIENT", f"{app_module}:client")
+    result = cli("status", "--json", "--uri", cli.uri, "--database", cli.db.name)
+    assert result.code == 0, result.err
+    assert app_module not in sys.modules  # not even imported
+
+
+def test_a_user_client_keeps_the_normal_exit(cli: Cli, app_module: str) -> None:
+    # console() skips the interpreter's teardown only after library code alone ran: a
+    # no-op on an up-to-date database, say; not when the client came from the user's code.
+    assert cli("up", "-q", "--uri", cli.uri, "--database", cli.db.name).code == 0
+    assert cli("up", "--uri", cli.uri, "--database", cli.db.name).code == 0
+    assert cli_module()._TEARDOWN.skippable
+    assert cli("up", "--client", f"{app_module}:database").code == 0
+    assert not cli_module()._TEARDOWN.skippable
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("appdb", "must look like MODULE:ATTR, not 'appdb'"),
+    ("no_such_module_xyz:client", "Cannot import module 'no_such_module_xyz' named by --client"),
+    ("{app}:clinet", "Module '{app}' has no attribute 'clinet' (--client '{app}:clinet')"),
+    ("{app}:calls", "'{app}:calls' (--client) is a list, not a MongoClient or a Database"),
+    ("{app}:not_a_client", "What '{app}:not_a_client' (--client) returned is a str, not a "
+     "MongoClient or a Database"),
+    ("{app}:broken", "Calling '{app}:broken' (--client) failed: RuntimeError: settings not "
+     "loaded"),
+])
+def test_a_bad_client_exits_2_naming_it(cli: Cli, app_module: str, ref: str,
+                                        message: str) -> None:
+    result = cli("status", "--client", ref.format(app=app_module))
+    assert result.code == 2, result.both
+    assert message.format(app=app_module) in result.err
+    assert "internal error" not in result.err and "Traceback" not in result.err
+
+
+def test_a_user_client_as_a_real_process_runs_its_exit_handlers(
+        tmp_path: Path, mongo_uri: str, db: Any) -> None:
+    write_migrations(tmp_path / "migrations", MIGRATIONS)
+    (tmp_path / "appdb.py").write_text(APP_DB_MODULE)
+    marker = tmp_path / "atexit-ran"
+    env = {"ANALYTIQ_MIGRATIONS_CLIENT": "appdb:get_db", "ANALYTIQ_MIGRATIONS_SOURCE":
+           "migrations", "APP_MONGO_URI": mongo_uri, "APP_DATABASE": db.name,
+           "APP_ATEXIT_FILE": str(marker)}
+    result = run_cli(["up"], cwd=tmp_path, env=env, module=False)
+    assert result.code == 0, result.err
+    assert "Applied 3 migrations" in result.out
+    assert marker.read_text() == "ran"  # a normal exit: the app's atexit handler ran
+
+
+def cli_module() -> Any:
+    import analytiq_migrations.cli
+
+    return analytiq_migrations.cli
 
 
 # -- the server and credentials ---------------------------------------------------------------
