@@ -38,13 +38,17 @@ EXIT_SIGTERM = 143
 #: One line per command for ``--help`` (and the Flask group's listing).
 COMMANDS = {
     "status": "show every migration's state; --check exits 6 if any are pending, 4 if unhealthy",
+    "current": "print the current version (the highest applied), nothing else",
+    "show": "everything about one version: record, checksums, file, last error, history",
     "plan": "show what `up [TARGET]` (or a lower target: a downgrade) would do; writes nothing",
-    "up": "apply pending migrations up to TARGET (default: head)",
-    "down": "revert applied migrations above TARGET (a version, base, or -N)",
+    "up": "apply pending migrations up to TARGET (default: head); --fake records them only",
+    "down": "revert applied migrations above TARGET (a version, base, or -N); --fake records "
+            "it only",
     "history": "show the audit trail of every attempt, newest first",
     "validate": "check the database against the code; exits 4 on any problem",
     "repair": "explicit fixes: accept edited checksums, clear failed/interrupted attempts",
-    "baseline": "mark versions 1..VERSION applied without running them (adopt a database)",
+    "baseline": "record the database as at VERSION without running anything (adopt a "
+                "database, or mark newer versions reverted)",
     "unlock": "remove an expired lock; --force breaks a live one",
     "new": "write the next NNNN_slug.py migration file from a template (no server needed)",
 }
@@ -144,9 +148,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verb("status").add_argument(
         "--check", action="store_true",
         help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
+    verb("current")
+    verb("show").add_argument("version", type=int, metavar="VERSION")
     verb("plan").add_argument("target", nargs="?", metavar="TARGET")
-    verb("up").add_argument("target", nargs="?", metavar="TARGET")
-    verb("down").add_argument("target", metavar="TARGET")
+    fake_help = ("record the migrations as {} without running their code (faked: true "
+                 "on the records and history), for changes made by other means")
+    up = verb("up")
+    up.add_argument("target", nargs="?", metavar="TARGET")
+    up.add_argument("--fake", action="store_true", help=fake_help.format("applied (baselined)"))
+    down = verb("down")
+    down.add_argument("target", metavar="TARGET")
+    down.add_argument("--fake", action="store_true", help=fake_help.format("reverted"))
     history = verb("history")
     history.add_argument("version", nargs="?", type=int, metavar="VERSION")
     history.add_argument("--limit", type=int, default=0, metavar="N",
@@ -558,11 +570,13 @@ def cmd_plan(cmd: Command) -> int:
     return EXIT_OK
 
 
-def _report(cmd: Command, report: Any) -> int:
-    """Print a ``RunReport``."""
+def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
+    """Print a ``RunReport`` (``faked``: recorded without running, ``--fake``/``baseline``)."""
     verb = {"up": "Applied", "down": "Reverted"}[report.direction]
     if report.direction == "up" and any(s.status == "baselined" for s in report.steps):
         verb = "Baselined"
+    if faked:
+        verb = "Marked reverted" if report.direction == "down" else "Baselined"
     if not report.steps:
         text = f"Nothing to do: {cmd.where} is at version {report.end_version}."
     else:
@@ -574,20 +588,72 @@ def _report(cmd: Command, report: Any) -> int:
         )
         text = (f"{verb} {_plural(len(report.steps), 'migration')} on {cmd.where}: version "
                 f"{report.start_version} -> {report.end_version}\n\n{table}")
-    cmd.out.result(text, _plain(report.model_dump()))
+        if faked:
+            text += "\n\nNothing was run: only the records changed (faked: true)."
+    data = _plain(report.model_dump())
+    if faked:
+        data["faked"] = True
+    cmd.out.result(text, data)
     return EXIT_OK
 
 
 def cmd_up(cmd: Command) -> int:
-    """``up [TARGET]``."""
+    """``up [TARGET] [--fake]``."""
     m = cmd.open()
-    return _report(cmd, m.upgrade(cmd.args.target))
+    fake = cmd.args.fake
+    return _report(cmd, m.upgrade(cmd.args.target, fake=fake), faked=fake)
 
 
 def cmd_down(cmd: Command) -> int:
-    """``down TARGET``."""
+    """``down TARGET [--fake]``."""
     m = cmd.open()
-    return _report(cmd, m.downgrade(cmd.args.target))
+    fake = cmd.args.fake
+    return _report(cmd, m.downgrade(cmd.args.target, fake=fake), faked=fake)
+
+
+def cmd_current(cmd: Command) -> int:
+    """``current``: the version alone (scripts: ``v=$(analytiq-migrations current)``)."""
+    m = cmd.open()
+    version = m.current_version()
+    cmd.out.result(str(version), {"database": m.db.name, "current_version": version})
+    return EXIT_OK
+
+
+def cmd_show(cmd: Command) -> int:
+    """``show VERSION``."""
+    m = cmd.open()
+    details = m.show(cmd.args.version)
+    record = details.record
+    lines = [f"Version {details.version} in {cmd.where}: {details.description}",
+             f"  status        {details.status}"
+             + (" (faked: recorded without running the code)" if details.faked else ""),
+             f"  file          {details.file or '- (not in the code)'}"]
+    if details.checksum or details.recorded_checksum:
+        state = {True: "ok", False: "CHANGED since it was applied", None: "-"}[details.checksum_ok]
+        lines.append(f"  checksum      {(details.checksum or '-')[:16]} (code), "
+                     f"{(details.recorded_checksum or '-')[:16]} (recorded): {state}")
+    if details.transactional is not None or details.reversible is not None:
+        lines.append(f"  transaction   {_yes(bool(details.transactional))}; reversible: "
+                     f"{_yes(bool(details.reversible))}")
+    if record is not None:
+        lines.append(f"  last run      {record.direction} {_when(record.started_at)} -> "
+                     f"{_when(record.finished_at)} by {record.user or '?'}@{record.host or '?'} "
+                     f"(run {record.run_id or '?'}, {record.attempts} attempt(s))")
+        if record.applied_at:
+            lines.append(f"  applied at    {_when(record.applied_at)}")
+    if details.last_failure is not None and details.last_failure.error is not None:
+        failure = details.last_failure
+        lines.append(f"  last error    {_when(failure.started_at)} ({failure.direction}, "
+                     f"{failure.status}): {failure.error.type}: "
+                     f"{_clip(failure.error.message, 200)}")
+    if details.history:
+        lines += ["", "History (newest first):", _history_table(details.history)]
+    else:
+        lines += ["", "No history for this version."]
+    data = _plain(details.model_dump())
+    data["database"] = m.db.name
+    cmd.out.result("\n".join(lines), data)
+    return EXIT_OK
 
 
 def cmd_history(cmd: Command) -> int:
@@ -597,20 +663,26 @@ def cmd_history(cmd: Command) -> int:
     m = cmd.open(need_code=False)
     entries = m.history(cmd.args.version, limit=cmd.args.limit)
     if entries:
-        text = _table(
-            ["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "ERROR"],
-            [[_when(e.started_at), str(e.version), e.direction, e.status,
-              "-" if e.duration_ms is None else str(e.duration_ms),
-              f"{e.user or '?'}@{e.host or '?'}",
-              _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""]
-             for e in entries],
-            right=[1, 4],
-        )
+        text = _history_table(entries)
     else:
         text = f"No history{f' for version {cmd.args.version}' if cmd.args.version else ''} " \
                f"in {cmd.where}."
     cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries)})
     return EXIT_OK
+
+
+def _history_table(entries: Sequence[Any]) -> str:
+    """History entries as a table (a faked entry's status says so)."""
+    return _table(
+        ["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "ERROR"],
+        [[_when(e.started_at), str(e.version), e.direction,
+          e.status + (" (faked)" if getattr(e, "faked", False) else ""),
+          "-" if e.duration_ms is None else str(e.duration_ms),
+          f"{e.user or '?'}@{e.host or '?'}",
+          _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""]
+         for e in entries],
+        right=[1, 4],
+    )
 
 
 def cmd_validate(cmd: Command) -> int:
@@ -646,7 +718,7 @@ def cmd_repair(cmd: Command) -> int:
 def cmd_baseline(cmd: Command) -> int:
     """``baseline VERSION``."""
     m = cmd.open()
-    return _report(cmd, m.baseline(cmd.args.version))
+    return _report(cmd, m.baseline(cmd.args.version), faked=True)
 
 
 def cmd_unlock(cmd: Command) -> int:
@@ -673,6 +745,8 @@ def cmd_new(cmd: Command) -> int:
 
 HANDLERS: dict[str, Callable[[Command], int]] = {
     "status": cmd_status,
+    "current": cmd_current,
+    "show": cmd_show,
     "plan": cmd_plan,
     "up": cmd_up,
     "down": cmd_down,

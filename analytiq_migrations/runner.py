@@ -10,7 +10,9 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Callable, Iterator, NoReturn, Optional, TypeVar, Union
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, TypeVar, Union
 
 import pymongo
 from pymongo.database import Database
@@ -89,6 +91,39 @@ TRANSACTION_MODES = ("auto", "always", "never")
 DRIFT_MODES = ("error", "warn", "ignore")
 
 ClientOrDb = Union[str, "pymongo.MongoClient[Any]", "Database[Any]", Any]
+
+
+@dataclass
+class VersionDetails:
+    """What ``Migrator.show(version)`` returns: one version, from the code and the database."""
+
+    version: int
+    description: str
+    #: As in ``status()``: pending, applied, baselined, failed, running, missing...
+    status: str
+    #: The migration's file (or module.Class), ``None`` when the code no longer has it.
+    file: Optional[str]
+    #: Checksum of the code now, and the one recorded when it was applied.
+    checksum: Optional[str]
+    recorded_checksum: Optional[str]
+    checksum_ok: Optional[bool]
+    transactional: Optional[bool]
+    reversible: Optional[bool]
+    #: The record was written without running the code (``--fake``, ``baseline``).
+    faked: bool
+    record: Optional[MigrationRecord]
+    #: The newest attempt that ended with an error, if any.
+    last_failure: Optional[HistoryEntry]
+    #: Every attempt at this version, newest first.
+    history: List[HistoryEntry] = field(default_factory=list)
+
+    def model_dump(self) -> Dict[str, Any]:
+        """Plain data (records and history entries as dicts)."""
+        data = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+        data["record"] = self.record.model_dump() if self.record else None
+        data["last_failure"] = self.last_failure.model_dump() if self.last_failure else None
+        data["history"] = [entry.model_dump() for entry in self.history]
+        return data
 
 
 def _translate_errors(method: F) -> F:
@@ -219,13 +254,23 @@ class Migrator:
     # -- changes -------------------------------------------------------------------------------
 
     @_translate_errors
-    def upgrade(self, target: Target = None) -> RunReport:
-        """Apply pending migrations up to ``target`` (default: the latest)."""
+    def upgrade(self, target: Target = None, *, fake: bool = False) -> RunReport:
+        """Apply pending migrations up to ``target`` (default: the latest).
+
+        ``fake=True`` records them ``baselined`` (``faked: true``) without running them:
+        for changes already made by other means."""
+        if fake:
+            return self._fake("up", target)
         return self._migrate("up", target)
 
     @_translate_errors
-    def downgrade(self, target: Target) -> RunReport:
-        """Revert applied migrations above ``target`` (0 reverts all)."""
+    def downgrade(self, target: Target, *, fake: bool = False) -> RunReport:
+        """Revert applied migrations above ``target`` (0 reverts all).
+
+        ``fake=True`` records them ``rolled_back`` (``faked: true``) without running
+        ``down()``, reversible or not: for changes already undone by other means."""
+        if fake:
+            return self._fake("down", target)
         return self._migrate("down", target)
 
     @_translate_errors
@@ -268,44 +313,44 @@ class Migrator:
 
     @_translate_errors
     def baseline(self, version: int) -> RunReport:
-        """Mark 1..``version`` applied without running them (adopt an existing database)."""
+        """Record the database as being at ``version`` without running any code: adopt an
+        existing database (1..``version`` marked ``baselined``), or, below the current
+        version, mark the versions above it ``rolled_back`` (like ``downgrade(version,
+        fake=True)``). Every record and history entry written says ``faked: true``."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ConfigurationError(f"baseline needs a version (0 or more), not {version!r}.")
+        return self._fake(None, version)
+
+    @_translate_errors
+    def show(self, version: int) -> VersionDetails:
+        """Everything known about one version: code, record, checksums, history."""
         if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
-            raise ConfigurationError(f"baseline needs a positive version, not {version!r}.")
-        run = self._new_run()
-        started = utcnow()
-        steps: list[StepResult] = []
-        with self._locked(run):
-            state = self._load()
-            self._raise_corrupt(state)
-            if state.adoptable:
-                self._adopt(state, run)
-                state = self._load()
-            records = state.records
-            start = current_version(records)
-            if start > version:
-                raise ConfigurationError(
-                    f"The database is already at version {start}, above {version}.",
-                    hint="baseline only marks versions that were never applied; use "
-                    f"downgrade({version}) to go back.",
-                )
-            versions = [v for v in self._by_version if v <= version]
-            if version not in self._by_version:
-                versions.append(version)
-            for v in sorted(versions):
-                record = records.get(v)
-                if record is not None and record.status in APPLIED_STATUSES:
-                    continue
-                migration = self._by_version.get(v)
-                self._write_baselined(v, migration, run, "baseline")
-                steps.append(StepResult(
-                    version=v, direction="up", status="baselined", transactional=False,
-                    duration_ms=0,
-                    description=migration.summary() if migration else f"baseline {v}"))
-            if state.legacy_version is not None:
-                self.store.set_legacy(version)
-        return RunReport(run_id=run.run_id, direction="up", start_version=start,
-                         end_version=max(start, version), started_at=started,
-                         finished_at=utcnow(), steps=steps)
+            raise ConfigurationError(f"show needs a positive version, not {version!r}.")
+        state = self._load()
+        records = self._records(state)
+        rows = {row.version: row for row in status_rows(self.migrations, records,
+                                                        self._live_run_id())}
+        row = rows.get(version)
+        if row is None:
+            known = ", ".join(str(v) for v in sorted(rows)) or "none"
+            raise ConfigurationError(
+                f"Version {version} is neither in the code nor in the database "
+                f"(versions: {known}).",
+                hint="`status` lists every version.",
+            )
+        migration = self._by_version.get(version)
+        record = state.records.get(version) or records.get(version)
+        history = self.store.read_history(version)
+        failed = next((e for e in history if e.error is not None), None)
+        return VersionDetails(
+            version=version, description=row.description, status=row.status,
+            file=migration.name if migration else None,
+            checksum=migration.checksum if migration else None,
+            recorded_checksum=record.checksum if record else None,
+            checksum_ok=row.checksum_ok, transactional=row.transactional,
+            reversible=row.reversible, faked=bool(getattr(record, "faked", False)),
+            record=record, last_failure=failed, history=history,
+        )
 
     @_translate_errors
     def unlock(self, force: bool = False) -> bool:
@@ -315,6 +360,88 @@ class Migrator:
         )
 
     # -- the run -------------------------------------------------------------------------------
+
+    def _fake(self, direction: Optional[str], target: Target) -> RunReport:
+        """Move the records to ``target`` without running code (``fake``, ``baseline``).
+
+        ``direction`` ``None`` (baseline): whichever way ``target`` lies, and a target
+        the code does not have is recorded too (adopting a database newer than the code).
+        """
+        run = self._new_run()
+        started = utcnow()
+        steps: list[StepResult] = []
+        with self._locked(run):
+            state = self._load()
+            self._raise_corrupt(state)
+            if state.adoptable:
+                self._adopt(state, run)
+                state = self._load()
+            records = self._records(state)
+            start = current_version(records)
+            if direction is None:
+                resolved = int(target)  # type: ignore[arg-type]
+                way = "up" if resolved >= start else "down"
+            else:
+                resolved = self._resolve(target, start, direction)
+                way = direction
+                if way == "up" and resolved < start:
+                    raise ConfigurationError(
+                        f"Target {resolved} is below the current version {start}.",
+                        hint=f"Use downgrade({resolved}, fake=True) (`down --fake "
+                        f"{resolved}`) to record going back.")
+                if way == "down" and resolved > start:
+                    raise ConfigurationError(
+                        f"Target {resolved} is above the current version {start}.",
+                        hint=f"Use upgrade({resolved}, fake=True) (`up --fake {resolved}`).")
+            if way == "up":
+                versions = [v for v in self._by_version if v <= resolved]
+                if direction is None and resolved and resolved not in self._by_version:
+                    versions.append(resolved)
+                for v in sorted(versions):
+                    record = records.get(v)
+                    if record is not None and record.status in APPLIED_STATUSES:
+                        continue
+                    migration = self._by_version.get(v)
+                    self._write_baselined(v, migration, run, "baseline")
+                    records[v] = MigrationRecord(version=v, status="baselined")
+                    steps.append(StepResult(
+                        version=v, direction="up", status="baselined", transactional=False,
+                        duration_ms=0,
+                        description=migration.summary() if migration else f"baseline {v}"))
+            else:
+                for v in sorted(records, reverse=True):
+                    record = records[v]
+                    if v <= resolved or record.status not in APPLIED_STATUSES | {"failed",
+                                                                                 "running"}:
+                        continue
+                    self._write_faked_revert(v, record, run)
+                    records[v] = record.model_copy(update={"status": "rolled_back"})
+                    steps.append(StepResult(
+                        version=v, direction="down", status="rolled_back",
+                        transactional=False, duration_ms=0, description=record.description))
+            end = current_version(records)
+            if state.legacy_version is not None and steps:
+                self.store.set_legacy(end)
+        for step in steps:
+            log.info("Migration %d recorded %s without running it (faked)", step.version,
+                     step.status)
+        return RunReport(run_id=run.run_id, direction=way, start_version=start,  # type: ignore[arg-type]
+                         end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
+
+    def _write_faked_revert(self, version: int, record: MigrationRecord, run: RunInfo) -> None:
+        """Record ``version`` as ``rolled_back`` (``faked: true``) and say so in the history."""
+        now = utcnow()
+        fields: dict[str, Any] = {
+            "status": "rolled_back", "direction": "down", "started_at": now,
+            "finished_at": now, "duration_ms": 0, "transactional": False, "attempts": 0,
+            "error": None, "progress": None, "faked": True, **run.model_dump(),
+        }
+        self.store.finish(version, fields, unset_applied_at=True)
+        self.store.append_history(HistoryEntry(
+            version=version, description=record.description, checksum=record.checksum,
+            status="rolled_back", direction="down", started_at=now, finished_at=now,
+            duration_ms=0, transactional=False, attempt=0,
+            **{**run.model_dump(), "faked": True}))
 
     def _migrate(self, direction: str, target: Target) -> RunReport:
         """Shared body of upgrade/downgrade."""
@@ -695,12 +822,12 @@ class Migrator:
             raw_checksum=migration.raw_checksum() if migration else None,
             status="baselined", direction="up", applied_at=now, started_at=now,
             finished_at=now, duration_ms=0, transactional=False, attempts=0,
-            **run.model_dump(),
+            **{**run.model_dump(), "faked": True},
         )
         self.store.put_record(record)
         self.store.append_history(HistoryEntry(**{
             **record.model_dump(include=set(field_names(HistoryEntry))), "status": "baselined",
-            "attempt": 0}))
+            "attempt": 0, "faked": True}))
 
     def _settle_interrupted(self, records: dict[int, MigrationRecord], run: RunInfo) -> None:
         """Under the lock, ``running`` records are dead runs: record them as interrupted."""
@@ -932,4 +1059,4 @@ def run_migrations(
         return migrator.upgrade(target_version)
 
 
-__all__ = ["Migrator", "run_migrations"]
+__all__ = ["Migrator", "VersionDetails", "run_migrations"]

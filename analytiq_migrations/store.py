@@ -140,9 +140,11 @@ class Store:
             "progress": progress,
             **run.model_dump(),
         }
+        # A real run replaces a record written by --fake/baseline: it is no longer faked.
+        update = {"$set": fields, "$unset": {"faked": ""}}
         self.policy.call(
             f"record version {version} as running",
-            lambda: self.records.update_one({"_id": version}, {"$set": fields}, upsert=True),
+            lambda: self.records.update_one({"_id": version}, update, upsert=True),
         )
 
     def _write(self, what: str, write: Callable[[Any], object], session: Any) -> None:

@@ -106,13 +106,11 @@ def test_baseline_of_a_version_the_code_does_not_have(db: Any) -> None:
         (9, "baselined"), (10, "pending"), (11, "pending")]
 
 
-def test_baseline_skips_applied_versions_and_refuses_to_go_down(db: Any) -> None:
+def test_baseline_skips_applied_versions(db: Any) -> None:
     migrator = Migrator(db, FIVE)
     migrator.upgrade(2)
     assert [s.version for s in migrator.baseline(4).steps] == [3, 4]
     assert [r.status for r in migrator.status()][:4] == [
         "applied", "applied", "baselined", "baselined"]
-    with pytest.raises(ConfigurationError, match="already at version 4"):
-        migrator.baseline(2)
-    with pytest.raises(ConfigurationError, match="positive version"):
-        migrator.baseline(0)
+    with pytest.raises(ConfigurationError, match="0 or more"):
+        migrator.baseline(-1)

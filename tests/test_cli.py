@@ -360,9 +360,59 @@ def test_baseline_adopts_an_existing_database(cli: Cli) -> None:
     assert statuses == ["baselined", "baselined", "pending"]
     assert cli("up").code == 0
     assert cli.db.users.count_documents({}) == 1  # 1 and 2 were not run
-    above = cli("baseline", "1")
-    assert above.code == 2
-    assert "already at version 3" in above.err
+    down = cli("baseline", "1")  # e.g. after restoring an older backup
+    assert down.code == 0, down.err
+    assert f"Marked reverted 2 migrations on '{cli.db.name}': version 3 -> 1" in down.out
+    assert "Nothing was run" in down.out
+    assert cli.db.users.find_one({"_id": 1}) == {"_id": 1, "full_name": "Ada"}
+    assert cli("current").out == "1\n"
+
+
+def test_current_prints_the_version_alone(cli: Cli) -> None:
+    assert (cli("current").out, cli("current", "--json").json()) == \
+        ("0\n", {"database": cli.db.name, "current_version": 0})
+    cli("up", "2")
+    result = cli("current")
+    assert (result.code, result.out, result.err) == (0, "2\n", "")
+
+
+def test_up_and_down_fake_record_without_running(cli: Cli) -> None:
+    up = cli("up", "2", "--fake")
+    assert up.code == 0, up.err
+    assert f"Baselined 2 migrations on '{cli.db.name}': version 0 -> 2" in up.out
+    assert "Nothing was run: only the records changed (faked: true)." in up.out
+    assert cli.db.users.count_documents({}) == 0
+    assert cli("up").code == 0  # 3 for real
+    down = cli("down", "--fake", "base", "--json").json()
+    assert (down["faked"], [s["version"] for s in down["steps"]]) == (True, [3, 2, 1])
+    assert cli.db.users.index_information().get("email_1")  # down() of 3 did not run
+    history = cli("history", "3")
+    assert "rolled_back (faked)" in history.out
+    assert cli.db.migrations_history.find_one({"version": 1})["faked"] is True
+
+
+def test_show_one_version(cli: Cli) -> None:
+    cli("up")
+    cli.write("0004_split_addresses.py", BROKEN)
+    assert cli("up").code == 1
+    result = cli("show", "4")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == f"Version 4 in '{cli.db.name}': Split addresses"
+    assert "  status        failed" in lines
+    assert "  file          migrations/0004_split_addresses.py" in lines
+    assert any(line.startswith("  last error") and "RuntimeError: address format not "
+               "understood" in line for line in lines)
+    assert "History (newest first):" in lines
+    data = cli("show", "2", "--json").json()
+    assert (data["status"], data["checksum_ok"], data["record"]["status"]) == \
+        ("applied", True, "applied")
+    assert [e["status"] for e in data["history"]] == ["applied"]
+    cli.write("0002_rename_name.py", RENAME_NAME.replace('"full_name"}', '"fullname"}', 1))
+    assert "CHANGED since it was applied" in cli("show", "2").out
+    unknown = cli("show", "9")
+    assert unknown.code == 2
+    assert "Version 9 is neither in the code nor in the database" in unknown.err
 
 
 # -- the gate ------------------------------------------------------------------------------
