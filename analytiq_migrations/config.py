@@ -426,6 +426,9 @@ def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any =
     if settings.client is not None:
         where = settings.origin.get("client", "the client setting")
         target = resolve_client(settings.client, where)
+        if settings.database and type(target).__name__ == "Database" and \
+                target.name != settings.database:
+            target = target.client  # another database on the same client, as asked
         migrator = Migrator(target, source, progress=progress, **settings.migrator_options())
         log.debug("client: %s, from %s; database '%s'", describe_client(target), where,
                   migrator.db.name)
@@ -551,6 +554,7 @@ def describe_client(obj: Any) -> str:
     """``MongoClient on host:port`` / ``database 'app' on host:port``, never credentials."""
     if isinstance(obj, str):
         return obj
+    obj = _unwrap(obj)
     if is_client_or_database(obj):
         if type(obj).__name__ == "Database":
             return f"database '{obj.name}' on {_hosts_or_unknown(obj.client)}"

@@ -20,6 +20,7 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import (
     ConnectionFailure,
     InvalidName,
+    InvalidOperation,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -605,6 +606,7 @@ class Migrator:
                         outcome_fields: Callable[[str, Optional[ErrorInfo]],
                                                  tuple[dict[str, Any], Any]]) -> NoReturn:
         """Store a failed attempt (record and history) and raise the error for it."""
+        exc = self._foreign_client_error(exc, step) or exc
         error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
         fields, entry = outcome_fields("failed", error)
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
@@ -623,6 +625,26 @@ class Migrator:
                   "data, fix the migration, then `repair --clear-failed` (or make it "
                   "idempotent) and run again."),
         ) from exc
+
+    def _foreign_client_error(self, exc: BaseException,
+                              step: PlanStep) -> Optional[MigrationFailedError]:
+        """Ours, for pymongo's refusal of another client's operation in a transaction."""
+        if not step.transactional or not isinstance(exc, InvalidOperation) or \
+                "Only the client that created the bound session" not in str(exc):
+            return None
+        other = _refusing_client(exc)
+        which = f"another MongoClient ({_describe(other)})" if other is not None else \
+            "another MongoClient"
+        return MigrationFailedError(
+            f"Migration {step.version} ({step.description}) used {which} inside its "
+            f"transaction, which runs on the migrations' client ({_describe(self.client)}): "
+            "that write could not join the transaction, and the transaction was rolled back.",
+            version=step.version,
+            hint="Run the migrations on the client your data layer uses (Flask: "
+            "init_app(app, client=...); Django: ANALYTIQ_MIGRATIONS['CLIENT']; command line: "
+            "--client MODULE:ATTR), or declare the migration transactional = False (its "
+            "writes then commit one by one).",
+        )
 
     def _committed_anyway(self, step: PlanStep, success: str,
                           run: RunInfo) -> Optional[dict[str, Any]]:
@@ -987,6 +1009,35 @@ def _hosts(client: Any) -> str:
         return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
     except AttributeError:
         return "?"
+
+
+def _refusing_client(exc: BaseException) -> Any:
+    """The ``MongoClient`` whose method raised ``exc`` (innermost frame with one as ``self``)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, pymongo.MongoClient):
+            found = candidate
+        tb = tb.tb_next
+    return found
+
+
+def _describe(client: Any) -> str:
+    """``MongoClient at host:port (appname ..., made by Flask-PyMongo)``, never credentials."""
+    text = f"{type(client).__name__} at {_hosts(client)}"
+    try:
+        metadata = client.options.pool_options.metadata
+    except AttributeError:
+        return text
+    notes = []
+    if metadata.get("application", {}).get("name"):
+        notes.append(f"appname {metadata['application']['name']!r}")
+    wrappers = [w for w in str(metadata.get("driver", {}).get("name", "")).split("|")[1:]
+                if w and w != "c"]
+    if wrappers:
+        notes.append(f"made by {', '.join(wrappers)}")
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _is_database(obj: Any) -> bool:

@@ -1,17 +1,24 @@
-"""Flask: `init_app(app)` gives `flask migrations <command>` with the app's settings, and can
-upgrade on start-up. Run through Flask's own CLI runner against a real server."""
+"""Flask: `init_app(app)` gives `flask migrations <command>` on the app's own client and
+settings, and can upgrade before the app serves. Run through Flask's CLI runner and real
+`flask` processes against a real server, with Flask-PyMongo and MongoEngine apps."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import subprocess
+import sys
 import threading
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
-from support import free_port
+from pymongo import MongoClient
+from support import child_env, free_port, wait_for
 
 flask = pytest.importorskip("flask")
 
@@ -44,9 +51,7 @@ def up(db):
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mongo_uri: str, db: Any) -> Any:
     """A Flask app configured the Flask-PyMongo way (``MONGO_URI``), with two migrations."""
-    for name in ("MONGODB_URI", "ANALYTIQ_MIGRATIONS_URI", "ANALYTIQ_MIGRATIONS_DATABASE",
-                 "ANALYTIQ_MIGRATIONS_SOURCE", "ANALYTIQ_MIGRATIONS_LOCK_WAIT"):
-        monkeypatch.delenv(name, raising=False)
+    clear_environment(monkeypatch)
     monkeypatch.chdir(tmp_path)
     migrations = tmp_path / "migrations"
     migrations.mkdir()
@@ -61,8 +66,18 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mongo_uri: str, db: Any
     return application
 
 
-def invoke(app: Any, *args: str) -> Any:
-    return app.test_cli_runner().invoke(args=["migrations", *args])
+SETTING_VARIABLES = ("MONGODB_URI", "ANALYTIQ_MIGRATIONS_URI", "ANALYTIQ_MIGRATIONS_DATABASE",
+                     "ANALYTIQ_MIGRATIONS_SOURCE", "ANALYTIQ_MIGRATIONS_LOCK_WAIT",
+                     "ANALYTIQ_MIGRATIONS_CLIENT")
+
+
+def clear_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke(app: Any, *args: str, group: str = "migrations") -> Any:
+    return app.test_cli_runner().invoke(args=[group, *args])
 
 
 def hold_lock(db: Any) -> None:
@@ -79,8 +94,8 @@ def test_the_group_has_every_command_of_the_command_line(app: Any) -> None:
     init_app(app)
     result = invoke(app, "--help")
     assert result.exit_code == 0
-    for verb in ("status", "plan", "up", "down", "history", "validate", "repair", "baseline",
-                 "unlock", "new"):
+    for verb in ("status", "current", "show", "plan", "up", "down", "history", "validate",
+                 "repair", "baseline", "unlock", "new"):
         assert f"  {verb} " in result.output
     assert "_forward" not in result.output
     assert "--lock-wait SECONDS" in invoke(app, "up", "--help").output
@@ -123,7 +138,7 @@ def test_flags_beat_init_app_options_which_beat_app_config(app: Any, db: Any,
 
 def test_missing_settings_name_the_app_config_keys(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MONGODB_URI", raising=False)
+    clear_environment(monkeypatch)
     monkeypatch.chdir(tmp_path)
     bare = flask.Flask("bare")
     init_app(bare)
@@ -159,10 +174,467 @@ def test_upgrade_on_start_waits_for_a_busy_lock(app: Any, db: Any) -> None:
     assert db.migrations.count_documents({"status": "applied"}) == 2
 
 
-def test_upgrade_on_start_gives_up_after_its_lock_wait(app: Any, db: Any) -> None:
+def test_upgrade_on_start_gives_up_after_its_lock_wait(app: Any, db: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     hold_lock(db)
     app.config.update(ANALYTIQ_MIGRATIONS_UPGRADE_ON_START="true",
                       ANALYTIQ_MIGRATIONS_LOCK_WAIT=0.3)
-    with pytest.raises(LockBusyError, match="worker@web-2:77/cafe"):
-        init_app(app)
+    with caplog.at_level(logging.ERROR), \
+            pytest.raises(LockBusyError, match="worker@web-2:77/cafe"):
+        init_app(app)  # refuses to start (the default)
     assert db.migrations.count_documents({}) == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "the start-up upgrade failed; not starting" in errors[0].getMessage()
+    assert "worker@web-2:77/cafe" in errors[0].getMessage()
+
+
+def test_a_failed_start_up_upgrade_can_start_degraded(app: Any, db: Any,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    hold_lock(db)
+    app.config.update(ANALYTIQ_MIGRATIONS_UPGRADE_ON_START=True,
+                      ANALYTIQ_MIGRATIONS_LOCK_WAIT=0,
+                      ANALYTIQ_MIGRATIONS_ON_START_FAILURE="degraded")
+    with caplog.at_level(logging.ERROR):
+        init_app(app)
+    state = app.extensions["analytiq_migrations"]
+    assert isinstance(state.start_error, LockBusyError)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "starting anyway" in errors[0].getMessage()
+    with pytest.raises(ConfigurationError, match="refuse, degraded, not 'maybe'"):
+        init_app(flask.Flask("x"), upgrade_on_start=True, on_start_failure="maybe")
+
+
+# -- the app's own client ---------------------------------------------------------------------
+
+
+def uri_with_database(uri: str, name: str) -> str:
+    """``mongodb://host:port/NAME?query`` from ``mongodb://host:port/?query``."""
+    base, _, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{name}" + (f"?{query}" if query else "")
+
+
+def test_init_app_takes_the_apps_client_database_or_factory(
+        app: Any, db: Any, mongo_uri: str) -> None:
+    del app.config["MONGO_URI"]  # nothing but the client we hand over
+    own: MongoClient[Any] = MongoClient(mongo_uri)
+    try:
+        init_app(app, client=own, database=db.name)
+        assert invoke(app, "up", "1").exit_code == 0
+        assert own.admin.command("ping")["ok"] == 1  # still open: it is the app's
+
+        other = flask.Flask("shop")
+        other.config.update(app.config)
+        init_app(other, client=own[db.name])
+        assert json.loads(invoke(other, "current", "--json").stdout)["current_version"] == 1
+
+        seen: list[str] = []
+
+        def factory() -> Any:
+            seen.append(flask.current_app.name)  # called lazily, inside the app context
+            return own[db.name]
+
+        third = flask.Flask("shop")
+        third.config.update(app.config)
+        init_app(third, client=factory)
+        assert seen == []
+        result = invoke(third, "up")
+        assert result.exit_code == 0, result.output
+        assert seen == ["shop"]
+        assert db.settings.find_one({"_id": "installed_by"})["app"] == "shop"
+    finally:
+        own.close()
+
+
+def test_a_bad_client_is_a_configuration_error(app: Any) -> None:
+    init_app(app, client=lambda: "mongodb://not-a-client")
+    result = invoke(app, "status")
+    assert result.exit_code == 2
+    assert "What init_app(client=...) returned is a str, not a MongoClient or a Database" \
+        in result.stderr
+
+
+FLASK_PYMONGO_APP = """\
+import os
+
+from flask import Flask, jsonify
+from flask_pymongo import PyMongo
+
+from analytiq_migrations.contrib.flask import init_app
+
+mongo = PyMongo()
+
+
+def create_app():
+    app = Flask(__name__)
+    app.config["ANALYTIQ_MIGRATIONS_SOURCE"] = os.environ["SHOP_MIGRATIONS"]
+    for key in ("UPGRADE_ON_START", "ON_START_FAILURE", "GROUP", "URI"):
+        if os.environ.get("SHOP_" + key):
+            app.config["ANALYTIQ_MIGRATIONS_" + key] = os.environ["SHOP_" + key]
+    mongo.init_app(app, uri=os.environ["SHOP_MONGO_URI"])  # no MONGO_URI in the config
+    init_app(app)
+
+    @app.route("/")
+    def index():
+        return jsonify(sorted(d["_id"] for d in mongo.db.migrations.find({"status": "applied"})))
+
+    return app
+"""
+
+MONGOENGINE_APP = """\
+import os
+
+import mongoengine
+from flask import Flask
+
+from analytiq_migrations.contrib.flask import init_app
+
+
+class User(mongoengine.Document):
+    name = mongoengine.StringField(required=True)
+    meta = {"collection": "users"}
+
+
+def create_app():
+    mongoengine.connect(db=os.environ["SHOP_DATABASE"], host=os.environ["SHOP_SERVER_URI"],
+                        uuidRepresentation="standard")
+    app = Flask(__name__)
+    app.config["ANALYTIQ_MIGRATIONS_SOURCE"] = os.environ["SHOP_MIGRATIONS"]
+    init_app(app)
+    return app
+"""
+
+ADD_PLANS = """\
+\"\"\"Add the plans\"\"\"
+
+
+def up(db):
+    db.plans.insert_one({"_id": "free"})
+
+
+def down(db):
+    db.plans.delete_many({})
+"""
+
+#: A migration through the app's Flask-PyMongo object that fails after writing.
+PYMONGO_WRITES_THEN_FAILS = """\
+\"\"\"Give every user a plan, through the app's data layer\"\"\"
+
+from {module} import mongo
+
+
+def up(db):
+    mongo.db.users.update_many({}, {"$set": {"plan": "free"}})
+    mongo.db.plans.insert_one({"_id": "free"})
+    raise RuntimeError("plans table not ready")
+"""
+
+MONGOENGINE_WRITES = """\
+\"\"\"Create the admin user with the app's model\"\"\"
+
+from {module} import User
+
+
+def up(db):
+    User(name="admin").save()
+    User(name="ops").save()
+    {fail}
+
+
+def down(db):
+    User.objects(name__in=["admin", "ops"]).delete()
+"""
+
+
+class ShopApp:
+    """A Flask app module (``shop_<hex>.py``) in a project directory, as in a real project:
+    importable in this process (``create_app()``) and runnable by ``flask --app``."""
+
+    def __init__(self, directory: Path, source: str, env: dict[str, str],
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.name = f"shop_{uuid.uuid4().hex[:8]}"
+        self.directory = directory
+        self.migrations = directory / "migrations"
+        self.migrations.mkdir(exist_ok=True)
+        (directory / f"{self.name}.py").write_text(source)
+        self.env = {**env, "SHOP_MIGRATIONS": str(self.migrations)}
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.syspath_prepend(str(directory))
+        self.monkeypatch = monkeypatch
+
+    def write(self, name: str, text: str, fail: str = "pass") -> None:
+        (self.migrations / name).write_text(
+            text.replace("{module}", self.name).replace("{fail}", fail))
+
+    @property
+    def module(self) -> Any:
+        return importlib.import_module(self.name)
+
+    def create(self, **config: Any) -> Any:
+        for key, value in config.items():
+            self.monkeypatch.setenv(f"SHOP_{key}", str(value))
+        return self.module.create_app()
+
+    def flask(self, *args: str, **config: Any) -> subprocess.CompletedProcess[str]:
+        """``python -m flask --app shop_x ARGS`` in a fresh process."""
+        env = child_env({**self.env, **{f"SHOP_{k}": str(v) for k, v in config.items()}})
+        env["PYTHONPATH"] = f"{self.directory}:{env['PYTHONPATH']}"
+        for name in SETTING_VARIABLES:
+            env.pop(name, None)
+        return subprocess.run([sys.executable, "-m", "flask", "--app", self.name, *args],
+                              cwd=self.directory, env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        module = sys.modules.pop(self.name, None)
+        if module is not None and getattr(module, "mongo", None) is not None and \
+                module.mongo.cx is not None:
+            module.mongo.cx.close()
+
+
+@pytest.fixture
+def shop_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[Callable[[str, dict[str, str]], ShopApp]]:
+    clear_environment(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    made: list[ShopApp] = []
+
+    def make(source: str, env: dict[str, str]) -> ShopApp:
+        made.append(ShopApp(tmp_path, source, env, monkeypatch))
+        return made[-1]
+
+    yield make
+    for shop in made:
+        shop.close()
+
+
+@pytest.fixture
+def pymongo_shop(shop_factory: Callable[[str, dict[str, str]], ShopApp], mongo_uri: str,
+                 db: Any) -> ShopApp:
+    """A Flask-PyMongo app configured with ``PyMongo(app, uri=...)`` only."""
+    pytest.importorskip("flask_pymongo")
+    shop = shop_factory(FLASK_PYMONGO_APP,
+                        {"SHOP_MONGO_URI": uri_with_database(mongo_uri, db.name)})
+    shop.write("0001_create_users.py", CREATE_USERS)
+    return shop
+
+
+@pytest.fixture
+def mongoengine_shop(shop_factory: Callable[[str, dict[str, str]], ShopApp], mongo_uri: str,
+                     db: Any) -> Iterator[ShopApp]:
+    """A Flask app whose data layer is MongoEngine (connected by ``mongoengine.connect``)."""
+    mongoengine = pytest.importorskip("mongoengine")
+    shop = shop_factory(MONGOENGINE_APP, {"SHOP_DATABASE": db.name,
+                                          "SHOP_SERVER_URI": mongo_uri})
+    yield shop
+    mongoengine.disconnect_all()
+
+
+def test_flask_pymongo_app_without_a_uri_in_config(pymongo_shop: ShopApp, db: Any) -> None:
+    app = pymongo_shop.create()
+    assert "MONGO_URI" not in app.config
+    up = invoke(app, "up")
+    assert up.exit_code == 0, up.output
+    assert db.users.count_documents({}) == 2
+    verbose = invoke(app, "-v", "status")
+    assert f"the app's Flask-PyMongo client ({pymongo_shop.name}.mongo)" in verbose.stderr
+    assert f"client: database '{db.name}' on 127.0.0.1:" in verbose.stderr
+    assert invoke(app, "down", "base").exit_code == 0
+    assert db.users.count_documents({}) == 0
+
+
+def test_flask_pymongo_writes_roll_back_with_the_migration(pymongo_shop: ShopApp,
+                                                           db: Any) -> None:
+    app = pymongo_shop.create()
+    assert invoke(app, "up").exit_code == 0
+    pymongo_shop.write("0002_plans.py", PYMONGO_WRITES_THEN_FAILS)
+    failed = invoke(app, "up")
+    assert failed.exit_code == 1
+    assert "RuntimeError: plans table not ready" in failed.stderr
+    assert "The transaction was rolled back" in failed.stderr
+    assert db.users.count_documents({"plan": {"$exists": True}}) == 0
+    assert db.plans.count_documents({}) == 0
+    assert db.migrations.find_one({"_id": 2})["status"] == "failed"
+
+
+def test_another_client_inside_a_transaction_is_named(pymongo_shop: ShopApp, db: Any,
+                                                      mongo_uri: str) -> None:
+    # The hook told to use a URI of its own: the app's Flask-PyMongo client is another one.
+    app = pymongo_shop.create(URI=uri_with_database(mongo_uri, db.name))
+    assert invoke(app, "up").exit_code == 0
+    pymongo_shop.write("0002_plans.py", PYMONGO_WRITES_THEN_FAILS)
+    result = invoke(app, "up")
+    assert result.exit_code == 1
+    message = result.stderr
+    assert "Migration 2 (Give every user a plan, through the app's data layer) used another " \
+        "MongoClient (MongoClient at 127.0.0.1:" in message
+    assert "made by Flask-PyMongo" in message
+    assert "init_app(app, client=...)" in message and "transactional = False" in message
+    assert "<PLACEHOLDER>" not in message
+    assert db.users.count_documents({"plan": {"$exists": True}}) == 0
+
+
+def test_mongoengine_app_uses_its_default_connection(mongoengine_shop: ShopApp,
+                                                     db: Any) -> None:
+    mongoengine_shop.write("0001_admin.py", MONGOENGINE_WRITES)
+    app = mongoengine_shop.create()
+    verbose = invoke(app, "up", "-v")
+    assert verbose.exit_code == 0, verbose.output
+    assert f"MongoEngine's default connection (database '{db.name}')" in verbose.stderr
+    assert sorted(d["name"] for d in db.users.find()) == ["admin", "ops"]
+    assert invoke(app, "down", "base").exit_code == 0
+    assert db.users.count_documents({}) == 0
+
+
+def test_mongoengine_saves_roll_back_with_the_migration(mongoengine_shop: ShopApp,
+                                                        db: Any) -> None:
+    mongoengine_shop.write("0001_admin.py", MONGOENGINE_WRITES,
+                           fail='raise RuntimeError("no email for admin")')
+    app = mongoengine_shop.create()
+    failed = invoke(app, "up")
+    assert failed.exit_code == 1
+    assert "RuntimeError: no email for admin" in failed.stderr
+    assert db.users.count_documents({}) == 0
+    assert db.migrations.find_one({"_id": 1})["status"] == "failed"
+
+
+def test_the_group_name_is_configurable(pymongo_shop: ShopApp) -> None:
+    app = pymongo_shop.create(GROUP="mongo")
+    assert invoke(app, "current", group="mongo").stdout == "0\n"
+    assert "migrations" not in app.cli.commands
+
+
+# -- start-up upgrades as real processes -----------------------------------------------------
+
+
+def test_upgrade_on_start_never_runs_for_other_flask_commands(pymongo_shop: ShopApp,
+                                                              db: Any) -> None:
+    shop = pymongo_shop
+    shop.write("0002_add_plans.py", ADD_PLANS)
+    up = shop.flask("migrations", "up", UPGRADE_ON_START="true")
+    assert up.returncode == 0, up.stderr
+    down = shop.flask("migrations", "down", "-1", UPGRADE_ON_START="true")
+    assert down.returncode == 0, down.stderr
+    status = shop.flask("migrations", "status", "--json", UPGRADE_ON_START="true")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pending"] == [2]
+    for command in (["routes"], ["shell"]):  # `flask shell` reads EOF from stdin and ends
+        assert shop.flask(*command, UPGRADE_ON_START="true").returncode == 0
+    assert db.migrations.find_one({"_id": 2})["status"] == "rolled_back"
+
+
+def test_a_failing_start_up_upgrade_leaves_other_commands_alone(pymongo_shop: ShopApp,
+                                                                db: Any) -> None:
+    shop = pymongo_shop
+    shop.write("0002_plans.py", PYMONGO_WRITES_THEN_FAILS)
+    failed = shop.flask("migrations", "up", UPGRADE_ON_START="true")
+    assert failed.returncode == 1
+    for args in (["routes"], ["migrations", "status"], ["migrations", "repair",
+                                                        "--clear-failed"]):
+        result = shop.flask(*args, UPGRADE_ON_START="true")
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+    served = shop.flask("run", "--port", str(free_port()), UPGRADE_ON_START="true")
+    assert served.returncode == 1  # refuses to serve a database its code does not match
+    assert "Traceback" not in served.stderr
+    logged, shown = served.stderr.split("Error: Start-up upgrade failed: ", 1)
+    assert shown.startswith("Migration 2 (Give every user a plan")
+    assert shown.rstrip().endswith("Fix the migration and run again.")
+    assert logged.count("the start-up upgrade failed; not starting") == 1
+    assert db.migrations.find_one({"_id": 2})["status"] == "failed"
+
+
+def test_flask_run_upgrades_before_the_first_request(pymongo_shop: ShopApp, db: Any) -> None:
+    shop = pymongo_shop
+    port = free_port()
+    env = child_env({**shop.env, "SHOP_UPGRADE_ON_START": "true"})
+    env["PYTHONPATH"] = f"{shop.directory}:{env['PYTHONPATH']}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", shop.name, "run", "--port", str(port),
+         "--no-reload"], cwd=shop.directory, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def answer() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    return json.loads(page.read())
+            except OSError:
+                if server.poll() is not None:
+                    raise AssertionError(server.stderr.read() if server.stderr else "") \
+                        from None
+                return None
+
+        assert wait_for(answer, timeout=60, message="flask run did not answer") == [1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_wsgi_server_importing_the_app_upgrades_it(pymongo_shop: ShopApp, db: Any) -> None:
+    # What gunicorn, uWSGI or waitress do: import the module, call the factory.
+    app = pymongo_shop.create(UPGRADE_ON_START="true")
+    assert app.extensions["analytiq_migrations"].start_report.versions == [1]
+    assert app.test_client().get("/").get_json() == [1]
+
+
+
+# -- the examples of docs/flask.md, as written -----------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "flask.md"
+
+
+def docs_files(doc: Path, directory: Path) -> list[str]:
+    """Write every ``# file: PATH`` code block of ``doc`` under ``directory``."""
+    written = []
+    for block in doc.read_text().split("```python\n")[1:]:
+        code = block.split("```", 1)[0]
+        first, _, rest = code.partition("\n")
+        if first.startswith("# file: "):
+            path = directory / first[len("# file: "):].strip()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(rest)
+            written.append(str(path.relative_to(directory)))
+    return written
+
+
+def run_flask(directory: Path, app: str, *args: str, **env: str
+              ) -> subprocess.CompletedProcess[str]:
+    environ = child_env(env)
+    environ["PYTHONPATH"] = f"{directory}:{environ['PYTHONPATH']}"
+    for name in SETTING_VARIABLES:
+        environ.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "flask", "--app", app, *args], cwd=directory,
+                          env=environ, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_the_docs_examples_run(tmp_path: Path, mongo_uri: str, client: Any) -> None:
+    pytest.importorskip("flask_pymongo")
+    pytest.importorskip("mongoengine")
+    assert docs_files(DOCS, tmp_path) == [
+        "shop/__init__.py", "shop/migrations/0001_plans.py",
+        "blog/__init__.py", "blog/migrations/0001_admin.py"]
+    names = {app: f"docs_{app}_{uuid.uuid4().hex[:8]}" for app in ("shop", "blog")}
+    try:
+        shop_db = client[names["shop"]]
+        shop_db.users.insert_many([{"_id": 1}, {"_id": 2}])
+        shop_env = {"SHOP_MONGO_URI": uri_with_database(mongo_uri, names["shop"])}
+        up = run_flask(tmp_path, "shop", "migrations", "up", **shop_env)
+        assert up.returncode == 0, up.stderr
+        assert shop_db.users.count_documents({"plan": "free"}) == 2
+        verbose = run_flask(tmp_path, "shop", "migrations", "-v", "status", **shop_env)
+        assert "the app's Flask-PyMongo client (shop.mongo)" in verbose.stderr
+        assert run_flask(tmp_path, "shop", "migrations", "down", "base", **shop_env
+                         ).returncode == 0
+        assert shop_db.plans.count_documents({}) == 0
+
+        blog_db = client[names["blog"]]
+        blog_env = {"BLOG_MONGO_URI": uri_with_database(mongo_uri, names["blog"])}
+        up = run_flask(tmp_path, "blog", "migrations", "up", "-v", **blog_env)
+        assert up.returncode == 0, up.stderr
+        assert f"MongoEngine's default connection (database '{names['blog']}')" in up.stderr
+        assert [d["name"] for d in blog_db.users.find()] == ["admin"]
+    finally:
+        for name in names.values():
+            client.drop_database(name)

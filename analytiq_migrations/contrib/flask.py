@@ -1,25 +1,31 @@
-"""Flask: ``init_app(app)`` adds ``flask migrations <command>`` (the CLI's commands).
+"""Flask: ``init_app(app)`` adds ``flask migrations <command>`` (the CLI's commands), on the
+app's own MongoDB client.
 
+    from flask_pymongo import PyMongo
     from analytiq_migrations.contrib.flask import init_app
 
-    app.config["ANALYTIQ_MIGRATIONS_URI"] = "mongodb://localhost/app"  # or MONGO_URI
+    mongo = PyMongo(app, uri="mongodb://db1,db2,db3/shop?replicaSet=rs0")
     app.config["ANALYTIQ_MIGRATIONS_SOURCE"] = "myapp.migrations"
-    init_app(app)
+    init_app(app)                      # finds mongo.cx; or init_app(app, client=mongo.cx)
 
-Settings come from ``init_app``'s keyword arguments, then ``app.config``
-(``ANALYTIQ_MIGRATIONS_<NAME>``, with Flask-PyMongo's ``MONGO_URI`` as a fallback URI),
-then the environment and ``pyproject.toml`` as for the command line; flags given to a
-command win over all of them.
+The client, first found wins: ``init_app(client=...)`` (a ``MongoClient``, a ``Database``
+or a zero-argument callable returning one, called inside the app context when needed),
+``app.config["ANALYTIQ_MIGRATIONS_CLIENT"]`` (the same, or ``MODULE:ATTR``), a URI set
+for this library (``ANALYTIQ_MIGRATIONS_URI``), the app's Flask-PyMongo object, MongoEngine's
+default connection, then Flask-PyMongo's ``MONGO_URI``, the environment and
+``pyproject.toml``. Flags given to a command win over all of them.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import cli
-from ..config import OPTIONS, Layer, Option, load, parse_bool
-from ..errors import ConfigurationError
+from ..config import OPTIONS, Layer, Option, describe_client, load, parse_bool
+from ..errors import ConfigurationError, MigrationError
 
 #: How long a start-up upgrade waits for the lock when nothing says otherwise: pods that
 #: start together queue behind the first one (which migrates) and then find nothing to
@@ -27,38 +33,159 @@ from ..errors import ConfigurationError
 START_LOCK_WAIT_S = 120.0
 
 PREFIX = "ANALYTIQ_MIGRATIONS_"
-_NAMES = {option.name for option in OPTIONS} | {"source", "upgrade_on_start"}
+#: ``init_app`` options besides the settings (``app.config`` keys ``PREFIX + NAME.upper()``).
+_HOOK_OPTIONS = {"source", "upgrade_on_start", "on_start_failure", "group"}
+_NAMES = {option.name for option in OPTIONS} | _HOOK_OPTIONS
+#: What a failed start-up upgrade does: ``refuse`` (raise: the server does not start) or
+#: ``degraded`` (log it and start anyway; ``start_error`` says what happened).
+START_FAILURE_MODES = ("refuse", "degraded")
+
+log = logging.getLogger("analytiq_migrations")
 
 
-def init_app(app: Any, **options: Any) -> None:
-    """Add the ``migrations`` command group; upgrade now if ``UPGRADE_ON_START`` says so.
+@dataclass
+class State:
+    """``app.extensions["analytiq_migrations"]``: the hook's options and start-up outcome."""
 
-    ``options`` are settings by name (``uri``, ``database``, ``migrations``/``source``,
-    ``collection``, ``transactions``, ``lock_wait``, ``lock_ttl``, ``on_drift``,
-    ``allow_out_of_order``, ``server_timeout``, ``upgrade_on_start``); they override
+    options: Dict[str, Any] = field(default_factory=dict)
+    #: The error of a start-up upgrade that failed with ``on_start_failure="degraded"``
+    #: (for a readiness probe, say).
+    start_error: Optional[MigrationError] = None
+    #: The ``RunReport`` of the start-up upgrade, once it ran.
+    start_report: Any = None
+
+
+def init_app(app: Any, client: Any = None, database: Optional[str] = None,
+             **options: Any) -> None:
+    """Add the command group; upgrade before serving if ``UPGRADE_ON_START`` says so.
+
+    ``client``: the app's ``MongoClient``, a ``Database``, or a zero-argument callable
+    returning one (resolved inside the app context when a command needs it); without
+    one the app's Flask-PyMongo or MongoEngine connection is used, else the URI settings.
+    ``database`` picks the database on that client. ``options`` are settings by name
+    (``uri``, ``migrations``/``source``, ``collection``, ``transactions``,
+    ``lock_wait``, ``lock_ttl``, ``on_drift``, ``allow_out_of_order``,
+    ``server_timeout``) and ``upgrade_on_start``, ``on_start_failure``
+    (``"refuse"``/``"degraded"``), ``group`` (the command group's name); they override
     ``app.config``.
     """
     unknown = sorted(set(options) - _NAMES)
     if unknown:
         raise ConfigurationError(
             f"init_app() got unknown option(s): {', '.join(unknown)}.",
-            hint=f"Known options: {', '.join(sorted(_NAMES))}.",
+            hint=f"Known options: client, database, {', '.join(sorted(_NAMES - {'client'}))}.",
         )
     if "source" in options:
         options["migrations"] = options.pop("source")
-    app.extensions["analytiq_migrations"] = options
-    app.cli.add_command(_group(app))
-    key = f"{PREFIX}UPGRADE_ON_START"
-    upgrade_on_start = options.get("upgrade_on_start", app.config.get(key, False))
-    if parse_bool(upgrade_on_start, f"app.config['{key}']"):
-        upgrade(app)
+    if client is not None:
+        options["client"] = client
+    if database is not None:
+        options["database"] = database
+    state = State(options)
+    app.extensions["analytiq_migrations"] = state
+    name = _hook_setting(app, "group") or "migrations"
+    app.cli.add_command(_group(app, _text(name, _where(app, "group"))))
+    if not parse_bool(_hook_setting(app, "upgrade_on_start") or False,
+                      _where(app, "upgrade_on_start")):
+        return
+    mode = str(_hook_setting(app, "on_start_failure") or "refuse").strip().lower()
+    if mode not in START_FAILURE_MODES:
+        raise ConfigurationError(
+            f"{_where(app, 'on_start_failure')} must be one of "
+            f"{', '.join(START_FAILURE_MODES)}, not {mode!r}.")
+    command = _flask_command()
+    if command is not None:
+        log.debug("UPGRADE_ON_START: not upgrading for `%s` (only before serving: a WSGI "
+                  "server or `flask run`)", command)
+        return
+    _upgrade_on_start(app, state, mode)
+
+
+def _hook_setting(app: Any, name: str) -> Any:
+    """An option of the hook itself: ``init_app`` keyword, else ``app.config``."""
+    options = app.extensions["analytiq_migrations"].options
+    if options.get(name) is not None:
+        return options[name]
+    return app.config.get(PREFIX + name.upper())
+
+
+def _where(app: Any, name: str) -> str:
+    """Where a hook option was set, for messages."""
+    if app.extensions["analytiq_migrations"].options.get(name) is not None:
+        return f"init_app({name}=...)"
+    return f"app.config['{PREFIX}{name.upper()}']"
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where} must be a non-empty string, not {value!r}.")
+    return value.strip()
+
+
+def _flask_command() -> Optional[str]:
+    """The ``flask`` command being run when it is not a server (``flask migrations``,
+    ``flask shell``, ``flask routes``...); ``None`` when the app is about to serve: no
+    ``flask`` command at all (a WSGI server, a script, the tests) or ``flask run``."""
+    click = sys.modules.get("click")
+    if click is None:
+        return None
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    from flask.cli import ScriptInfo
+
+    if ctx.find_object(ScriptInfo) is None:
+        return None  # another click program that builds the app
+    if ctx.command.name == "run":
+        reload = ctx.params.get("reload")
+        if reload is None:
+            from flask.helpers import get_debug_flag
+
+            reload = get_debug_flag()
+        from werkzeug.serving import is_running_from_reloader
+
+        if reload and not is_running_from_reloader():
+            return "flask run (the reloader's watcher; its server process upgrades)"
+        return None
+    return str(ctx.command_path)
+
+
+def _in_flask_run() -> bool:
+    """Inside ``flask run``."""
+    click = sys.modules.get("click")
+    ctx = click.get_current_context(silent=True) if click is not None else None
+    return ctx is not None and ctx.command.name == "run"
+
+
+def _upgrade_on_start(app: Any, state: State, mode: str) -> None:
+    """Upgrade now; a failure logs one error and refuses to start or starts degraded."""
+    try:
+        state.start_report = upgrade(app)
+    except MigrationError as exc:
+        what = f"{exc.message}" + (f" -> {exc.hint}" if exc.hint else "")
+        if mode == "degraded":
+            state.start_error = exc
+            app.logger.error("analytiq_migrations: the start-up upgrade failed; starting "
+                             "anyway (ON_START_FAILURE = 'degraded'): %s", what)
+            return
+        app.logger.error("analytiq_migrations: the start-up upgrade failed; not starting "
+                         "(set %sON_START_FAILURE = 'degraded' to start anyway): %s",
+                         PREFIX, what)
+        if _in_flask_run():  # one line from `flask run`, not a traceback
+            import click
+
+            refused = click.ClickException(f"Start-up upgrade failed: {exc}")
+            setattr(refused, "exit_code", exc.exit_code)  # noqa: B010 (a ClassVar in click)
+            raise refused from exc
+        raise  # a WSGI server reports it and does not start (gunicorn: halts)
 
 
 def settings_layer(app: Any) -> Layer:
-    """The app's settings as a configuration layer (``init_app`` options over ``app.config``)."""
-    options = app.extensions.get("analytiq_migrations", {})
-    values: dict[str, Any] = {}
-    names: dict[str, str] = {}
+    """The app's settings as a configuration layer (``init_app`` options over
+    ``app.config``, then the app's own client when nothing names a connection)."""
+    options = app.extensions["analytiq_migrations"].options
+    values: Dict[str, Any] = {}
+    names: Dict[str, str] = {}
     for option in OPTIONS:
         key = PREFIX + option.framework_key
         if options.get(option.name) is not None:
@@ -66,9 +193,13 @@ def settings_layer(app: Any) -> Layer:
             names[option.name] = f"init_app({option.name}=...)"
         elif app.config.get(key) is not None:
             values[option.name] = app.config[key]
-        elif option.name == "uri" and app.config.get("MONGO_URI"):
-            values[option.name] = app.config["MONGO_URI"]
-            names[option.name] = "app.config['MONGO_URI']"
+    if "client" not in values and "uri" not in values:
+        found = discover_client(app)
+        if found is not None:
+            values["client"], names["client"] = found
+    if "client" not in values and "uri" not in values and app.config.get("MONGO_URI"):
+        values["uri"] = app.config["MONGO_URI"]
+        names["uri"] = "app.config['MONGO_URI']"
 
     def naming(option: Option) -> str:
         if option.name in names:
@@ -79,50 +210,119 @@ def settings_layer(app: Any) -> Layer:
     return Layer(values, naming)
 
 
+def discover_client(app: Any) -> Optional[Tuple[Any, str]]:
+    """The app's own client and where it was found: its Flask-PyMongo object, else
+    MongoEngine's default connection; ``None`` when it has neither. Neither library is
+    imported here: only one the app already imported is looked at."""
+    if "flask_pymongo" in sys.modules:
+        found = _flask_pymongo_objects(app)
+        if len(found) > 1:
+            where = ", ".join(label for label, _ in found)
+            raise ConfigurationError(
+                f"The app has {len(found)} Flask-PyMongo clients ({where}); which one holds "
+                "the migrations?",
+                hint="Pass it: init_app(app, client=mongo.cx) (or database=...), or set "
+                f"app.config['{PREFIX}CLIENT'].",
+            )
+        if found:
+            label, mongo = found[0]
+            target = mongo.db if mongo.db is not None else mongo.cx
+            return target, f"the app's Flask-PyMongo client ({label})"
+    engine = sys.modules.get("mongoengine.connection")
+    if engine is not None:
+        default = getattr(engine, "DEFAULT_CONNECTION_NAME", "default")
+        settings = getattr(engine, "_connection_settings", {})
+        if default in settings:
+            name = settings[default].get("name")
+
+            def mongoengine_db() -> Any:
+                return engine.get_db(default)
+
+            mongoengine_db.__qualname__ = "mongoengine.get_db"
+            return mongoengine_db, f"MongoEngine's default connection (database '{name}')"
+    return None
+
+
+def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
+    """``flask_pymongo.PyMongo`` objects with a client, and a name for each: those in
+    ``app.extensions``, on the app, and in the modules of the app's package
+    (``mongo = PyMongo(app)`` in ``myapp/extensions.py``): Flask-PyMongo itself does not
+    register on the app."""
+    kind = sys.modules["flask_pymongo"].PyMongo
+    seen: Dict[int, Tuple[str, Any]] = {}
+
+    def consider(label: str, value: Any) -> None:
+        if isinstance(value, kind) and getattr(value, "cx", None) is not None \
+                and id(value) not in seen:
+            seen[id(value)] = (label, value)
+
+    for key, value in list(app.extensions.items()):
+        consider(f"app.extensions[{key!r}]", value)
+        if isinstance(value, dict):
+            for inner, item in list(value.items()):
+                consider(f"app.extensions[{key!r}][{inner!r}]", item)
+    for attr, value in list(vars(app).items()):
+        consider(f"app.{attr}", value)
+    # The app's own modules: its package (``Flask(__name__)`` names it) and the script.
+    package = str(app.import_name).split(".")[0]
+    for module_name, module in list(sys.modules.items()):
+        if module_name != "__main__" and module_name != package and \
+                not module_name.startswith(package + "."):
+            continue
+        namespace = getattr(module, "__dict__", None)
+        for attr, value in list(namespace.items()) if isinstance(namespace, dict) else []:
+            consider(f"{module_name}.{attr}", value)
+    return list(seen.values())
+
+
 def upgrade(app: Any) -> Any:
-    """Apply pending migrations now, waiting for the lock; returns the ``RunReport``."""
+    """Apply pending migrations now (in an app context), waiting for the lock; returns
+    the ``RunReport``. The app's own client is used and left open."""
     from ..config import open_migrator, require
 
-    settings, layers = load({}, settings_layer(app))
-    if "lock_wait" not in settings.origin:
-        settings.lock_wait = START_LOCK_WAIT_S
-    require(settings, ["uri", "database", "migrations"], layers)
-    migrator = open_migrator(settings)
-    try:
-        with app.app_context():
+    with app.app_context():
+        settings, layers = load({}, settings_layer(app))
+        if "lock_wait" not in settings.origin:
+            settings.lock_wait = START_LOCK_WAIT_S
+        require(settings, ["uri", "database", "migrations"], layers)
+        if settings.client is not None:
+            log.debug("client: %s (%s)", describe_client(settings.client),
+                      settings.origin.get("client"))
+        migrator = open_migrator(settings)
+        try:
             report = migrator.upgrade()
-    finally:
-        migrator.client.close()
+        finally:
+            migrator.close()
     app.logger.info("analytiq_migrations: database '%s' at version %d (was %d)",
                     migrator.db.name, report.end_version, report.start_version)
     return report
 
 
-def _group(app: Any) -> Any:
-    """``flask migrations <command> [options]``: each command runs the CLI's."""
+def _group(app: Any, name: str) -> Any:
+    """``flask <name> <command> [options]``: each command runs the CLI's."""
     import click
     from flask.cli import AppGroup
 
     class Group(AppGroup):
-        def parse_args(self, ctx: Any, args: list[str]) -> Any:
+        def parse_args(self, ctx: Any, args: List[str]) -> Any:
             # Options before the command (`flask migrations --json status`) go to the CLI
             # as they are, via a hidden command, instead of being refused by click.
             if args and args[0].startswith("-") and args[0] not in ("--help", "-h"):
                 args = ["_forward", *args]
             return super().parse_args(ctx, args)
 
-    group = Group("migrations", help="MongoDB migrations (analytiq_migrations): the same "
+    group = Group(name, help="MongoDB migrations (analytiq_migrations): the same "
                   "commands and options as the analytiq-migrations command line.")
     forward_settings = {"ignore_unknown_options": True, "allow_extra_args": True,
                         "help_option_names": []}
 
-    def forwarder(verb: str | None, summary: str, hidden: bool = False) -> None:
+    def forwarder(verb: Optional[str], summary: str, hidden: bool = False) -> None:
         @group.command(verb or "_forward", help=summary, short_help=summary, hidden=hidden,
                        context_settings=forward_settings, add_help_option=False)
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def command(args: tuple[str, ...]) -> None:
+        def command(args: Tuple[str, ...]) -> None:
             argv = ([verb] if verb else []) + list(args)
-            code = cli.run(argv, prog="flask migrations",
+            code = cli.run(argv, prog=f"flask {name}",
                            framework=lambda: settings_layer(app),
                            stdout=sys.stdout, stderr=sys.stderr)
             click.get_current_context().exit(code)
@@ -131,3 +331,4 @@ def _group(app: Any) -> Any:
         forwarder(verb, summary)
     forwarder(None, "Run with options before the command.", hidden=True)
     return group
+
