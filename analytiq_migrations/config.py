@@ -338,6 +338,9 @@ def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
         ways = [f"{layer.how} {layer.naming(option)}" for layer in layers]
         if option.name == "database":
             ways.append("name it in the URI's path (mongodb://host/NAME)")
+        if option.name == "uri":
+            ways.append("use your own client instead (" + ", ".join(
+                layer.naming(BY_NAME["client"]) for layer in layers[:-1]) + ")")
         lines.append(f"  {option.label}: {', or '.join(ways)}")
     what = ", ".join(o.label for o in missing)
     raise ConfigurationError(

@@ -141,3 +141,147 @@ def test_manage_py_as_a_real_process(migrations: Path, mongo_uri: str, db: Any) 
     status = manage("--json", "status", "--check")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["current_version"] == 1
+
+
+# -- the project's own client ---------------------------------------------------------------
+
+#: A migration through the project's data layer that fails after writing.
+WRITES_THEN_FAILS = '''\
+"""Give every user a plan"""
+
+from testsite.mongo import get_db
+
+
+def up(db):
+    get_db().users.update_many({}, {"$set": {"plan": "free"}})
+    get_db().plans.insert_one({"_id": "free"})
+    raise RuntimeError("plans not priced yet")
+'''
+
+
+@pytest.fixture
+def project_client(migrations: Path, mongo_uri: str, db: Any,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``CLIENT`` naming the project's ``get_db``; no URI anywhere in the settings."""
+    import testsite.mongo
+    from django.test import override_settings
+
+    monkeypatch.setenv("TESTSITE_APP_URI", mongo_uri)
+    monkeypatch.setenv("TESTSITE_APP_DATABASE", db.name)
+    with override_settings(ANALYTIQ_MIGRATIONS={
+        "CLIENT": "testsite.mongo.get_db", "SOURCE": str(migrations),
+    }):
+        yield
+    if testsite.mongo._client is not None:
+        testsite.mongo._client.close()
+        testsite.mongo._client = None
+
+
+def test_client_setting_names_the_projects_database(project_client: Any, db: Any) -> None:
+    out, err = call("up", "-v")
+    assert "Applied 1 migration" in out
+    assert "client = testsite.mongo.get_db (settings.ANALYTIQ_MIGRATIONS['CLIENT'])" in err
+    assert db.users.count_documents({}) == 2
+    out, _ = call("down", "base")
+    assert "Reverted 1 migration" in out
+    assert db.users.count_documents({}) == 0
+
+
+def test_writes_through_the_projects_client_roll_back(project_client: Any, db: Any,
+                                                      migrations: Path) -> None:
+    from django.core.management import CommandError
+
+    call("up", "-q")
+    (migrations / "0002_plans.py").write_text(WRITES_THEN_FAILS)
+    with pytest.raises(CommandError) as caught:
+        call("up")
+    assert caught.value.returncode == 1
+    assert db.users.count_documents({"plan": {"$exists": True}}) == 0
+    assert "plans" not in db.list_collection_names()
+
+
+def test_fake_up_and_down(project_client: Any, db: Any) -> None:
+    out, _ = call("up", "--fake")
+    assert "Baselined 1 migration" in out and "Nothing was run" in out
+    assert db.users.count_documents({}) == 0
+    assert db.migrations.find_one({"_id": 1})["faked"] is True
+    call("up", "-q", "--fake")  # nothing left to record
+    out, _ = call("down", "--fake", "base")
+    assert "Marked reverted 1 migration" in out
+    assert db.migrations.find_one({"_id": 1})["status"] == "rolled_back"
+
+
+def test_a_bad_client_path_exits_2_naming_it(migrations: Path) -> None:
+    from django.core.management import CommandError, call_command
+    from django.test import override_settings
+
+    err = io.StringIO()
+    with override_settings(ANALYTIQ_MIGRATIONS={"CLIENT": "testsite.mongo.get_dbb",
+                                                "SOURCE": str(migrations)}), \
+            pytest.raises(CommandError) as caught:
+        call_command("mongo_migrations", "status", stdout=io.StringIO(), stderr=err)
+    assert caught.value.returncode == 2
+    assert "Module 'testsite.mongo' has no attribute 'get_dbb' " \
+        "(settings.ANALYTIQ_MIGRATIONS['CLIENT'] 'testsite.mongo.get_dbb')" in err.getvalue()
+
+
+#: A migration through MongoEngine documents that fails after saving one.
+MONGOENGINE_SAVES_THEN_FAILS = '''\
+"""Seed the first customer"""
+
+import mongoengine
+
+
+class Customer(mongoengine.Document):
+    name = mongoengine.StringField()
+    meta = {"collection": "customers"}
+
+
+def up(db):
+    Customer(name="Grace").save()
+    raise RuntimeError("no address for Grace")
+'''
+
+
+def test_mongoengine_connection_as_the_client(migrations: Path, mongo_uri: str,
+                                              db: Any) -> None:
+    mongoengine = pytest.importorskip("mongoengine")
+    from django.core.management import CommandError
+    from django.test import override_settings
+
+    (migrations / "0002_customers.py").write_text(MONGOENGINE_SAVES_THEN_FAILS)
+    # What a project's AppConfig.ready() (or django-mongoengine's) has done by now.
+    mongoengine.connect(db=db.name, host=mongo_uri, uuidRepresentation="standard")
+    try:
+        with override_settings(ANALYTIQ_MIGRATIONS={
+            "CLIENT": "mongoengine.connection.get_db", "SOURCE": str(migrations),
+        }):
+            call("up", "1", "-q")
+            assert db.users.count_documents({}) == 2
+            with pytest.raises(CommandError) as caught:
+                call("up")
+        assert caught.value.returncode == 1
+        assert db.customers.count_documents({}) == 0  # the save was in the transaction
+        assert db.migrations.find_one({"_id": 2})["status"] == "failed"
+    finally:
+        mongoengine.disconnect_all()
+
+
+def test_unset_environment_breaks_only_the_migrations_command(migrations: Path) -> None:
+    # settings.py reads os.environ.get(...): other manage.py commands keep working.
+    env = child_env()
+    for name in ("DJANGO_SETTINGS_MODULE", "MONGODB_URI", "TESTSITE_MONGO_URI",
+                 "TESTSITE_MONGO_CLIENT", "TESTSITE_MONGO_DATABASE", "TESTSITE_MIGRATIONS"):
+        env.pop(name, None)
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    assert manage("check").returncode == 0
+    status = manage("mongo_migrations", "status")
+    assert status.returncode == 2
+    assert "Missing settings: MongoDB URI" in status.stderr
+    assert "settings.ANALYTIQ_MIGRATIONS['URI']" in status.stderr
+    assert "Traceback" not in status.stderr

@@ -1,7 +1,9 @@
 """Django: add ``"analytiq_migrations.contrib.django"`` to ``INSTALLED_APPS`` for
 ``python manage.py mongo_migrations <command>`` (the CLI's commands and options).
 
-Settings: ``ANALYTIQ_MIGRATIONS = {"URI": ..., "DATABASE": ..., "SOURCE": ...}`` (plus
+Settings: ``ANALYTIQ_MIGRATIONS = {"URI": ..., "DATABASE": ..., "SOURCE": ...}``, or
+``"CLIENT": "myapp.mongo.get_db"`` (a dotted path to the project's ``MongoClient``,
+``Database`` or zero-argument function returning one) instead of ``URI`` (plus
 ``COLLECTION``, ``TRANSACTIONS``, ``LOCK_WAIT``, ``LOCK_TTL``, ``ON_DRIFT``,
 ``ALLOW_OUT_OF_ORDER``, ``SERVER_TIMEOUT``); flags win over them, and they win over
 the environment and ``pyproject.toml``.

@@ -16,6 +16,7 @@ INSTALLED_APPS = [
 DATABASES: dict[str, dict[str, str]] = {}  # the app's MongoDB is not a Django database
 
 ANALYTIQ_MIGRATIONS = {
+    "CLIENT": os.environ.get("TESTSITE_MONGO_CLIENT"),  # e.g. "testsite.mongo.get_db"
     "URI": os.environ.get("TESTSITE_MONGO_URI"),
     "DATABASE": os.environ.get("TESTSITE_MONGO_DATABASE"),
     "SOURCE": os.environ.get("TESTSITE_MIGRATIONS"),
