@@ -638,3 +638,81 @@ def test_the_docs_examples_run(tmp_path: Path, mongo_uri: str, client: Any) -> N
     finally:
         for name in names.values():
             client.drop_database(name)
+
+
+# -- gunicorn: real worker processes -----------------------------------------------------------
+
+
+def gunicorn(shop: ShopApp, port: int, *extra: str, **config: str) -> list[str]:
+    """``gunicorn -w 3 'shop_x:create_app()'``, with the script installed beside Python."""
+    script = Path(sys.executable).with_name("gunicorn")
+    if not script.exists():
+        pytest.skip("the gunicorn script is not installed beside this Python")
+    return [str(script), "-w", "3", "-b", f"127.0.0.1:{port}",
+            "--graceful-timeout", "5", *extra, f"{shop.name}:create_app()"]
+
+
+def gunicorn_env(shop: ShopApp, **config: str) -> dict[str, str]:
+    env = child_env({**shop.env, **{f"SHOP_{k}": v for k, v in config.items()}})
+    env["PYTHONPATH"] = f"{shop.directory}:{env['PYTHONPATH']}"
+    for name in SETTING_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True], ids=["workers", "preload"])
+def test_gunicorn_workers_upgrade_once_before_serving(pymongo_shop: ShopApp, db: Any,
+                                                      preload: bool) -> None:
+    pytest.importorskip("gunicorn")
+    pymongo_shop.write("0002_add_plans.py", ADD_PLANS)
+    port = free_port()
+    server = subprocess.Popen(
+        gunicorn(pymongo_shop, port, *(["--preload"] if preload else [])),
+        cwd=pymongo_shop.directory, env=gunicorn_env(pymongo_shop, UPGRADE_ON_START="true"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def answer() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    return json.loads(page.read())
+            except OSError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                return None
+
+        assert wait_for(answer, timeout=60, message="gunicorn did not answer") == [1, 2]
+        # Three workers started; the migrations ran once, all at start-up.
+        entries = list(db.migrations_history.find({}, {"_id": 0, "version": 1, "status": 1,
+                                                       "pid": 1}))
+        assert sorted((e["version"], e["status"]) for e in entries) == [
+            (1, "applied"), (2, "applied")]
+        ran_in_master = {e["pid"] for e in entries} == {server.pid}
+        assert ran_in_master is preload  # --preload: once, in the master, before forking
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload, says", [(False, "Worker failed to boot."),
+                                           (True, "MigrationFailedError")],
+                         ids=["workers", "preload"])
+def test_gunicorn_refuses_to_start_when_the_upgrade_fails(pymongo_shop: ShopApp, db: Any,
+                                                          preload: bool, says: str) -> None:
+    pytest.importorskip("gunicorn")
+    pymongo_shop.write("0002_plans.py", PYMONGO_WRITES_THEN_FAILS)
+    result = subprocess.run(
+        gunicorn(pymongo_shop, free_port(), *(["--preload"] if preload else [])),
+        cwd=pymongo_shop.directory, env=gunicorn_env(pymongo_shop, UPGRADE_ON_START="true"),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    # Workers: the master halts (exit 3, or 1 when the halt races its own shutdown);
+    # --preload: the master fails to load the app (exit 1).
+    assert result.returncode in (1, 3), result.stderr
+    assert says in result.stderr
+    assert "Booting worker" not in result.stderr or not preload
+    assert "the start-up upgrade failed; not starting" in result.stderr
+    assert "Migration 2 (Give every user a plan, through the app's data layer) failed" \
+        in result.stderr
+    assert db.migrations.find_one({"_id": 1})["status"] == "applied"
+    assert db.migrations.find_one({"_id": 2})["status"] == "failed"
+    assert db.users.count_documents({"plan": {"$exists": True}}) == 0
