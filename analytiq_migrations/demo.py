@@ -1,19 +1,21 @@
 """See it work: ``python -m analytiq_migrations.demo``.
 
-Starts a throw-away SecantusDB server in a temporary directory (or uses ``--uri`` /
-``MONGODB_URI``), seeds a few users, prints the status, applies the example migrations
-(``analytiq_migrations.examples``), prints the status again, then downgrades one step.
+Starts a throw-away SecantusDB server in a temporary directory (the ``server`` extra) or
+uses the server given with ``--uri`` (never one it was not given: an exported
+``MONGODB_URI`` is ignored), seeds a few users in a new database, prints the status,
+applies the example migrations (``analytiq_migrations.examples``), prints the status
+again, downgrades one step, and drops its database.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import uuid
 from typing import Any, Iterator, Optional, Sequence
 
+from .errors import MigrationError, redact
 from .records import StatusRow
 from .runner import Migrator
 
@@ -39,12 +41,15 @@ def status_table(rows: Sequence[StatusRow]) -> str:
 def _server(uri: Optional[str]) -> Iterator[str]:
     """The given URI, or a throw-away embedded server's."""
     if uri:
+        print(f"Using the server given with --uri: {redact(uri)}")
         yield uri
         return
-    from .testing import embedded_server
+    from .testing import embedded_server, require_secantus
 
+    require_secantus()
     print("Starting a throw-away SecantusDB server in a temporary directory...")
     with embedded_server() as server:
+        print(f"Using it at {server.uri}")
         yield server.uri
 
 
@@ -58,12 +63,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m analytiq_migrations.demo",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--uri", default=os.environ.get("MONGODB_URI"),
-                        help="use this server instead of a throw-away one")
+    parser.add_argument("--uri", default=None,
+                        help="use this server instead of a throw-away one (MONGODB_URI is "
+                             "not read: pass --uri \"$MONGODB_URI\" to use it)")
     args = parser.parse_args(argv)
+    from pymongo.errors import PyMongoError
+
+    from .testing import ServerStartError
+
+    try:
+        return _run(args.uri)
+    except MigrationError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (PyMongoError, ServerStartError) as exc:
+        print(f"demo: {redact(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _run(given_uri: Optional[str]) -> int:
     from pymongo import MongoClient
 
-    with _server(args.uri) as uri:
+    with _server(given_uri) as uri:
         client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
         name = f"analytiq_demo_{uuid.uuid4().hex[:8]}"
         db = client[name]

@@ -3,8 +3,8 @@
     with embedded_server() as server:
         client = MongoClient(server.uri)
 
-SecantusDB (``pip install SecantusDB``, a test dependency only, never needed at run
-time) speaks the MongoDB wire protocol over WiredTiger and acts as a single-node replica
+SecantusDB (``pip install 'analytiq_migrations[server]'``, Python 3.10+; never needed to
+run migrations) speaks the MongoDB wire protocol over WiredTiger and acts as a single-node replica
 set, so transactions work; ``standalone=True`` makes its ``hello`` look like a standalone
 server. ``docs/testing.md`` lists where it behaves differently from mongod.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from typing import Any, Union
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+from .errors import ConfigurationError
 
 #: How long ``start_server`` waits for the server to answer ``ping``. It normally takes
 #: 0.5-1.5 s; the margin is for loaded CI machines.
@@ -61,6 +64,26 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 class ServerStartError(RuntimeError):
     """The test server did not start (the message carries the tail of its log)."""
+
+
+class ServerExtraMissingError(ConfigurationError):
+    """No server was given and the embedded one (the ``server`` extra) is not installed."""
+
+
+def secantus_installed() -> bool:
+    """Whether SecantusDB (the ``server`` extra) can be started from this interpreter."""
+    return importlib.util.find_spec("secantus") is not None
+
+
+def require_secantus(option: str = "--uri") -> None:
+    """Raise ``ServerExtraMissingError`` (one line, naming the extra and ``option``, the
+    way to give a server instead) unless SecantusDB is installed."""
+    if not secantus_installed():
+        raise ServerExtraMissingError(
+            "no MongoDB server given and the embedded one is not installed: "
+            "pip install 'analytiq_migrations[server]' (Python 3.10+), "
+            f"or pass {option} mongodb://HOST:PORT"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -387,7 +410,9 @@ def start_server(
 
 @contextlib.contextmanager
 def embedded_server(standalone: bool = False) -> Iterator[Server]:
-    """A throw-away server (fresh temporary directory) for the duration of the block."""
+    """A throw-away server (fresh temporary directory) for the duration of the block.
+    Raises ``ServerExtraMissingError`` when SecantusDB is not installed."""
+    require_secantus()
     server = start_server(standalone=standalone)
     try:
         yield server
