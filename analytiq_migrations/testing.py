@@ -28,7 +28,7 @@ from typing import Any, Union
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, redact
 
 #: How long ``start_server`` waits for the server to answer ``ping``. It normally takes
 #: 0.5-1.5 s; the margin is for loaded CI machines.
@@ -75,14 +75,13 @@ def secantus_installed() -> bool:
     return importlib.util.find_spec("secantus") is not None
 
 
-def require_secantus(option: str = "--uri") -> None:
-    """Raise ``ServerExtraMissingError`` (one line, naming the extra and ``option``, the
-    way to give a server instead) unless SecantusDB is installed."""
+def require_secantus(instead: str = "pass --uri mongodb://HOST:PORT") -> None:
+    """Raise ``ServerExtraMissingError`` (one line, naming the extra and ``instead``, the
+    way to give a server) unless SecantusDB is installed."""
     if not secantus_installed():
         raise ServerExtraMissingError(
             "no MongoDB server given and the embedded one is not installed: "
-            "pip install 'analytiq_migrations[server]' (Python 3.10+), "
-            f"or pass {option} mongodb://HOST:PORT"
+            f"pip install 'analytiq_migrations[server]' (Python 3.10+), or {instead}"
         )
 
 
@@ -379,6 +378,21 @@ class Server:
         state = "running" if self.running else "stopped"
         mode = "standalone" if self.standalone else "replica set"
         return f"<Server {self.address} {mode} {state} data={self.data_dir}>"
+
+
+class ExternalServer:
+    """A server someone else runs (``--uri``, ``MONGODB_URI``): the ``uri`` and ``client``
+    of a ``Server``, nothing to start or stop."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def client(self, **kwargs: Any) -> MongoClient[dict[str, Any]]:
+        """A new MongoClient on this server with the test ``CLIENT_OPTIONS``."""
+        return MongoClient(self.uri, **client_options(self.uri, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<ExternalServer {redact(self.uri)}>"
 
 
 def start_server(

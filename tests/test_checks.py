@@ -1,0 +1,189 @@
+"""The test kit's built-in checks, called from a test the way a user's own test would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List
+
+from analytiq_migrations import Migration
+from analytiq_migrations.checks import (
+    MigrationRunner,
+    check_downgrade_leaves_no_trace,
+    check_idempotent,
+    check_unique_versions,
+    check_up_down_consistency,
+    check_upgrade_from_empty,
+    run_checks,
+)
+
+
+class IndexEmail(Migration):
+    version = 1
+    transactional = False
+
+    def up(self, db: Any) -> None:
+        db.users.create_index("email", unique=True)
+
+    def down(self, db: Any) -> None:
+        db.users.drop_index("email_1")
+
+
+class SplitName(Migration):
+    """Lossy: its down forgets the last name."""
+
+    version = 2
+
+    def up(self, db: Any) -> None:
+        for user in db.users.find({"name": {"$exists": True}}):
+            first, _, last = user["name"].partition(" ")
+            db.users.update_one({"_id": user["_id"]}, {
+                "$set": {"first": first, "last": last}, "$unset": {"name": ""}})
+
+    def down(self, db: Any) -> None:
+        for user in db.users.find({"first": {"$exists": True}}):
+            db.users.update_one({"_id": user["_id"]}, {
+                "$set": {"name": user["first"]}, "$unset": {"first": "", "last": ""}})
+
+
+class SplitNameFixed(SplitName):
+    def down(self, db: Any) -> None:
+        for user in db.users.find({"first": {"$exists": True}}):
+            db.users.update_one({"_id": user["_id"]}, {
+                "$set": {"name": f"{user['first']} {user['last']}".strip()},
+                "$unset": {"first": "", "last": ""}})
+
+
+class AddStatus(Migration):
+    version = 3
+    idempotent = True
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({"status": {"$exists": False}}, {"$set": {"status": "active"}})
+
+    def down(self, db: Any) -> None:
+        db.users.update_many({}, {"$unset": {"status": ""}})
+
+
+class CountLogins(Migration):
+    """Declared idempotent, but adds one more each time it runs."""
+
+    version = 3
+    idempotent = True
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$inc": {"logins": 1}})
+
+    def down(self, db: Any) -> None:
+        db.users.update_many({}, {"$unset": {"logins": ""}})
+
+
+class Irreversible(Migration):
+    version = 3
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"legacy": False}})
+
+
+class BrokenDown(AddStatus):
+    def down(self, db: Any) -> None:
+        raise RuntimeError("down is not written yet")
+
+
+SEED = {2: {"users": [{"name": "Ada Lovelace", "email": "ada@example.com"},
+                      {"name": "Grace Hopper", "email": "grace@example.com"}]}}
+
+
+def runner(db: Any, *migrations: type) -> MigrationRunner:
+    return MigrationRunner(db, list(migrations), seed=SEED)
+
+
+def test_a_lossy_down_fails_naming_the_version_and_the_collection(db: Any) -> None:
+    result = check_downgrade_leaves_no_trace(runner(db, IndexEmail, SplitName, AddStatus))
+    assert not result.passed
+    assert [(f.version, f.collection) for f in result.failures] == [(2, "users")]
+    failure = result.failures[0]
+    assert failure.message == "v2: collection 'users' differs after up and down"
+    assert 'name: "Ada Lovelace" -> "Ada"' in failure.detail
+    assert 'name: "Grace Hopper" -> "Grace"' in failure.detail
+    explained = result.explain()
+    assert explained.startswith("downgrade leaves no trace: FAILED\n  v2: collection 'users'")
+
+
+def test_fixing_the_down_makes_it_pass(db: Any) -> None:
+    result = check_downgrade_leaves_no_trace(runner(db, IndexEmail, SplitNameFixed, AddStatus))
+    assert result.passed, result.explain()
+    assert result.explain() == "downgrade leaves no trace: passed"
+
+
+def test_an_irreversible_step_is_noted_not_failed(db: Any) -> None:
+    result = check_downgrade_leaves_no_trace(runner(db, IndexEmail, SplitNameFixed, Irreversible))
+    assert result.passed
+    assert result.notes == ["v3 has no down: not checked"]
+    class IrreversibleTwo(Irreversible):
+        version = 2
+
+    consistency = check_up_down_consistency(runner(db, IndexEmail, IrreversibleTwo))
+    assert consistency.passed
+    assert consistency.notes == ["v2 has no down: only its up was run"]
+
+
+def test_a_down_that_raises_fails_up_down_consistency(db: Any) -> None:
+    result = check_up_down_consistency(runner(db, IndexEmail, SplitNameFixed, BrokenDown))
+    assert [(f.version, f.message) for f in result.failures] == [(3, "v3: down failed")]
+    assert "down is not written yet" in result.failures[0].detail
+
+
+def test_idempotent_means_the_same_data_after_a_second_run(db: Any) -> None:
+    assert check_idempotent(runner(db, IndexEmail, SplitNameFixed, AddStatus)).passed
+    result = check_idempotent(runner(db, IndexEmail, SplitNameFixed, CountLogins))
+    assert [(f.version, f.collection) for f in result.failures] == [(3, "users")]
+    assert "logins: 1 -> 2" in result.failures[0].detail
+
+
+def test_upgrade_from_empty_names_the_version_that_stops_it(db: Any) -> None:
+    assert check_upgrade_from_empty(runner(db, IndexEmail, SplitNameFixed)).passed
+
+    class Fails(Migration):
+        version = 2
+
+        def up(self, db: Any) -> None:
+            raise ValueError("boom")
+
+    result = check_upgrade_from_empty(runner(db, IndexEmail, Fails))
+    assert [f.version for f in result.failures] == [2]
+    assert "boom" in result.failures[0].message
+
+
+def test_duplicate_versions_after_a_merge(tmp_path: Path) -> None:
+    for name in ("0001_users.py", "0002_add_plan.py", "0002_add_seats.py"):
+        (tmp_path / name).write_text("def up(db):\n    pass\n")
+    result = check_unique_versions(tmp_path)
+    assert [f.version for f in result.failures] == [2]
+    assert "0002_add_plan" in result.failures[0].message
+    assert "0002_add_seats" in result.failures[0].message
+    (tmp_path / "0002_add_seats.py").rename(tmp_path / "0003_add_seats.py")
+    assert check_unique_versions(tmp_path).passed
+
+
+def test_run_checks_on_the_examples_leaves_the_database_empty(db: Any) -> None:
+    seed = {1: {"users": [{"name": "Ada", "email": "ada@example.com"}]}}
+    results = run_checks(MigrationRunner(db, "analytiq_migrations.examples", seed=seed))
+    assert [(r.name, r.passed) for r in results] == [
+        ("unique_versions", True), ("upgrade_from_empty", True),
+        ("up_down_consistency", True), ("downgrade_leaves_no_trace", True),
+        ("idempotent", True)]
+    assert db.list_collection_names() == []
+
+
+def test_seed_functions_and_data_go_in_before_their_version(db: Any) -> None:
+    seen: List[Any] = []
+
+    def seed_three(database: Any) -> None:
+        seen.append(sorted(database.users.find_one({}, {"_id": 0})))
+
+    kit = MigrationRunner(db, [IndexEmail, SplitNameFixed, AddStatus],
+                          seed={**SEED, 3: seed_three})
+    assert check_upgrade_from_empty(kit).passed  # seeds are for the step-by-step checks
+    assert seen == []
+    assert check_idempotent(kit).passed
+    assert seen == [["email", "first", "last"]]  # v2 had run: the data is at version 2
