@@ -51,6 +51,8 @@ COMMANDS = {
                 "database, or mark newer versions reverted)",
     "unlock": "remove an expired lock; --force breaks a live one",
     "new": "write the next NNNN_slug.py migration file from a template (no server needed)",
+    "verify": "run the test kit's checks on a throw-away server, or with --uri in a scratch "
+              "database it drops; exits 1 if one fails",
 }
 
 EPILOG = """\
@@ -173,6 +175,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verb("unlock").add_argument("--force", action="store_true",
                                 help="break the lock even if its holder's lease is live")
     verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
+    verb("verify").add_argument("--seed", metavar="MODULE:ATTR",
+                                help="{version: data} inserted before that version's up")
     return parser
 
 
@@ -743,6 +747,25 @@ def cmd_new(cmd: Command) -> int:
     return EXIT_OK
 
 
+def cmd_verify(cmd: Command) -> int:
+    """``verify [--uri URI] [--seed MODULE:ATTR]``: only a --uri given here is used."""
+    from .verify import load_seed, verify
+
+    require(cmd.settings, ["migrations"], cmd.layers)
+    seed = load_seed(cmd.args.seed) if cmd.args.seed else None
+    report = verify(cmd.settings.migrations or "", getattr(cmd.args, "uri", None), seed=seed,
+                    collection=cmd.settings.collection, transactions=cmd.settings.transactions)
+    where = report.server + (f", scratch database {report.database} (dropped)"
+                             if report.database else "")
+    passed = sum(r.passed for r in report.results)
+    lines = [f"{passed} of {len(report.results) + len(report.not_run)} checks passed on {where}"]
+    lines += [r.explain() for r in report.results] + [f"not run: {n}" for n in report.not_run]
+    cmd.out.result("\n".join(lines), report.to_dict())
+    if not report.passed:
+        cmd.out.explain(lines[0])
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
 HANDLERS: dict[str, Callable[[Command], int]] = {
     "status": cmd_status,
     "current": cmd_current,
@@ -756,4 +779,5 @@ HANDLERS: dict[str, Callable[[Command], int]] = {
     "baseline": cmd_baseline,
     "unlock": cmd_unlock,
     "new": cmd_new,
+    "verify": cmd_verify,
 }
