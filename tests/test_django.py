@@ -178,6 +178,8 @@ def project_client(migrations: Path, mongo_uri: str, db: Any,
 
 
 def test_client_setting_names_the_projects_database(project_client: Any, db: Any) -> None:
+    out, _ = call("status")
+    assert f"Database '{db.name}' at version 0 (latest 1): 1 pending" in out
     out, err = call("up", "-v")
     assert "Applied 1 migration" in out
     assert "client = testsite.mongo.get_db (settings.ANALYTIQ_MIGRATIONS['CLIENT'])" in err

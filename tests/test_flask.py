@@ -571,6 +571,33 @@ def test_flask_run_upgrades_before_the_first_request(pymongo_shop: ShopApp, db: 
         server.wait(timeout=30)
 
 
+@pytest.mark.parametrize("reload, in_server_process, upgrades", [
+    ("--no-reload", False, True),
+    ("--reload", False, False),  # the reloader's watcher: it never serves
+    ("--reload", True, True),    # the process the reloader starts to serve
+], ids=["no-reloader", "reloader-watcher", "reloader-server"])
+def test_flask_run_upgrades_in_the_serving_process(
+        pymongo_shop: ShopApp, db: Any, monkeypatch: pytest.MonkeyPatch, reload: str,
+        in_server_process: bool, upgrades: bool) -> None:
+    import flask.cli as flask_cli
+    from click.testing import CliRunner
+    from flask.cli import FlaskGroup
+
+    served: list[bool] = []
+    monkeypatch.setattr(flask_cli, "run_simple",
+                        lambda *args, **kwargs: served.append(kwargs["use_reloader"]))
+    if in_server_process:
+        monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
+    else:
+        monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    monkeypatch.setenv("SHOP_UPGRADE_ON_START", "true")
+    group = FlaskGroup(create_app=pymongo_shop.module.create_app)
+    result = CliRunner().invoke(group, ["run", reload], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert served == [reload == "--reload"]
+    assert db.migrations.count_documents({"status": "applied"}) == (1 if upgrades else 0)
+
+
 def test_a_wsgi_server_importing_the_app_upgrades_it(pymongo_shop: ShopApp, db: Any) -> None:
     # What gunicorn, uWSGI or waitress do: import the module, call the factory.
     app = pymongo_shop.create(UPGRADE_ON_START="true")
