@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
+from .server import client_options
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -388,7 +389,7 @@ def ping(client: Any) -> None:
         # One ping, not retried: server selection has already waited the whole timeout.
         client.admin.command("ping")
     except ConnectionFailure as exc:
-        waited = client.options.server_selection_timeout
+        waited = client_options(client).server_selection_timeout
         cause = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
         raise ConnectionFailedError(
             f"Cannot reach MongoDB at {_hosts(client)} within {waited:g} s: "

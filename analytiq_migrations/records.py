@@ -121,10 +121,12 @@ else:
         """pydantic 1's JSON encoder, with BSON types as Extended JSON."""
         from pydantic.json import pydantic_encoder
 
-        try:
-            return pydantic_encoder(value)
-        except TypeError:
-            return _bson_default(value)
+        if not isinstance(value, datetime):  # datetimes as ISO text, like pydantic 2
+            try:
+                return _bson_default(value)
+            except TypeError:
+                pass
+        return pydantic_encoder(value)
 
 
 def field_names(model: type[BaseModel]) -> frozenset[str]:

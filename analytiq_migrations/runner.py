@@ -72,7 +72,13 @@ from .records import (
     field_names,
 )
 from .retry import RetryPolicy, run_transaction
-from .server import MIN_WIRE_VERSION, PIPELINE_UPDATE_WIRE_VERSION, mongodb_release, own_collection
+from .server import (
+    MIN_WIRE_VERSION,
+    PIPELINE_UPDATE_WIRE_VERSION,
+    client_options,
+    mongodb_release,
+    own_collection,
+)
 from .store import DatabaseState, Store, utcnow
 
 log = logging.getLogger("analytiq_migrations")
@@ -1027,7 +1033,7 @@ def _describe(client: Any) -> str:
     """``MongoClient at host:port (appname ..., made by Flask-PyMongo)``, never credentials."""
     text = f"{type(client).__name__} at {_hosts(client)}"
     try:
-        metadata = client.options.pool_options.metadata
+        metadata = client_options(client).pool_options.metadata
     except AttributeError:
         return text
     notes = []

@@ -49,3 +49,11 @@ def mongodb_release(wire_version: int) -> str:
                 25: "8.0"}
     known = [w for w in releases if w <= wire_version]
     return releases[max(known)] if known else "before 3.6"
+
+
+def client_options(client: Any) -> Any:
+    """The client's ``ClientOptions`` (``client.options`` on pymongo 4; pymongo 3 has no such
+    property, and ``client.options`` there is the database named "options")."""
+    if isinstance(getattr(type(client), "options", None), property):
+        return client.options
+    return getattr(client, "_MongoClient__options", None)

@@ -18,7 +18,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 from children import Children, children_for, write_migrations
-from support import CommandRecorder, failpoint, wait_for
+from support import CommandRecorder, deadline, failpoint, wait_for
 
 from analytiq_migrations import (
     Migration,
@@ -421,7 +421,7 @@ def test_killed_mid_way_the_next_run_resumes_and_changes_each_document_once(
     assert row.progress["batch_update"][0]["last_id"] == seen["last_id"]
 
     caplog.set_level(logging.INFO, logger="analytiq_migrations")
-    with pymongo.timeout(NEXT_RUN_TIMEOUT):
+    with deadline(NEXT_RUN_TIMEOUT):
         report = Migrator(db, source, lock_wait=NEXT_WAIT).upgrade()
 
     assert report.versions == [1]

@@ -1,5 +1,7 @@
 """Rename user.name to user.full_name (the guide's Example 1, seed constructor style)."""
 
+from __future__ import annotations
+
 import logging
 from typing import Any
 

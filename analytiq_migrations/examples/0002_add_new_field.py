@@ -5,6 +5,8 @@ is an aggregation stage, not an update operator: MongoDB rejects it in
 ``update_many``. ``$set`` is the update operator that adds a field.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from pymongo.database import Database

@@ -1,5 +1,7 @@
 """Index users by email (class-attribute style, outside a transaction)."""
 
+from __future__ import annotations
+
 from typing import Any
 
 from pymongo.database import Database
