@@ -409,17 +409,6 @@ def ping(client: Any) -> None:
         ) from None
 
 
-def client_options(client: Any) -> Any:
-    """A client's ``ClientOptions``: ``client.options`` on pymongo 4, a private attribute
-    on 3.12 (where ``client.options`` is the database named "options")."""
-    from pymongo.client_options import ClientOptions
-
-    options = getattr(client, "options", None)
-    if isinstance(options, ClientOptions):
-        return options
-    return getattr(client, "_MongoClient__options")  # noqa: B009 (name-mangled)
-
-
 def _hosts(client: Any) -> str:
     """``host:port, ...`` of a client's seeds (never credentials)."""
     addresses = client.topology_description.server_descriptions()

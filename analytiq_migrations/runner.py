@@ -1032,8 +1032,6 @@ def _refusing_client(exc: BaseException) -> Any:
 def _describe(client: Any) -> str:
     """``MongoClient at host:port (appname ..., made by Flask-PyMongo)``, never credentials."""
     text = f"{type(client).__name__} at {_hosts(client)}"
-    from .config import client_options
-
     try:
         metadata = client_options(client).pool_options.metadata
     except AttributeError:
