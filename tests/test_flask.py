@@ -452,6 +452,22 @@ def test_flask_pymongo_app_without_a_uri_in_config(pymongo_shop: ShopApp, db: An
     assert db.users.count_documents({}) == 0
 
 
+
+def test_two_flask_pymongo_clients_are_ambiguous(pymongo_shop: ShopApp) -> None:
+    source = (pymongo_shop.directory / f"{pymongo_shop.name}.py").read_text()
+    (pymongo_shop.directory / f"{pymongo_shop.name}.py").write_text(source.replace(
+        "    init_app(app)\n",
+        "    app.reports = PyMongo(app, uri=os.environ['SHOP_MONGO_URI'])\n    init_app(app)\n"))
+    app = pymongo_shop.create()
+    try:
+        result = invoke(app, "status")
+        assert result.exit_code == 2
+        assert f"The app has 2 Flask-PyMongo clients (app.reports, {pymongo_shop.name}.mongo)" \
+            in result.stderr
+        assert "init_app(app, client=mongo.cx)" in result.stderr
+    finally:
+        app.reports.cx.close()
+
 @needs_bind
 def test_flask_pymongo_writes_roll_back_with_the_migration(pymongo_shop: ShopApp,
                                                            db: Any) -> None:
