@@ -31,18 +31,27 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
+def _json_options() -> Any:
+    """Relaxed Extended JSON that can write UUIDs (our collections decode them as such)."""
+    from bson import json_util
+    from bson.binary import UuidRepresentation
+
+    return json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED,
+                                 uuid_representation=UuidRepresentation.STANDARD)
+
+
 def _bson_default(value: Any) -> Any:
-    """One BSON value (ObjectId, Binary, ...) as relaxed Extended JSON."""
+    """One BSON value (ObjectId, Binary, UUID, ...) as relaxed Extended JSON."""
     from bson import json_util
 
-    return json_util.default(value, json_options=json_util.RELAXED_JSON_OPTIONS)
+    return json.loads(json_util.dumps(value, json_options=_json_options()))
 
 
 def _bson_to_json(value: Any) -> Any:
-    """BSON values (ObjectId, Binary, ...) as relaxed Extended JSON, for JSON dumps."""
+    """BSON values (ObjectId, Binary, UUID, ...) as relaxed Extended JSON, for JSON dumps."""
     from bson import json_util
 
-    return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
+    return json.loads(json_util.dumps(value, json_options=_json_options()))
 
 
 if TYPE_CHECKING:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from pymongo import InsertOne, UpdateOne
+from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
 
 from analytiq_migrations import (
     Migration,
@@ -45,6 +47,17 @@ class TouchesEverything(Migration):
         db.items.delete_many({"tag": "zzz"})
         db.fresh.create_index("k")  # allowed in a transaction on a new collection
         db.command("find", "items", filter={})
+        # Every way of getting a handle from db hands out one that joins (on every pymongo:
+        # bind() where it exists, the session-injecting proxy everywhere).
+        assert isinstance(db, Database)
+        assert db["items"].find_one({"_id": 1})["seen"] is True
+        assert db.get_collection("items").count_documents({}) == 2
+        majority = WriteConcern(w="majority")
+        db.with_options(write_concern=majority).items.update_one({"_id": 1}, {"$set": {"w": 1}})
+        db.items.with_options(write_concern=majority).update_one({"_id": 2}, {"$set": {"w": 2}})
+        db.items.archive.insert_one({"_id": "sub-collection"})
+        db.items.database.items.update_one({"_id": 1}, {"$set": {"via": "database"}})
+        assert len(list(db.items.find({}, batch_size=1))) == 2  # getMore joins too
 
     def down(self, db: Any) -> None:
         db.items.delete_many({})
@@ -73,7 +86,7 @@ def test_every_call_on_db_joins_the_transaction(recorded_db: Any, recorder: Any)
     lsid, txn_number = txn[0].command["lsid"], txn[0].command["txnNumber"]
     names = [e.name for e in txn]
     for name in ("insert", "update", "findAndModify", "delete", "aggregate", "distinct",
-                 "find", "createIndexes", "commitTransaction"):
+                 "find", "getMore", "createIndexes", "commitTransaction"):
         assert name in names, name
     for event in txn:
         assert event.command["lsid"] == lsid, event.name
@@ -83,6 +96,7 @@ def test_every_call_on_db_joins_the_transaction(recorded_db: Any, recorder: Any)
     written = [(e.name, e.command.get(e.name)) for e in txn]
     assert ("update", "migrations") in written
     assert ("insert", "migrations_history") in written
+    assert ("insert", "items.archive") in written  # the sub-collection's write joined too
     assert ("update", "migration_lock") in written  # the lease is re-checked by writing it
     assert names[-1] == "commitTransaction"
 
