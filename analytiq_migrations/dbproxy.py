@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from .errors import MigrationDefinitionError, first_line
+from .txnrules import Catalog, refusal, way_out
 
 if TYPE_CHECKING:
     _DatabaseBase = Database[Any]
@@ -58,15 +63,82 @@ _COLLECTION_METHODS = (
 )
 
 
+@dataclass
+class CallError:
+    """The first error a call through ``db`` raised during a transactional step."""
+
+    call: str
+    error: BaseException
+
+    def describe(self) -> str:
+        code = getattr(self.error, "code", None)
+        return f"{type(self.error).__name__}{f' (code {code})' if code is not None else ''} " \
+               f"from {self.call}: {first_line(self.error)}"
+
+
+class StepWatch:
+    """Watches the calls a transactional step makes through ``db``: refuses what MongoDB
+    refuses in a transaction (``txnrules``) before it is sent, and remembers the first error
+    a call raised, so that a migration that caught it cannot hide why the transaction died."""
+
+    def __init__(self, version: int, direction: str, catalog: Catalog) -> None:
+        self.version = version
+        self.direction = direction
+        self.catalog = catalog
+        self.first_error: Optional[CallError] = None
+        #: The refusal raised, kept in case the migration catches it.
+        self.refused: Optional[MigrationDefinitionError] = None
+        #: Called with (database, collection, method, result) after each successful call.
+        self.observers: List[Callable[[str, Optional[str], str, Any], None]] = []
+
+    def before(self, database: str, collection: Optional[str], method: str, args: Any,
+               kwargs: Any) -> None:
+        """Raise ``MigrationDefinitionError`` for a call no transaction may make."""
+        reason = refusal(database, collection, method, args, kwargs, self.catalog)
+        if reason is not None:
+            self.refused = MigrationDefinitionError(
+                f"Migration {self.version} {self.direction}() runs in a transaction, and "
+                f"{reason} (MongoDB refuses it there; nothing was sent).",
+                version=self.version, hint=way_out(),
+            )
+            raise self.refused
+
+    def failed(self, database: str, collection: Optional[str], method: str,
+               error: BaseException) -> None:
+        if self.first_error is None:
+            where = f"{collection}.{method}()" if collection else f"db.{method}()"
+            self.first_error = CallError(where, error)
+
+    def succeeded(self, database: str, collection: Optional[str], method: str,
+                  result: Any) -> None:
+        for observer in self.observers:
+            observer(database, collection, method, result)
+
+
 def _injecting(base: type, name: str) -> Callable[..., Any]:
-    """``base.name`` with ``session=`` added when the caller gave none."""
+    """``base.name`` with ``session=`` added when the caller gave none, watched."""
     original = getattr(base, name)
 
     @functools.wraps(original)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        watch: Optional[StepWatch] = self._am_watch
+        if isinstance(self, Collection):
+            database, collection = self.database.name, self.name
+        else:
+            database, collection = self.name, None
+        if watch is not None:
+            watch.before(database, collection, name, args, kwargs)
         if "session" not in kwargs:
             kwargs["session"] = self._am_session
-        return original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except PyMongoError as exc:
+            if watch is not None:
+                watch.failed(database, collection, name, exc)
+            raise
+        if watch is not None:
+            watch.succeeded(database, collection, name, result)
+        return result
 
     return method
 
@@ -75,33 +147,36 @@ class SessionDatabase(_DatabaseBase):
     """A ``Database`` whose calls, and whose collections' calls, run in one session."""
 
     _am_session: ClientSession
+    _am_watch: Optional[StepWatch]
 
     def __getitem__(self, name: str) -> SessionCollection:
-        return _collection(super().__getitem__(name), self._am_session)
+        return _collection(super().__getitem__(name), self)
 
     def __getattr__(self, name: str) -> SessionCollection:
-        return _collection(super().__getattr__(name), self._am_session)
+        return _collection(super().__getattr__(name), self)
 
     def get_collection(self, *args: Any, **kwargs: Any) -> SessionCollection:
-        return _collection(super().get_collection(*args, **kwargs), self._am_session)
+        return _collection(super().get_collection(*args, **kwargs), self)
 
     def with_options(self, *args: Any, **kwargs: Any) -> SessionDatabase:
-        return session_database(super().with_options(*args, **kwargs), self._am_session)
+        return session_database(super().with_options(*args, **kwargs), self._am_session,
+                                self._am_watch)
 
 
 class SessionCollection(_CollectionBase):
     """A ``Collection`` whose calls run in one session."""
 
     _am_session: ClientSession
+    _am_watch: Optional[StepWatch]
 
     def __getitem__(self, name: str) -> SessionCollection:
-        return _collection(super().__getitem__(name), self._am_session)
+        return _collection(super().__getitem__(name), self)
 
     def __getattr__(self, name: str) -> SessionCollection:
-        return _collection(super().__getattr__(name), self._am_session)
+        return _collection(super().__getattr__(name), self)
 
     def with_options(self, *args: Any, **kwargs: Any) -> SessionCollection:
-        return _collection(super().with_options(*args, **kwargs), self._am_session)
+        return _collection(super().with_options(*args, **kwargs), self)
 
 
 for _name in _DATABASE_METHODS:
@@ -112,29 +187,34 @@ for _name in _COLLECTION_METHODS:
         setattr(SessionCollection, _name, _injecting(Collection, _name))
 
 
-def session_database(db: Database[Any], session: ClientSession) -> SessionDatabase:
+def session_database(db: Database[Any], session: ClientSession,
+                     watch: Optional[StepWatch] = None) -> SessionDatabase:
     """``db`` as a :class:`SessionDatabase` running every call in ``session``."""
     proxy = SessionDatabase(db.client, db.name, db.codec_options, db.read_preference,
                             db.write_concern, db.read_concern)
     proxy._am_session = session
+    proxy._am_watch = watch
     return proxy
 
 
-def _collection(coll: Collection[Any], session: ClientSession) -> SessionCollection:
-    """``coll`` as a :class:`SessionCollection` (its ``database`` wrapped too)."""
+def _collection(coll: Collection[Any], parent: Any) -> SessionCollection:
+    """``coll`` as a :class:`SessionCollection` with ``parent``'s session and watch."""
+    session, watch = parent._am_session, parent._am_watch
     database = coll.database
     if not isinstance(database, SessionDatabase):
-        database = session_database(database, session)
+        database = session_database(database, session, watch)
     proxy = SessionCollection(database, coll.name, False, coll.codec_options,
                               coll.read_preference, coll.write_concern, coll.read_concern)
     proxy._am_session = session
+    proxy._am_watch = watch
     return proxy
 
 
 @contextlib.contextmanager
-def joined(db: Database[Any], session: ClientSession) -> Iterator[Database[Any]]:
+def joined(db: Database[Any], session: ClientSession,
+           watch: Optional[StepWatch] = None) -> Iterator[Database[Any]]:
     """The ``db`` for a migration step in ``session``'s transaction (see the module rule)."""
-    proxy = session_database(db, session)
+    proxy = session_database(db, session, watch)
     if not HAS_BIND:
         yield proxy
         return

@@ -120,3 +120,13 @@ _CREDENTIALS = re.compile(
 def redact(text: str) -> str:
     """``text`` with the credentials of any URI in it replaced by ``***``."""
     return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error message (the server's errmsg if any), no credentials."""
+    details = getattr(exc, "details", None)
+    errmsg = details.get("errmsg") if isinstance(details, dict) else None
+    text = str(errmsg or exc).split("\n")[0]
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return redact(text)

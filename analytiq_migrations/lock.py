@@ -144,6 +144,8 @@ class Lease:
         self.session_ids = session_ids or []
         self.server_time = server_time
         self.held = False
+        #: The expired lease this run took over (its ``step`` says what was running).
+        self.previous_holder: Optional[dict[str, Any]] = None
         self.lost_reason: Optional[str] = None
         self._deadline = 0.0  # time.monotonic() by which the lease surely still holds
         self._stop = threading.Event()
@@ -252,6 +254,7 @@ class Lease:
 
     def _take_over(self, previous: dict[str, Any], killed: list[Any]) -> None:
         """We replaced an expired lease: make sure the dead holder's sessions are ended."""
+        self.previous_holder = previous
         log.warning(
             "Took over an expired migration lock from %s (expired %s)",
             previous.get("holder"),
@@ -298,7 +301,9 @@ class Lease:
         now = self.clock.now()
         result = self.collection.update_one(
             {"_id": LOCK_ID, "run_id": self.run.run_id, "expires_at": {"$gt": now}},
-            {"$set": {"heartbeat_at": now, "expires_at": now + ttl}},
+            # step: None commits with the step: the lock stops saying it runs exactly when
+            # its record says it is done.
+            {"$set": {"heartbeat_at": now, "expires_at": now + ttl, "step": None}},
             session=session,
         )
         if result.matched_count != 1:
@@ -312,16 +317,18 @@ class Lease:
         if time.monotonic() >= self._deadline - self.ttl * (1 - HEARTBEAT_FRACTION):
             self.renew()
 
-    def renew(self) -> None:
-        """Extend the lease by one TTL; marks the lease lost if it is no longer ours."""
+    def renew(self, step: Optional[dict[str, Any]] = None) -> None:
+        """Extend the lease by one TTL (and record the ``step`` now running, if given);
+        marks the lease lost if it is no longer ours."""
         if self.lost_reason:
             raise self._lost()
         started = time.monotonic()
+        fields = {} if step is None else {"step": step}
         result = self.policy.call(
             "renew the migration lock",
             lambda: self.collection.update_one(
                 {"_id": LOCK_ID, "run_id": self.run.run_id},
-                self._times_update({}, first=False),
+                self._times_update(fields, first=False),
             ),
         )
         if result.matched_count != 1:

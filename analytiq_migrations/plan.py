@@ -279,8 +279,10 @@ def status_rows(
     migrations: Sequence[Migration],
     records: dict[int, MigrationRecord],
     live_run_id: Optional[str] = None,
+    live_step: Optional[int] = None,
 ) -> list[StatusRow]:
-    """One row per version known to the code or the database, in version order."""
+    """One row per version known to the code or the database, in version order
+    (``live_step``: the version a live run's transaction is running now)."""
     by_version = {int(m.version or 0): m for m in migrations}
     rows = []
     for version in sorted(set(by_version) | set(records)):
@@ -300,6 +302,7 @@ def status_rows(
             row.applied_at = record.applied_at
             row.attempts = record.attempts
             row.error = record.error
+            row.last_error = record.last_error
             row.progress = record.progress
             row.checkpoint = describe_checkpoint(record.progress)
             if record.status == "rolled_back":
@@ -313,6 +316,8 @@ def status_rows(
                     row.status = "missing" if record.status == "applied" else "baselined"
                 elif record.checksum:
                     row.checksum_ok = checksum_ok(migration, record)
+        if version == live_step:
+            row.status = "running"
         rows.append(row)
     return rows
 

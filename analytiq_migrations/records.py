@@ -152,6 +152,16 @@ class ErrorInfo(_Model, extra="ignore"):
     message: str
 
 
+class LastError(_Model, extra="ignore"):
+    """A failed transactional attempt that changed nothing: the record keeps its status
+    (an applied version whose ``down`` failed is still applied) and says why here."""
+
+    type: str
+    message: str
+    direction: Direction
+    at: Optional[UTCDateTime] = None
+
+
 class RunInfo(_Model):
     """Who is running: stored on records, history entries and the lock."""
 
@@ -185,6 +195,8 @@ class MigrationRecord(_Model, extra="allow"):
     transactional: bool = False
     attempts: int = 0
     error: Optional[ErrorInfo] = None
+    #: Set when a transactional attempt failed and rolled back, leaving ``status`` as it was.
+    last_error: Optional[LastError] = None
     progress: Optional[Dict[str, BSONData]] = None
 
     @classmethod
@@ -316,6 +328,9 @@ class StatusRow(_Model):
     reversible: Optional[bool] = None
     attempts: int = 0
     error: Optional[ErrorInfo] = None
+    #: A failed transactional attempt that changed nothing (an applied version whose
+    #: ``down`` failed and rolled back is still applied).
+    last_error: Optional[LastError] = None
     progress: Optional[Dict[str, BSONData]] = None
     #: ``progress`` for people (``items: 4,000 of 10,000 documents, ...``), if any.
     checkpoint: Optional[str] = None
@@ -350,6 +365,9 @@ class LockInfo(_Model, extra="allow"):
     run_id: Optional[str] = None
     user: Optional[str] = None
     tool_version: Optional[str] = None
+    #: The transactional step running now (``{version, direction, started_at}``): such a
+    #: step writes its record only when it commits.
+    step: Optional[Dict[str, BSONData]] = None
     #: The holder's session ids (``{"id": UUID}``), ended by whoever takes over.
     session_ids: List[BSONData] = Field(default_factory=list)
 

@@ -8,11 +8,10 @@ import getpass
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
 
 import pymongo
 from pymongo.database import Database
@@ -20,29 +19,26 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import (
     ConnectionFailure,
     InvalidName,
-    InvalidOperation,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 
 from . import __version__
-from .dbproxy import joined
 from .errors import (
     ChecksumDriftError,
     ConfigurationError,
     ConnectionFailedError,
     FailedMigrationError,
     InterruptedMigrationError,
-    LockLostError,
     MigrationError,
-    MigrationFailedError,
     TransactionsUnsupportedError,
+    first_line,
     redact,
 )
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, read_lock
-from .migration import Migration, RunContext
+from .migration import Migration
 from .plan import (
     Target,
     current_version,
@@ -61,7 +57,6 @@ from .records import (
     LockInfo,
     MigrationRecord,
     Plan,
-    PlanStep,
     Problem,
     ProgressEvent,
     RepairAction,
@@ -71,14 +66,15 @@ from .records import (
     StepResult,
     field_names,
 )
-from .retry import RetryPolicy, run_transaction
+from .retry import RetryPolicy
 from .server import (
     MIN_WIRE_VERSION,
     PIPELINE_UPDATE_WIRE_VERSION,
-    client_options,
+    hosts,
     mongodb_release,
     own_collection,
 )
+from .step import StepEnv, run_step
 from .store import DatabaseState, Store, utcnow
 
 log = logging.getLogger("analytiq_migrations")
@@ -233,7 +229,11 @@ class Migrator:
     def status(self) -> list[StatusRow]:
         """One row per version in the code or the database, pending ones included."""
         state = self._load()
-        return status_rows(self.migrations, self._records(state), self._live_run_id())
+        info = self._live_lock()
+        step = info.step if info is not None and info.step else None
+        return status_rows(self.migrations, self._records(state),
+                           info.run_id if info is not None else None,
+                           live_step=step.get("version") if step else None)
 
     @_translate_errors
     def current_version(self) -> int:
@@ -443,7 +443,7 @@ class Migrator:
             "finished_at": now, "duration_ms": 0, "transactional": False, "attempts": 0,
             "error": None, "progress": None, "faked": True, **run.model_dump(),
         }
-        self.store.finish(version, fields, unset_applied_at=True)
+        self.store.finish(version, fields, unset=["applied_at"])
         self.store.append_history(HistoryEntry(
             version=version, description=record.description, checksum=record.checksum,
             status="rolled_back", direction="down", started_at=now, finished_at=now,
@@ -476,11 +476,22 @@ class Migrator:
                 self._adopt(state, run)
                 state = self._load()
             self._settle_interrupted(state.records, run)
+            self._settle_dead_step(lease, state.records)
             records = state.records
             start = current_version(records)
             plan = self._plan(direction, records, resolved)
+            real = self._is_real_client()
+            env = StepEnv(
+                db=self.db, store=self.store, lease=lease, session=session, run=run,
+                retry=self.retry, legacy=state.legacy_version is not None,
+                # Batches bring their own small transactions wherever transactions are possible.
+                batch_transactions=session is not None and self.transactions != "never"
+                and self._transactions_available(),
+                wire_version=self._wire_version() if real else 0, progress=self.progress,
+            )
             for step in plan.steps:
-                result = self._apply(step, records, state, lease, session, run)
+                result = run_step(env, step, self._by_version[step.version].loaded(),
+                                  records)
                 steps.append(result)
         end = current_version(records)
         log.info("Database now at version %d (was %d)", end, start)
@@ -501,219 +512,6 @@ class Migrator:
             return plan_upgrade(self.migrations, records, target, self._use_transaction,
                                 allow_out_of_order=self.allow_out_of_order)
         return plan_downgrade(self.migrations, records, target, self._use_transaction)
-
-    def _apply(
-        self,
-        step: PlanStep,
-        records: dict[int, MigrationRecord],
-        state: DatabaseState,
-        lease: Lease,
-        session: Any,
-        run: RunInfo,
-    ) -> StepResult:
-        """Run one step and record its outcome; raises ``MigrationFailedError`` on failure."""
-        migration = self._by_version[step.version].loaded()
-        previous = records.get(step.version)
-        # attempts counts tries at the current transition; a finished one starts afresh.
-        unfinished = previous is not None and previous.status in ("failed", "running")
-        attempts = (previous.attempts if previous and unfinished else 0) + 1
-        resume = previous.progress if previous and previous.direction == step.direction else None
-        started = utcnow()
-        clock = time.monotonic()
-        # Each step starts with at least two thirds of the TTL left; a transactional step
-        # then proves the lease inside its transaction, a non-transactional one after it.
-        lease.refresh()
-        log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
-                 " in a transaction" if step.transactional else "")
-        self.store.start(
-            version=step.version, description=step.description, checksum=migration.checksum,
-            raw_checksum=migration.raw_checksum(), direction=step.direction, run=run,
-            transactional=step.transactional, attempts=attempts, started_at=started,
-            progress=resume,
-        )
-        base = {
-            "version": step.version, "description": step.description,
-            "checksum": migration.checksum, "direction": step.direction,
-            "transactional": step.transactional, **run.model_dump(),
-        }
-
-        def outcome_fields(status: str, error: Optional[ErrorInfo]) -> tuple[dict[str, Any], Any]:
-            finished = utcnow()
-            duration = int((time.monotonic() - clock) * 1000)
-            fields: dict[str, Any] = {
-                "status": status, "finished_at": finished, "duration_ms": duration,
-                "error": error.model_dump() if error else None, "attempts": attempts,
-            }
-            if status == "applied":
-                fields.update(applied_at=finished, progress=None)
-            elif status == "rolled_back":
-                fields.update(progress=None)
-            entry = HistoryEntry(**{**base, "status": status, "started_at": started,
-                                    "finished_at": finished, "duration_ms": duration,
-                                    "attempt": attempts, "error": error})
-            return fields, entry
-
-        success = "applied" if step.direction == "up" else "rolled_back"
-        legacy = state.legacy_version is not None
-
-        def record_success(txn_session: Any) -> dict[str, Any]:
-            fields, entry = outcome_fields(success, None)
-            self.store.finish(step.version, fields, session=txn_session,
-                              unset_applied_at=success == "rolled_back")
-            self.store.append_history(entry, session=txn_session)
-            if legacy:
-                after = dict(records)
-                after[step.version] = MigrationRecord(
-                    version=step.version,
-                    status="applied" if success == "applied" else "rolled_back",
-                )
-                self.store.set_legacy(current_version(after), session=txn_session)
-            return fields
-
-        def body(txn_session: Any) -> dict[str, Any]:
-            lease.check(txn_session)
-            self._call(migration, step, txn_session)
-            return record_success(txn_session)
-
-        migration._context = self._context(step, migration, resume, session, lease)
-        migration.session = session
-        try:
-            if step.transactional:
-                fields = run_transaction(session, body, self.retry,
-                                         f"migration {step.version} ({step.direction})")
-            else:
-                self._call(migration, step, session)
-                lease.check()  # a run that lost the lock must not write over the new holder's
-                fields = record_success(None)
-        except LockLostError:
-            raise  # someone else owns the run now: writing our record could clobber theirs
-        except Exception as exc:
-            _confirm_lease(lease, exc)
-            committed = self._committed_anyway(step, success, run) if step.transactional \
-                else None
-            if committed is None:
-                self._record_failure(exc, step, previous, records, migration, outcome_fields)
-            log.warning("Migration %d: the commit reported %s, but the transaction did commit",
-                        step.version, _first_line(exc))
-            fields = committed
-        finally:
-            migration._context = None
-            migration.session = None
-        records[step.version] = _merge(previous, step, fields, migration)
-        log.info("Migration %d %s in %d ms", step.version, success, fields["duration_ms"])
-        return StepResult(version=step.version, direction=step.direction,
-                          description=step.description, status=success,  # type: ignore[arg-type]
-                          transactional=step.transactional, duration_ms=fields["duration_ms"],
-                          attempts=attempts)
-
-    def _record_failure(self, exc: Exception, step: PlanStep,
-                        previous: Optional[MigrationRecord],
-                        records: dict[int, MigrationRecord], migration: Migration,
-                        outcome_fields: Callable[[str, Optional[ErrorInfo]],
-                                                 tuple[dict[str, Any], Any]]) -> NoReturn:
-        """Store a failed attempt (record and history) and raise the error for it."""
-        exc = self._foreign_client_error(exc, step) or exc
-        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
-        fields, entry = outcome_fields("failed", error)
-        fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
-        self.store.finish(step.version, fields)
-        self.store.append_history(entry)
-        records[step.version] = _merge(previous, step, fields, migration)
-        if isinstance(exc, MigrationError):
-            raise exc  # already says what happened and what to do
-        raise MigrationFailedError(
-            f"Migration {step.version} ({step.description}) failed during "
-            f"'{step.direction}': {error.type}: {error.message}",
-            version=step.version,
-            hint=("The transaction was rolled back: nothing of it was written. Fix the "
-                  "migration and run again." if step.transactional else
-                  "It ran without a transaction and may be half applied: inspect the "
-                  "data, fix the migration, then `repair --clear-failed` (or make it "
-                  "idempotent) and run again."),
-        ) from exc
-
-    def _foreign_client_error(self, exc: BaseException,
-                              step: PlanStep) -> Optional[MigrationFailedError]:
-        """Ours, for pymongo's refusal of another client's operation in a transaction."""
-        if not step.transactional or not isinstance(exc, InvalidOperation) or \
-                "Only the client that created the bound session" not in str(exc):
-            return None
-        other = _refusing_client(exc)
-        which = f"another MongoClient ({_describe(other)})" if other is not None else \
-            "another MongoClient"
-        return MigrationFailedError(
-            f"Migration {step.version} ({step.description}) used {which} inside its "
-            f"transaction, which runs on the migrations' client ({_describe(self.client)}): "
-            "that write could not join the transaction, and the transaction was rolled back.",
-            version=step.version,
-            hint="Run the migrations on the client your data layer uses (Flask: "
-            "init_app(app, client=...); Django: ANALYTIQ_MIGRATIONS['CLIENT']; command line: "
-            "--client MODULE:ATTR), or declare the migration transactional = False (its "
-            "writes then commit one by one).",
-        )
-
-    def _committed_anyway(self, step: PlanStep, success: str,
-                          run: RunInfo) -> Optional[dict[str, Any]]:
-        """After a failed commit: the record's fields if this run's transaction committed."""
-        try:
-            doc = self.store.records.find_one({"_id": step.version})
-        except PyMongoError:
-            return None
-        if doc and doc.get("status") == success and doc.get("run_id") == run.run_id:
-            return {k: v for k, v in doc.items() if k != "_id"}
-        return None
-
-    def _call(self, migration: Migration, step: PlanStep, session: Any) -> None:
-        """Run ``up``/``down`` (in a transaction: with the session bound); check the result."""
-        fn = migration.up if step.direction == "up" else migration.down
-        # Joined only in a transaction, where every call must join it: pymongo refuses any
-        # other client's operations while a session is bound, and a migration without a
-        # transaction may well use a second client (copying from another cluster, say).
-        in_txn = session is not None and session.in_transaction
-        handle = joined(self.db, session) if in_txn else contextlib.nullcontext(self.db)
-        with handle as db:
-            result = fn(db)
-        if result is False:
-            raise MigrationFailedError(
-                f"Migration {step.version} {step.direction}() returned False.",
-                version=step.version,
-            )
-        if result is not None and result is not True:
-            raise MigrationFailedError(
-                f"Migration {step.version} {step.direction}() returned {type(result).__name__} "
-                f"{redact(repr(result))[:100]}; it must return None, True or False.",
-                version=step.version,
-                hint="Return nothing on success; raise (or return False) on failure.",
-            )
-
-    def _context(self, step: PlanStep, migration: Migration, resume: Optional[dict[str, Any]],
-                 session: Any, lease: Lease) -> RunContext:
-        """What ``batch_update`` and friends may use during this step."""
-        # Batches bring their own small transactions wherever transactions are possible.
-        txn_possible = (session is not None and self.transactions != "never"
-                        and self._transactions_available())
-
-        def in_own_transaction(fn: Callable[[Any], Any]) -> Any:
-            if not txn_possible:
-                lease.check()
-                return fn(None)
-
-            def body(txn_session: Any) -> Any:
-                lease.check(txn_session)
-                return fn(txn_session)
-
-            return run_transaction(session, body, self.retry, f"migration {step.version} batch")
-
-        def save(progress: dict[str, Any], txn_session: Any = None) -> None:
-            self.store.save_progress(step.version, progress, txn_session)
-
-        return RunContext(
-            version=step.version, direction=step.direction, db=self.db, session=session,
-            in_transaction=step.transactional, progress=resume, save_progress=save,
-            run_in_transaction=in_own_transaction,
-            report=self.progress or (lambda event: None),
-            wants_progress=self.progress is not None,
-        )
 
     # -- bookkeeping helpers ---------------------------------------------------------------------
 
@@ -757,7 +555,7 @@ class Migrator:
         wire = int(description.max_wire_version or 0) if description is not None else 0
         if description is not None and wire < MIN_WIRE_VERSION:
             raise ConfigurationError(
-                f"The server at {_hosts(self.client)} is MongoDB {mongodb_release(wire)} "
+                f"The server at {hosts(self.client)} is MongoDB {mongodb_release(wire)} "
                 f"(wire version {wire}); analytiq_migrations needs MongoDB 4.0 or newer.",
                 hint="Upgrade the server to MongoDB 4.0+ (sessions, killSessions and "
                 "transactions start there). Nothing was changed.",
@@ -788,10 +586,40 @@ class Migrator:
 
     def _live_run_id(self) -> Optional[str]:
         """``run_id`` of the current, unexpired lock holder (``None`` if none)."""
+        info = self._live_lock()
+        return info.run_id if info is not None else None
+
+    def _live_lock(self) -> Optional[LockInfo]:
+        """The lock, if it is held and its lease has not run out."""
         info = self.lock_info()
-        if info is None or info.expires_at is None:
-            return info.run_id if info else None
-        return info.run_id if info.expires_at > utcnow() else None
+        if info is None or info.expires_at is None or info.expires_at > utcnow():
+            return info
+        return None
+
+    def _settle_dead_step(self, lease: Lease, records: dict[int, MigrationRecord]) -> None:
+        """The expired lease we took over was running a transactional step that never
+        committed: nothing of it was written, so only the history says it happened."""
+        previous = lease.previous_holder or {}
+        step = previous.get("step")
+        if not isinstance(step, dict) or not isinstance(step.get("version"), int):
+            return
+        version, record = step["version"], records.get(step["version"])
+        if record is not None and record.run_id == previous.get("run_id") and \
+                record.direction == step.get("direction") and record.status != "running":
+            return  # it did commit (the lock update was lost with the run)
+        message = (f"interrupted: run {previous.get('run_id')} on {previous.get('host')} (pid "
+                   f"{previous.get('pid')}) stopped during '{step.get('direction')}' in a "
+                   "transaction that never committed: nothing of it was written")
+        log.warning("Migration %d was %s", version, message)
+        migration = self._by_version.get(version)
+        self.store.append_history(HistoryEntry(
+            version=version, description=migration.summary() if migration else "",
+            status="interrupted", direction=step.get("direction", "up"), transactional=True,
+            started_at=step.get("started_at"), finished_at=utcnow(),
+            run_id=previous.get("run_id"), host=previous.get("host"), pid=previous.get("pid"),
+            user=previous.get("user"), tool_version=previous.get("tool_version"),
+            attempt=(record.attempts if record else 0) + 1,
+            error=ErrorInfo(type="Interrupted", message=message)))
 
     def _check_drift(self, records: dict[int, MigrationRecord]) -> None:
         """Stop (or warn) when applied migrations' code changed."""
@@ -947,103 +775,32 @@ class Migrator:
 
     def translate_error(self, exc: PyMongoError) -> MigrationError:
         """The ``MigrationError`` a driver error stands for (every public method uses it)."""
-        where = _hosts(self.client)
+        where = hosts(self.client)
         if isinstance(exc, PyMongoConfigurationError) and "wire version" in str(exc):
             return ConfigurationError(
                 f"pymongo {pymongo.version} cannot talk to the server at {where}: "
-                f"{_first_line(exc)}",
+                f"{first_line(exc)}",
                 hint="Install a pymongo release that supports this server (pymongo 4.10 and "
                 "3.12 both talk to MongoDB 4.0), or upgrade the server. Nothing was changed.",
             )
         if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
             return ConnectionFailedError(
-                f"Cannot reach MongoDB at {where}: {_first_line(exc)}",
+                f"Cannot reach MongoDB at {where}: {first_line(exc)}",
                 hint="Check the URI, that the server is running and reachable from here, and "
                 "any firewall/TLS settings. Nothing was changed.",
             )
         if isinstance(exc, OperationFailure) and exc.code in (18, 13):
             what = "Authentication failed" if exc.code == 18 else "Not authorized"
             return ConfigurationError(
-                f"{what} on {where} (database '{self.db.name}'): {_first_line(exc)}",
+                f"{what} on {where} (database '{self.db.name}'): {first_line(exc)}",
                 hint="Check the user, password and authSource in the URI, and that the user "
                 "may read and write this database.",
             )
         return MigrationError(
-            f"MongoDB error on {where}: {type(exc).__name__}: {_first_line(exc)}",
+            f"MongoDB error on {where}: {type(exc).__name__}: {first_line(exc)}",
             hint="Run `analytiq-migrations status` to see the state; records are written "
             "so that a later run can continue.",
         )
-
-
-def _confirm_lease(lease: Lease, cause: BaseException) -> None:
-    """Before recording a failure: raise ``LockLostError`` if the lock is no longer ours."""
-    try:
-        lease.check()
-    except LockLostError as lost:
-        raise lost from cause
-    except PyMongoError as exc:
-        log.warning("Could not confirm the migration lock before recording the failure: %s",
-                    _first_line(exc))
-
-
-def _merge(previous: Optional[MigrationRecord], step: PlanStep, fields: dict[str, Any],
-           migration: Migration) -> MigrationRecord:
-    """The in-memory record after a step (saves re-reading it)."""
-    base: dict[str, Any] = previous.model_dump() if previous else {"version": step.version}
-    base.update(description=step.description, checksum=migration.checksum,
-                raw_checksum=migration.raw_checksum(), direction=step.direction,
-                transactional=step.transactional)
-    base.update({k: v for k, v in fields.items() if k != "error"})
-    base["error"] = fields.get("error")
-    return MigrationRecord.model_validate(base)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an error message (the server's errmsg if any), no credentials."""
-    details = getattr(exc, "details", None)
-    errmsg = details.get("errmsg") if isinstance(details, dict) else None
-    text = str(errmsg or exc).split("\n")[0]
-    if len(text) > 300:
-        text = text[:300] + "..."
-    return redact(text)
-
-
-def _hosts(client: Any) -> str:
-    """host:port list of a client, for messages (never credentials)."""
-    try:
-        addresses = client.topology_description.server_descriptions().keys()
-        return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
-    except AttributeError:
-        return "?"
-
-
-def _refusing_client(exc: BaseException) -> Any:
-    """The ``MongoClient`` whose method raised ``exc`` (innermost frame with one as ``self``)."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        candidate = tb.tb_frame.f_locals.get("self")
-        if isinstance(candidate, pymongo.MongoClient):
-            found = candidate
-        tb = tb.tb_next
-    return found
-
-
-def _describe(client: Any) -> str:
-    """``MongoClient at host:port (appname ..., made by Flask-PyMongo)``, never credentials."""
-    text = f"{type(client).__name__} at {_hosts(client)}"
-    try:
-        metadata = client_options(client).pool_options.metadata
-    except AttributeError:
-        return text
-    notes = []
-    if metadata.get("application", {}).get("name"):
-        notes.append(f"appname {metadata['application']['name']!r}")
-    wrappers = [w for w in str(metadata.get("driver", {}).get("name", "")).split("|")[1:]
-                if w and w != "c"]
-    if wrappers:
-        notes.append(f"made by {', '.join(wrappers)}")
-    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _is_database(obj: Any) -> bool:

@@ -57,3 +57,29 @@ def client_options(client: Any) -> Any:
     if isinstance(getattr(type(client), "options", None), property):
         return client.options
     return getattr(client, "_MongoClient__options", None)
+
+
+def hosts(client: Any) -> str:
+    """host:port list of a client, for messages (never credentials)."""
+    try:
+        addresses = client.topology_description.server_descriptions().keys()
+        return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
+    except AttributeError:
+        return "?"
+
+
+def describe_client(client: Any) -> str:
+    """``MongoClient at host:port (appname ..., made by Flask-PyMongo)``, never credentials."""
+    text = f"{type(client).__name__} at {hosts(client)}"
+    try:
+        metadata = client_options(client).pool_options.metadata
+    except AttributeError:
+        return text
+    notes = []
+    if metadata.get("application", {}).get("name"):
+        notes.append(f"appname {metadata['application']['name']!r}")
+    wrappers = [w for w in str(metadata.get("driver", {}).get("name", "")).split("|")[1:]
+                if w and w != "c"]
+    if wrappers:
+        notes.append(f"made by {', '.join(wrappers)}")
+    return f"{text} ({'; '.join(notes)})" if notes else text

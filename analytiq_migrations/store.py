@@ -11,7 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from bson import ObjectId
 from pydantic import ValidationError
@@ -109,8 +109,8 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------
 
-    def start(
-        self,
+    @staticmethod
+    def start_fields(
         *,
         version: int,
         description: str,
@@ -122,9 +122,9 @@ class Store:
         attempts: int,
         started_at: datetime,
         progress: Optional[dict[str, Any]],
-    ) -> None:
-        """Mark ``version`` as running (creating its record if needed)."""
-        fields = {
+    ) -> dict[str, Any]:
+        """The record's fields for an attempt that starts now (status ``running``)."""
+        return {
             "version": version,
             "description": description,
             "checksum": checksum,
@@ -140,20 +140,17 @@ class Store:
             "progress": progress,
             **run.model_dump(),
         }
+
+    def start(self, fields: dict[str, Any]) -> None:
+        """Mark a version as running (creating its record if needed); ``fields`` from
+        :meth:`start_fields`."""
+        version = fields["version"]
         # A real run replaces a record written by --fake/baseline: it is no longer faked.
-        update = {"$set": fields, "$unset": {"faked": ""}}
+        update = {"$set": fields, "$unset": {"faked": "", "last_error": ""}}
         self.policy.call(
             f"record version {version} as running",
             lambda: self.records.update_one({"_id": version}, update, upsert=True),
         )
-
-    def _write(self, what: str, write: Callable[[Any], object], session: Any) -> None:
-        """``write(session)`` inside the caller's transaction (whose loop retries it), or
-        ``write(None)`` on its own under the retry budget."""
-        if session is not None and session.in_transaction:
-            write(session)
-        else:
-            self.policy.call(what, lambda: write(None))
 
     def finish(
         self,
@@ -161,12 +158,12 @@ class Store:
         fields: dict[str, Any],
         *,
         session: Any = None,
-        unset_applied_at: bool = False,
+        unset: Iterable[str] = (),
     ) -> None:
-        """Write the outcome of an attempt onto the record."""
+        """Write the outcome of an attempt onto the record (``unset``: fields to remove)."""
         update: dict[str, Any] = {"$set": fields}
-        if unset_applied_at:
-            update["$unset"] = {"applied_at": ""}
+        if unset:
+            update["$unset"] = {name: "" for name in unset}
         self._write(
             f"record the outcome of version {version}",
             lambda s: self.records.update_one({"_id": version}, update, upsert=True, session=s),
@@ -186,6 +183,14 @@ class Store:
                 self.history.insert_one(doc)
 
         self._write(f"append history for version {entry.version}", insert, session)
+
+    def _write(self, what: str, write: Callable[[Any], object], session: Any) -> None:
+        """``write(session)`` inside the caller's transaction (whose loop retries it), or
+        ``write(None)`` on its own under the retry budget."""
+        if session is not None and session.in_transaction:
+            write(session)
+        else:
+            self.policy.call(what, lambda: write(None))
 
     def save_progress(self, version: int, progress: dict[str, Any], session: Any = None) -> None:
         """Store a checkpoint in the record's ``progress``."""

@@ -126,20 +126,10 @@ class SaysFalse(Migration):
         return False
 
 
-class SaysSomethingElse(Migration):
-    version = 1
-    description = "Count invoices"
-
-    def up(self, db: Any) -> Any:
-        db.totals.insert_one({"_id": 1})
-        return "done: 42 invoices"
-
 
 @pytest.mark.parametrize("migration, says, stored", [
     (Explodes, "ValueError: order 17 has no lines", "ValueError"),
     (SaysFalse(), "returned False", "MigrationFailedError"),
-    (SaysSomethingElse, "returned str 'done: 42 invoices'; it must return None, True or False",
-     "MigrationFailedError"),
 ])
 def test_a_failing_migration_is_rolled_back_recorded_and_named(
     db: Any, migration: Any, says: str, stored: str

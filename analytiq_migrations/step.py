@@ -1,0 +1,408 @@
+"""The life of one step: call ``up``/``down`` (in a transaction where it runs in one), record
+the outcome, and turn a failure into an error that says what happened and what to do.
+
+Bookkeeping, per step:
+
+* transactional: lease fence, record, history entry, all inside the step's transaction, then
+  the commit. Nothing is written before the transaction: an aborted or killed one leaves the
+  record exactly as it was (an applied version whose ``down`` failed is still applied; the
+  failure goes to ``last_error`` and the history);
+* non-transactional: record ``running``, call, lease check, record the outcome, history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+
+import pymongo
+from pymongo.errors import InvalidOperation, PyMongoError
+
+from .dbproxy import StepWatch, joined
+from .errors import (
+    LockLostError,
+    MigrationError,
+    MigrationFailedError,
+    first_line,
+    redact,
+)
+from .lock import Lease
+from .migration import Migration, RunContext
+from .plan import current_version
+from .records import (
+    APPLIED_STATUSES,
+    ErrorInfo,
+    HistoryEntry,
+    MigrationRecord,
+    PlanStep,
+    ProgressEvent,
+    RunInfo,
+    StepResult,
+)
+from .retry import RetryPolicy, run_transaction
+from .server import describe_client
+from .store import Store, utcnow
+from .txnrules import Catalog
+
+log = logging.getLogger("analytiq_migrations")
+
+
+@dataclass
+class StepEnv:
+    """What every step of one run shares."""
+
+    db: Any
+    store: Store
+    lease: Lease
+    #: The run's session (``None`` where there are no sessions, e.g. mongomock).
+    session: Any
+    run: RunInfo
+    retry: RetryPolicy
+    #: The seed's ``schema_version`` document exists and is kept current.
+    legacy: bool
+    #: ``batch_update`` batches get their own small transactions.
+    batch_transactions: bool
+    wire_version: int
+    progress: Optional[Callable[[ProgressEvent], None]] = None
+    #: The collections, read once per run on first need and kept current by transactional
+    #: steps; dropped after a non-transactional step (which may change anything).
+    catalog: Optional[Catalog] = None
+
+
+def run_step(env: StepEnv, step: PlanStep, migration: Migration,
+             records: Dict[int, MigrationRecord]) -> StepResult:
+    """Run one step and record its outcome (``records`` updated in place); raises a
+    ``MigrationError`` on failure, after recording it."""
+    return _Step(env, step, migration, records).run()
+
+
+class _Step:
+    """One attempt at one step."""
+
+    def __init__(self, env: StepEnv, step: PlanStep, migration: Migration,
+                 records: Dict[int, MigrationRecord]) -> None:
+        self.env, self.step, self.migration, self.records = env, step, migration, records
+        self.previous = records.get(step.version)
+        previous = self.previous
+        # attempts counts tries at the current transition; a finished one starts afresh.
+        unfinished = previous is not None and (previous.status in ("failed", "running") or
+                                               previous.last_error is not None)
+        self.attempts = (previous.attempts if previous and unfinished else 0) + 1
+        self.resume = previous.progress \
+            if previous and previous.direction == step.direction else None
+        self.success = "applied" if step.direction == "up" else "rolled_back"
+        self.started = utcnow()
+        self.clock = time.monotonic()
+        self.watch: Optional[StepWatch] = None
+        self.start = Store.start_fields(
+            version=step.version, description=step.description, checksum=migration.checksum,
+            raw_checksum=migration.raw_checksum(), direction=step.direction, run=env.run,
+            transactional=step.transactional, attempts=self.attempts, started_at=self.started,
+            progress=self.resume,
+        )
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def run(self) -> StepResult:
+        env, step, migration = self.env, self.step, self.migration
+        # Each step starts with at least two thirds of the TTL left; a transactional step
+        # then proves the lease inside its transaction, a non-transactional one after it.
+        # A transactional step writes no record before it commits: the lock says it runs.
+        if step.transactional:
+            env.lease.renew(step={"version": step.version, "direction": step.direction,
+                                  "started_at": self.started})
+        else:
+            env.lease.refresh()
+        log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
+                 " in a transaction" if step.transactional else "")
+        migration._context = self._context()
+        migration.session = env.session
+        try:
+            if step.transactional:
+                fields = run_transaction(env.session, self._in_transaction, env.retry,
+                                         f"migration {step.version} ({step.direction})")
+                if env.catalog is not None:
+                    env.catalog.next_step()  # committed: what it created exists now
+            else:
+                env.store.start(self.start)
+                self._call(env.session)
+                env.lease.check()  # a run that lost the lock must not write over the new holder's
+                fields = self._record_success(None)
+        except LockLostError:
+            raise  # someone else owns the run now: writing our record could clobber theirs
+        except Exception as exc:
+            _confirm_lease(env.lease, exc)
+            committed = self._committed_anyway() if step.transactional else None
+            if committed is None:
+                self._record_failure(exc)
+            log.warning("Migration %d: the commit reported %s, but the transaction did commit",
+                        step.version, first_line(exc))
+            fields = committed
+        finally:
+            migration._context = None
+            migration.session = None
+        self.records[step.version] = self._merge(fields)
+        log.info("Migration %d %s in %d ms", step.version, self.success, fields["duration_ms"])
+        return StepResult(version=step.version, direction=step.direction,
+                          description=step.description, status=self.success,  # type: ignore[arg-type]
+                          transactional=step.transactional, duration_ms=fields["duration_ms"],
+                          attempts=self.attempts)
+
+    def _in_transaction(self, txn_session: Any) -> Dict[str, Any]:
+        """The transaction's body (run again by the retry loop on transient errors)."""
+        self.env.lease.check(txn_session)
+        self._call(txn_session)
+        return self._record_success(txn_session)
+
+    def _call(self, session: Any) -> None:
+        """Run ``up``/``down`` (in a transaction: on a watched, session-bound ``db``)."""
+        step = self.step
+        fn = self.migration.up if step.direction == "up" else self.migration.down
+        # Joined only in a transaction, where every call must join it: pymongo refuses any
+        # other client's operations while a session is bound, and a migration without a
+        # transaction may well use a second client (copying from another cluster, say).
+        in_txn = session is not None and session.in_transaction
+        if in_txn:
+            if self.env.catalog is None:
+                self.env.catalog = Catalog(loader=self._read_catalog,
+                                           wire_version=self.env.wire_version)
+            self.env.catalog.created.clear()  # a retry: the last try's creations rolled back
+            self.watch = StepWatch(step.version, step.direction, self.env.catalog)
+            handle: Any = joined(self.env.db, session, self.watch)
+        else:
+            self.env.catalog = None
+            handle = contextlib.nullcontext(self.env.db)
+        try:
+            with handle as db:
+                result = fn(db)
+        except Exception as exc:
+            self._raise_hidden(exc)
+            raise
+        self._raise_hidden(None, returned_false=result is False)
+        if result is False:
+            raise MigrationFailedError(
+                f"Migration {step.version} {step.direction}() returned False.",
+                version=step.version,
+            )
+        # Any other return value (a pymongo result, say) is ignored: only False means failure.
+
+    def _raise_hidden(self, raised: Optional[BaseException], returned_false: bool = False) -> None:
+        """Raise what the migration hid inside its transaction: a refused call it caught, or
+        the first driver error it caught (which aborted the transaction on the server)."""
+        watch, step = self.watch, self.step
+        if watch is None:
+            return
+        if watch.refused is not None and watch.refused is not raised:
+            raise watch.refused
+        hidden = watch.first_error
+        if hidden is None or hidden.error is raised:
+            return
+        if isinstance(hidden.error, PyMongoError) and \
+                hidden.error.has_error_label("TransientTransactionError"):
+            raise hidden.error  # the transaction loop retries the whole step
+        then = "then returned False" if returned_false else \
+            f"then raised {type(raised).__name__}" if raised is not None else "then carried on"
+        raise MigrationFailedError(
+            f"Migration {step.version} {step.direction}() caught {hidden.describe()} and "
+            f"{then}. Inside a transaction that error aborted the transaction on the server: "
+            "nothing after it could be written, and nothing of the step was kept.",
+            version=step.version,
+            hint="Let the error propagate, or avoid it (for 'insert, ignore duplicates' filter "
+            "the duplicates out first or use update_one(..., upsert=True)), or declare the "
+            "migration `transactional = False`.",
+        ) from hidden.error
+
+    def _read_catalog(self) -> Dict[str, Any]:
+        """name -> options of the database's collections, read outside the transaction (in a
+        session of its own: the run's session may be bound to the client)."""
+        try:
+            with self.env.db.client.start_session() as own:
+                return {c["name"]: c.get("options", {})
+                        for c in self.env.db.list_collections(session=own)}
+        except PyMongoError as exc:
+            log.warning("Could not list collections to check the transaction rules: %s",
+                        first_line(exc))
+            return {}
+
+    def _context(self) -> RunContext:
+        """What ``batch_update`` and friends may use during this step."""
+        env, step = self.env, self.step
+
+        def in_own_transaction(fn: Callable[[Any], Any]) -> Any:
+            if not env.batch_transactions:
+                env.lease.check()
+                return fn(None)
+
+            def body(txn_session: Any) -> Any:
+                env.lease.check(txn_session)
+                return fn(txn_session)
+
+            return run_transaction(env.session, body, env.retry,
+                                   f"migration {step.version} batch")
+
+        def save(progress: Dict[str, Any], txn_session: Any = None) -> None:
+            env.store.save_progress(step.version, progress, txn_session)
+
+        return RunContext(
+            version=step.version, direction=step.direction, db=env.db, session=env.session,
+            in_transaction=step.transactional, progress=self.resume, save_progress=save,
+            run_in_transaction=in_own_transaction,
+            report=env.progress or (lambda event: None),
+            wants_progress=env.progress is not None,
+        )
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _outcome(self, status: str, error: Optional[ErrorInfo]) -> Tuple[Dict[str, Any],
+                                                                          HistoryEntry]:
+        """The record's outcome fields and the history entry for ``status``."""
+        finished = utcnow()
+        duration = int((time.monotonic() - self.clock) * 1000)
+        fields: Dict[str, Any] = {
+            "status": status, "finished_at": finished, "duration_ms": duration,
+            "error": error.model_dump() if error else None, "attempts": self.attempts,
+        }
+        if status == "applied":
+            fields.update(applied_at=finished, progress=None)
+        elif status == "rolled_back":
+            fields.update(progress=None)
+        step, run = self.step, self.env.run
+        entry = HistoryEntry(
+            version=step.version, description=step.description,
+            checksum=self.migration.checksum, direction=step.direction,
+            transactional=step.transactional, **run.model_dump(),
+            status=status,  # type: ignore[arg-type]
+            started_at=self.started, finished_at=finished, duration_ms=duration,
+            attempt=self.attempts, error=error,
+        )
+        return fields, entry
+
+    def _record_success(self, txn_session: Any) -> Dict[str, Any]:
+        """Record the success (in ``txn_session``'s transaction when given)."""
+        env, step = self.env, self.step
+        outcome, entry = self._outcome(self.success, None)
+        # Transactional steps wrote nothing before: the record gets every field here.
+        fields = {**self.start, **outcome} if step.transactional else outcome
+        unset = ["faked", "last_error"] + (["applied_at"] if self.success == "rolled_back" else [])
+        env.store.finish(step.version, fields, session=txn_session, unset=unset)
+        env.store.append_history(entry, session=txn_session)
+        if env.legacy:
+            after = dict(self.records)
+            after[step.version] = MigrationRecord(version=step.version,
+                                                  status=self.success)  # type: ignore[arg-type]
+            env.store.set_legacy(current_version(after), session=txn_session)
+        return fields
+
+    def _record_failure(self, exc: Exception) -> NoReturn:
+        """Store a failed attempt (record and history) and raise the error for it."""
+        env, step, previous = self.env, self.step, self.previous
+        exc = self._foreign_client_error(exc) or exc
+        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
+        fields, entry = self._outcome("failed", error)
+        fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
+        unchanged = step.transactional and previous is not None and \
+            previous.status in APPLIED_STATUSES
+        if unchanged:
+            # Rolled back: the version is what it was. Only the failure is new.
+            assert previous is not None
+            fields = {"last_error": {"type": error.type, "message": error.message,
+                                     "direction": step.direction, "at": fields["finished_at"]},
+                      "attempts": self.attempts}
+        elif step.transactional:
+            fields = {**self.start, **fields}
+        env.store.finish(step.version, fields)
+        env.store.append_history(entry)
+        self.records[step.version] = self._merge(fields) if not unchanged else \
+            previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
+                                        "attempts": self.attempts})
+        if isinstance(exc, MigrationError):
+            raise exc  # already says what happened and what to do
+        rolled_back = "The transaction was rolled back: nothing of it was written"
+        if unchanged:
+            hint = (f"{rolled_back}, so version {step.version} is still applied. Fix its "
+                    f"{step.direction}() and run the same command again.")
+        elif step.transactional:
+            hint = f"{rolled_back}. Fix the migration and run again."
+        else:
+            hint = ("It ran without a transaction and may be half applied: inspect the data, "
+                    "fix the migration, then `repair --clear-failed` (or make it idempotent) "
+                    "and run again.")
+        raise MigrationFailedError(
+            f"Migration {step.version} ({step.description}) failed during "
+            f"'{step.direction}': {error.type}: {error.message}",
+            version=step.version, hint=hint,
+        ) from exc
+
+    def _foreign_client_error(self, exc: BaseException) -> Optional[MigrationFailedError]:
+        """Ours, for pymongo's refusal of another client's operation in a transaction."""
+        step = self.step
+        if not step.transactional or not isinstance(exc, InvalidOperation) or \
+                "Only the client that created the bound session" not in str(exc):
+            return None
+        other = _refusing_client(exc)
+        which = f"another MongoClient ({describe_client(other)})" if other is not None else \
+            "another MongoClient"
+        return MigrationFailedError(
+            f"Migration {step.version} ({step.description}) used {which} inside its "
+            "transaction, which runs on the migrations' client "
+            f"({describe_client(self.env.db.client)}): that write could not join the "
+            "transaction, and the transaction was rolled back.",
+            version=step.version,
+            hint="Run the migrations on the client your data layer uses (Flask: "
+            "init_app(app, client=...); Django: ANALYTIQ_MIGRATIONS['CLIENT']; command line: "
+            "--client MODULE:ATTR), or declare the migration transactional = False (its "
+            "writes then commit one by one).",
+        )
+
+    def _committed_anyway(self) -> Optional[Dict[str, Any]]:
+        """After a failed commit: the record's fields if this run's transaction committed."""
+        try:
+            doc = self.env.store.records.find_one({"_id": self.step.version})
+        except PyMongoError:
+            return None
+        if doc and doc.get("status") == self.success and \
+                doc.get("run_id") == self.env.run.run_id and \
+                doc.get("direction") == self.step.direction:
+            return {k: v for k, v in doc.items() if k != "_id"}
+        return None
+
+    def _merge(self, fields: Dict[str, Any]) -> MigrationRecord:
+        """The in-memory record after the step (saves re-reading it)."""
+        previous, step, migration = self.previous, self.step, self.migration
+        base: Dict[str, Any] = previous.model_dump() if previous else {"version": step.version}
+        base.update(description=step.description, checksum=migration.checksum,
+                    raw_checksum=migration.raw_checksum(), direction=step.direction,
+                    transactional=step.transactional)
+        base.update({k: v for k, v in fields.items() if k != "error"})
+        base["error"] = fields.get("error")
+        base["last_error"] = fields.get("last_error")
+        return MigrationRecord.model_validate(base)
+
+
+def _confirm_lease(lease: Lease, cause: BaseException) -> None:
+    """Before recording a failure: raise ``LockLostError`` if the lock is no longer ours."""
+    try:
+        lease.check()
+    except LockLostError as lost:
+        raise lost from cause
+    except PyMongoError as exc:
+        log.warning("Could not confirm the migration lock before recording the failure: %s",
+                    first_line(exc))
+
+
+def _refusing_client(exc: BaseException) -> Any:
+    """The ``MongoClient`` whose method raised ``exc`` (innermost frame with one as ``self``)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, pymongo.MongoClient):
+            found = candidate
+        tb = tb.tb_next
+    return found
+
+
+__all__: List[str] = ["StepEnv", "run_step"]

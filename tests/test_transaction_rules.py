@@ -1,0 +1,249 @@
+"""What MongoDB refuses in a transaction is refused by us first, whatever the server accepts;
+errors a migration swallowed inside its transaction are surfaced; a failed transactional
+``down`` leaves the version where it was. (The manual's rules: docs/transactions.md.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict
+
+import pytest
+from pymongo.errors import BulkWriteError
+from support import CommandRecorder
+
+from analytiq_migrations import (
+    Migration,
+    MigrationDefinitionError,
+    MigrationFailedError,
+    Migrator,
+)
+from analytiq_migrations.txnrules import Catalog, refusal
+
+
+def catalog(existing: Dict[str, Any], wire: int = 21) -> Catalog:
+    return Catalog(loader=lambda: dict(existing), wire_version=wire)
+
+
+def refused(collection: Any, method: str, *args: Any, cat: Any = None, db: str = "shop",
+            **kwargs: Any) -> Any:
+    return refusal(db, collection, method, args, kwargs,
+                   cat if cat is not None else catalog({"users": {}, "log": {"capped": True}}))
+
+
+# -- the rules, one by one (pure: no server) --------------------------------------------------
+
+@pytest.mark.parametrize("method", ["drop", "drop_index", "drop_indexes", "rename",
+                                    "list_indexes", "index_information", "options", "watch",
+                                    "map_reduce", "count", "estimated_document_count"])
+def test_collection_calls_no_transaction_may_make(method: str) -> None:
+    reason = refused("users", method)
+    assert reason is not None and "cannot run in a transaction" in reason
+
+
+@pytest.mark.parametrize("method", ["drop_collection", "list_collections",
+                                    "list_collection_names", "validate_collection", "watch"])
+def test_database_calls_no_transaction_may_make(method: str) -> None:
+    assert "cannot run in a transaction" in refused(None, method, "users")
+
+
+def test_index_builds_only_on_collections_the_transaction_creates() -> None:
+    assert "already exists" in refused("users", "create_index", "email")
+    assert refused("fresh", "create_index", "email") is None
+    cat = catalog({}, wire=8)  # MongoDB 4.2
+    assert "before 4.4" in refused("fresh", "create_index", "email", cat=cat)
+
+
+def test_writes_to_capped_system_and_reserved_places() -> None:
+    assert "capped" in refused("log", "insert_one", {})
+    assert "system collections" in refused("system.views", "insert_one", {})
+    assert "'admin' database" in refused("users", "update_one", {}, {}, db="admin")
+    assert refused("users", "update_many", {}, {"$set": {"a": 1}}) is None
+
+
+def test_before_4_4_no_collection_is_created_in_a_transaction() -> None:
+    cat = catalog({"users": {}}, wire=7)  # MongoDB 4.0
+    assert "does not exist" in refused("brand_new", "insert_one", {}, cat=cat)
+    assert refused("users", "insert_one", {}, cat=cat) is None
+    assert "before 4.4" in refused(None, "create_collection", "x", cat=cat)
+    assert refused(None, "create_collection", "x") is None
+    assert "capped" in refused(None, "create_collection", "x", capped=True, size=1024)
+
+
+def test_out_merge_and_diagnostic_stages_are_refused() -> None:
+    assert "$out" in refused("users", "aggregate", [{"$match": {}}, {"$out": "copy"}])
+    assert "$merge" in refused("users", "aggregate", [{"$merge": {"into": "copy"}}])
+    assert "$currentOp" in refused(None, "aggregate", [{"$currentOp": {}}])
+    assert refused("users", "aggregate", [{"$match": {"a": 1}}, {"$count": "n"}]) is None
+
+
+def test_only_crud_commands_through_db_command() -> None:
+    assert refused(None, "command", "find", "users") is None
+    assert refused(None, "command", {"aggregate": "users", "pipeline": []}) is None
+    for command in ("collMod", "renameCollection", "dropDatabase", "count", "listIndexes",
+                    "createUser", "dbStats"):
+        assert "cannot run in a transaction" in refused(None, "command", command), command
+
+
+def test_the_catalog_is_read_only_when_a_rule_needs_it() -> None:
+    reads = []
+    cat = Catalog(loader=lambda: reads.append(1) or {}, wire_version=21)
+    refusal("shop", "users", "find", (), {}, cat)
+    refusal("shop", "users", "aggregate", ([{"$match": {}}],), {}, cat)
+    assert reads == []
+    refusal("shop", "users", "insert_one", ({},), {}, cat)
+    refusal("shop", "other", "insert_one", ({},), {}, cat)
+    assert reads == [1]
+
+
+# -- on a real server: refused before anything is sent ------------------------------------------
+
+class DropsInUp(Migration):
+    """Drop the legacy collection (ported from the seed, where it ran outside a transaction)"""
+
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"moved": True}})
+        db.legacy.drop()
+
+
+class IndexesExisting(Migration):
+    """Index users by email"""
+
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.users.create_index("email", unique=True)
+
+
+@pytest.mark.parametrize("migration, call", [(DropsInUp, "drop() on 'legacy'"),
+                                             (IndexesExisting, "create_index() on 'users'")])
+def test_ddl_in_a_transaction_is_refused_naming_the_call_and_the_way_out(
+    recorded_db: Any, recorder: CommandRecorder, migration: Any, call: str
+) -> None:
+    recorded_db.users.insert_one({"_id": 1, "email": "ada@example.com"})
+    recorded_db.legacy.insert_one({"_id": 1})
+    recorder.clear()
+
+    with pytest.raises(MigrationDefinitionError) as error:
+        Migrator(recorded_db, [migration]).upgrade()
+
+    assert f"Migration 1 up() runs in a transaction, and {call}" in str(error.value)
+    assert "transactional = False" in str(error.value.hint)
+    assert "transactions-operations" in str(error.value.hint)  # the manual's page
+    assert not recorder.filter("drop") and not recorder.filter("createIndexes")
+    assert recorded_db.legacy.count_documents({}) == 1
+    assert recorded_db.users.count_documents({"moved": True}) == 0  # rolled back
+    assert recorded_db.migrations.find_one({"_id": 1})["status"] == "failed"
+
+
+def test_the_same_migration_runs_when_it_says_transactional_false(db: Any) -> None:
+    class DropsOutsideATransaction(DropsInUp):
+        transactional = False
+
+    db.legacy.insert_one({"_id": 1})
+    assert Migrator(db, [DropsOutsideATransaction]).upgrade().versions == [1]
+    assert "legacy" not in db.list_collection_names()
+
+
+def test_a_caught_refusal_is_still_reported(db: Any) -> None:
+    class SeedStyle(Migration):
+        def __init__(self) -> None:
+            super().__init__(version=1, description="seed style: catch, log, return False")
+
+        def up(self, db: Any) -> bool:
+            try:
+                db.legacy.drop()
+                return True
+            except Exception:
+                return False
+
+    with pytest.raises(MigrationDefinitionError, match=r"drop\(\) on 'legacy'"):
+        Migrator(db, [SeedStyle()]).upgrade()
+
+
+# -- swallowed errors ------------------------------------------------------------------------
+
+class InsertIgnoreDuplicates(Migration):
+    """Seed the plans (the seed's 'insert, ignore duplicates')"""
+
+    version = 1
+
+    def up(self, db: Any) -> bool:
+        # "Already there" is fine outside a transaction, fatal inside one.
+        with contextlib.suppress(BulkWriteError):
+            db.plans.insert_many([{"_id": "free"}, {"_id": "pro"}], ordered=False)
+        db.plans.update_many({}, {"$set": {"active": True}})
+        return True
+
+
+def test_an_error_caught_inside_the_transaction_is_named(db: Any) -> None:
+    db.plans.insert_one({"_id": "free"})
+
+    with pytest.raises(MigrationFailedError) as error:
+        Migrator(db, [InsertIgnoreDuplicates]).upgrade()
+
+    message = str(error.value)
+    assert "Migration 1 up() caught" in message
+    assert "BulkWriteError (code 65) from plans.insert_many()" in message
+    assert "aborted the transaction on the server" in message
+    assert "transactional = False" in error.value.hint
+    assert db.plans.count_documents({"active": True}) == 0
+
+
+# -- a failed transactional down -------------------------------------------------------------
+
+class Reversible(Migration):
+    """Add the active flag"""
+
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"active": True}})
+
+    def down(self, db: Any) -> None:
+        db.users.update_many({}, {"$unset": {"active": ""}})
+        if db.switches.find_one({"_id": "down_fails"}):
+            raise RuntimeError("cannot revert yet")
+
+
+class Second(Migration):
+    """Second step"""
+
+    version = 2
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"second": True}})
+
+    def down(self, db: Any) -> None:
+        db.users.update_many({}, {"$unset": {"second": ""}})
+
+
+def test_a_failed_transactional_down_leaves_the_version_applied(db: Any) -> None:
+    db.users.insert_many([{"_id": 1}, {"_id": 2}])
+    migrator = Migrator(db, [Reversible])
+    migrator.upgrade()
+    db.switches.insert_one({"_id": "down_fails"})
+
+    with pytest.raises(MigrationFailedError) as error:
+        migrator.downgrade(0)
+
+    assert "version 1 is still applied" in error.value.hint
+    assert db.users.count_documents({"active": True}) == 2  # rolled back
+    assert migrator.current_version() == 1
+    [row] = migrator.status()
+    assert row.status == "applied"
+    assert row.last_error is not None and row.last_error.direction == "down"
+    assert "cannot revert yet" in row.last_error.message
+    assert migrator.validate() == []
+    assert migrator.plan().steps == []  # up has nothing to do
+    assert [s.version for s in migrator.plan(0).steps] == [1]  # down would retry it
+    with_second = Migrator(db, [Reversible, Second])
+    assert with_second.upgrade().versions == [2]  # 1 -> 2, v1 not re-run
+    assert [h.status for h in migrator.history(1)][:2] == ["failed", "applied"]
+
+    db.switches.delete_many({})
+    assert with_second.downgrade(0).versions == [2, 1]  # the next down retries it
+    assert db.users.count_documents({"active": True}) == 0
+    assert with_second.status()[0].last_error is None
