@@ -298,6 +298,8 @@ def status_rows(
             row.transactional = migration.transactional
             row.reversible = migration.reversible
         if record is not None:
+            if record.status in APPLIED_STATUSES or record.status == "failed":
+                row.transactional = record.transactional  # how it actually ran
             row.status = record.status
             row.applied_at = record.applied_at
             row.attempts = record.attempts
@@ -391,6 +393,10 @@ def find_problems(
 
 def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) -> str:
     """What to do about an unfinished attempt."""
+    if record.transactional and migration is None:
+        return ("It ran in a transaction that was rolled back, so nothing of it was written; "
+                "its file is gone: restore the file, or `analytiq-migrations repair "
+                "--clear-failed` to forget the attempt.")
     if migration is not None and _resumable(migration, record):
         return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
     return ("It may be half applied: inspect the data, then `analytiq-migrations repair "

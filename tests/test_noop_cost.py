@@ -82,6 +82,7 @@ def test_status_and_validate_of_unchanged_files_import_nothing(
         (1, "applied", True), (2, "applied", True), (3, "applied", True),
         (4, "pending", None), (5, "pending", None)]
     assert rows[0].description == "Set users.step1."  # from the record
+    assert rows[0].transactional is True  # how it ran, from the record (file not imported)
     assert rows[3].reversible is True  # a pending file is described by its code
     assert (imports.calls, tokenized.calls) == (2, 0)
 

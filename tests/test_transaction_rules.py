@@ -247,3 +247,20 @@ def test_a_failed_transactional_down_leaves_the_version_applied(db: Any) -> None
     assert with_second.downgrade(0).versions == [2, 1]  # the next down retries it
     assert db.users.count_documents({"active": True}) == 0
     assert with_second.status()[0].last_error is None
+
+
+def test_a_rolled_back_failure_whose_file_is_gone_is_not_called_half_applied(db: Any) -> None:
+    class Fails(Migration):
+        """Fails in its transaction"""
+
+        version = 1
+
+        def up(self, db: Any) -> None:
+            db.users.insert_one({"_id": 1})
+            raise RuntimeError("no")
+
+    with pytest.raises(MigrationFailedError):
+        Migrator(db, [Fails]).upgrade()
+    [problem] = Migrator(db, []).validate()
+    assert "nothing of it was written" in problem.hint
+    assert "half applied" not in problem.hint
