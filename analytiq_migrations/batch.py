@@ -36,7 +36,7 @@ from .records import ProgressEvent
 from .retry import is_transient
 
 if TYPE_CHECKING:
-    from .migration import RunContext
+    from .context import RunContext
 
 log = logging.getLogger("analytiq_migrations")
 

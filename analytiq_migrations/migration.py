@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import inspect
 import types
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .checksum import raw_checksum, source_checksum
+from .context import RunContext
 from .errors import MigrationDefinitionError
 
 if TYPE_CHECKING:
@@ -25,36 +25,8 @@ if TYPE_CHECKING:
     from pymongo.database import Database
 
     from .batch import UpdateSpec
-    from .records import ProgressEvent
 
 UpFunction = Callable[[Any], Any]
-
-
-@dataclass
-class RunContext:
-    """What a running migration can reach besides ``db``; set by the runner per step."""
-
-    version: int
-    direction: str
-    db: Any
-    session: Optional[ClientSession]
-    in_transaction: bool
-    #: Checkpoint left by an earlier, interrupted attempt (``None`` on a fresh start).
-    progress: Optional[dict[str, Any]]
-    #: Persist a checkpoint in the record's ``progress`` (within ``session`` if given).
-    save_progress: Callable[[dict[str, Any], Optional[ClientSession]], None]
-    #: Run ``fn(session)`` in its own short transaction (or plainly, without one).
-    run_in_transaction: Callable[[Callable[[Optional[ClientSession]], Any]], Any]
-    #: Progress hook for long operations (CLI progress bar, logs).
-    report: Callable[[ProgressEvent], None] = field(default=lambda event: None)
-    #: True when someone listens to ``report`` (worth counting documents for an ETA).
-    wants_progress: bool = False
-    #: State of each ``batch_update`` call made so far in this step, in call order.
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-
-    def next_call(self) -> int:
-        """Index of the next ``batch_update`` call in this step (for its checkpoint)."""
-        return len(self.checkpoints)
 
 
 class Migration:
@@ -167,7 +139,6 @@ class Migration:
         pause: float = 0.0,
     ) -> int:
         """Update matching documents in ``_id``-ordered batches with a checkpoint per batch."""
-        from .batch import batch_update
 
         if self._context is None:
             raise MigrationDefinitionError(
@@ -176,6 +147,8 @@ class Migration:
                 version=self.version,
                 hint="Call self.batch_update(...) inside up()/down().",
             )
+        from .batch import batch_update  # not on the no-op path: imported on first use
+
         return batch_update(self._context, collection, filter, update, batch_size, pause=pause)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 import pymongo
 from pymongo.errors import InvalidOperation, PyMongoError
 
+from .context import RunContext
 from .dbproxy import StepWatch, joined
 from .errors import (
     LockLostError,
@@ -30,7 +31,7 @@ from .errors import (
     redact,
 )
 from .lock import Lease
-from .migration import Migration, RunContext
+from .migration import Migration
 from .plan import current_version
 from .records import (
     APPLIED_STATUSES,

@@ -1,0 +1,39 @@
+"""What a running migration can reach besides ``db``: set by the step (``step.py``) for the
+duration of ``up``/``down``, used by ``batch_update`` (``batch.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from pymongo.client_session import ClientSession
+
+    from .records import ProgressEvent
+
+
+@dataclass
+class RunContext:
+    """What a running migration can reach besides ``db``; set by the runner per step."""
+
+    version: int
+    direction: str
+    db: Any
+    session: Optional[ClientSession]
+    in_transaction: bool
+    #: Checkpoint left by an earlier, interrupted attempt (``None`` on a fresh start).
+    progress: Optional[dict[str, Any]]
+    #: Persist a checkpoint in the record's ``progress`` (within ``session`` if given).
+    save_progress: Callable[[dict[str, Any], Optional[ClientSession]], None]
+    #: Run ``fn(session)`` in its own short transaction (or plainly, without one).
+    run_in_transaction: Callable[[Callable[[Optional[ClientSession]], Any]], Any]
+    #: Progress hook for long operations (CLI progress bar, logs).
+    report: Callable[[ProgressEvent], None] = field(default=lambda event: None)
+    #: True when someone listens to ``report`` (worth counting documents for an ETA).
+    wants_progress: bool = False
+    #: State of each ``batch_update`` call made so far in this step, in call order.
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    def next_call(self) -> int:
+        """Index of the next ``batch_update`` call in this step (for its checkpoint)."""
+        return len(self.checkpoints)
