@@ -142,6 +142,8 @@ class Lease:
         self.clock = clock
         self.policy = policy
         self.session_ids = session_ids or []
+        #: The transactional step the lock document says is running (see ``step.py``).
+        self.step: Optional[dict[str, Any]] = None
         self.server_time = server_time
         self.held = False
         #: The expired lease this run took over (its ``step`` says what was running).
@@ -184,6 +186,7 @@ class Lease:
             "user": self.run.user,
             "tool_version": self.run.tool_version,
             "session_ids": self.session_ids,
+            "step": self.step,
         }
 
     def _times_update(self, fields: dict[str, Any], *, first: bool) -> Any:
@@ -285,7 +288,7 @@ class Lease:
 
     # -- while held ----------------------------------------------------------------------
 
-    def check(self, session: Any = None) -> None:
+    def check(self, session: Any = None, next_step: Optional[dict[str, Any]] = None) -> None:
         """Prove we still hold the lease (and extend it) by writing it; raises ``LockLostError``.
 
         Outside a transaction this renews the lease, so whatever comes next starts with a
@@ -301,9 +304,9 @@ class Lease:
         now = self.clock.now()
         result = self.collection.update_one(
             {"_id": LOCK_ID, "run_id": self.run.run_id, "expires_at": {"$gt": now}},
-            # step: None commits with the step: the lock stops saying it runs exactly when
-            # its record says it is done.
-            {"$set": {"heartbeat_at": now, "expires_at": now + ttl, "step": None}},
+            # The step marker commits with the step: the lock stops saying this step runs
+            # (and says which runs next) exactly when its record says it is done.
+            {"$set": {"heartbeat_at": now, "expires_at": now + ttl, "step": next_step}},
             session=session,
         )
         if result.matched_count != 1:
@@ -324,6 +327,8 @@ class Lease:
             raise self._lost()
         started = time.monotonic()
         fields = {} if step is None else {"step": step}
+        if step is not None:
+            self.step = step
         result = self.policy.call(
             "renew the migration lock",
             lambda: self.collection.update_one(

@@ -74,7 +74,7 @@ from .server import (
     mongodb_release,
     own_collection,
 )
-from .step import StepEnv, run_step
+from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
 
 log = logging.getLogger("analytiq_migrations")
@@ -469,7 +469,9 @@ class Migrator:
             return RunReport(run_id=run.run_id, direction=direction, start_version=current,  # type: ignore[arg-type]
                              end_version=current, started_at=started, finished_at=utcnow())
         steps: list[StepResult] = []
-        with self._locked(run) as (lease, session):
+        # The lock says which transactional step runs: the first one goes with acquiring it.
+        first = step_marker(plan.steps[0]) if plan is not None else None
+        with self._locked(run, first) as (lease, session):
             state = self._load()
             self._raise_corrupt(state)
             if state.adoptable:
@@ -489,9 +491,9 @@ class Migrator:
                 and self._transactions_available(),
                 wire_version=self._wire_version() if real else 0, progress=self.progress,
             )
-            for step in plan.steps:
+            for step, after in zip(plan.steps, [*plan.steps[1:], None]):
                 result = run_step(env, step, self._by_version[step.version].loaded(),
-                                  records)
+                                  records, after)
                 steps.append(result)
         end = current_version(records)
         log.info("Database now at version %d (was %d)", end, start)
@@ -526,8 +528,10 @@ class Migrator:
         return run
 
     @contextlib.contextmanager
-    def _locked(self, run: RunInfo) -> Iterator[tuple[Lease, Any]]:
-        """Hold the lock (and a session whose id the lease records) for the block."""
+    def _locked(self, run: RunInfo,
+                step: Optional[dict[str, Any]] = None) -> Iterator[tuple[Lease, Any]]:
+        """Hold the lock (and a session whose id the lease records) for the block; ``step``:
+        the transactional step the lock should say runs first."""
         if self._is_real_client():
             self._wire_version()  # refuse an unsupported server before anything is written
         session = self._start_session()
@@ -537,6 +541,7 @@ class Migrator:
             self._wire_version() >= PIPELINE_UPDATE_WIRE_VERSION
         lease = Lease(self.lock_collection, run, self.lock_ttl, ServerClock(self.db), self.retry,
                       session_ids=session_ids, server_time=server_time)
+        lease.step = step
         try:
             lease.acquire(self.lock_wait)
             self._run_id = run.run_id
@@ -597,8 +602,10 @@ class Migrator:
         return None
 
     def _settle_dead_step(self, lease: Lease, records: dict[int, MigrationRecord]) -> None:
-        """The expired lease we took over was running a transactional step that never
-        committed: nothing of it was written, so only the history says it happened."""
+        """The expired lease we took over names the transactional step its run was at: that
+        step committed nothing (its record would say so), so it simply runs again. Logged,
+        not put in the history: the lock names the step before it starts (that costs no
+        round trip), so the dead run may have died just before starting it."""
         previous = lease.previous_holder or {}
         step = previous.get("step")
         if not isinstance(step, dict) or not isinstance(step.get("version"), int):
@@ -606,20 +613,10 @@ class Migrator:
         version, record = step["version"], records.get(step["version"])
         if record is not None and record.run_id == previous.get("run_id") and \
                 record.direction == step.get("direction") and record.status != "running":
-            return  # it did commit (the lock update was lost with the run)
-        message = (f"interrupted: run {previous.get('run_id')} on {previous.get('host')} (pid "
-                   f"{previous.get('pid')}) stopped during '{step.get('direction')}' in a "
-                   "transaction that never committed: nothing of it was written")
-        log.warning("Migration %d was %s", version, message)
-        migration = self._by_version.get(version)
-        self.store.append_history(HistoryEntry(
-            version=version, description=migration.summary() if migration else "",
-            status="interrupted", direction=step.get("direction", "up"), transactional=True,
-            started_at=step.get("started_at"), finished_at=utcnow(),
-            run_id=previous.get("run_id"), host=previous.get("host"), pid=previous.get("pid"),
-            user=previous.get("user"), tool_version=previous.get("tool_version"),
-            attempt=(record.attempts if record else 0) + 1,
-            error=ErrorInfo(type="Interrupted", message=message)))
+            return  # it did commit
+        log.warning("Run %s on %s (pid %s) died at migration %d (%s) before committing it: "
+                    "nothing of it was written; it runs again", previous.get("run_id"),
+                    previous.get("host"), previous.get("pid"), version, step.get("direction"))
 
     def _check_drift(self, records: dict[int, MigrationRecord]) -> None:
         """Stop (or warn) when applied migrations' code changed."""

