@@ -41,9 +41,10 @@ COMMANDS = {
     "current": "print the current version (the highest applied), nothing else",
     "show": "everything about one version: record, checksums, file, last error, history",
     "plan": "show what `up [TARGET]` (or a lower target: a downgrade) would do; writes nothing",
-    "up": "apply pending migrations up to TARGET (default: head); --fake records them only",
+    "up": "apply pending migrations up to TARGET (default: head); --fake records them only, "
+          "--dry-run rehearses them and stores nothing",
     "down": "revert applied migrations above TARGET (a version, base, or -N); --fake records "
-            "it only",
+            "it only, --dry-run rehearses it",
     "history": "show the audit trail of every attempt, newest first",
     "validate": "check the database against the code; exits 4 on any problem",
     "repair": "explicit fixes: accept edited checksums, clear failed/interrupted attempts",
@@ -158,9 +159,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     up = verb("up")
     up.add_argument("target", nargs="?", metavar="TARGET")
     up.add_argument("--fake", action="store_true", help=fake_help.format("applied (baselined)"))
+    dry_help = ("rehearse: run the steps in one transaction that is aborted and report what "
+                "each would write, per collection; stores nothing (replica set or mongos only)")
+    up.add_argument("--dry-run", action="store_true", help=dry_help)
     down = verb("down")
     down.add_argument("target", metavar="TARGET")
     down.add_argument("--fake", action="store_true", help=fake_help.format("reverted"))
+    down.add_argument("--dry-run", action="store_true", help=dry_help)
     history = verb("history")
     history.add_argument("version", nargs="?", type=int, metavar="VERSION")
     history.add_argument("--limit", type=int, default=0, metavar="N",
@@ -603,17 +608,65 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
     return EXIT_OK
 
 
+_COUNTS = ("matched", "modified", "inserted", "deleted", "upserted")
+
+
+def _rehearsal_report(cmd: Command, report: Any) -> int:
+    """Print a dry run's ``RunReport``: one row per step and collection written; exit 1
+    when a step would fail."""
+    if not report.steps:
+        cmd.out.result(f"Nothing to do: {cmd.where} is at version {report.end_version}.",
+                       _plain(report.model_dump()))
+        return EXIT_OK
+    rows = []
+    for s in report.steps:
+        result = {"rehearsed": "rehearsed", "failed": "WOULD FAIL"}.get(s.status,
+                                                                          "not rehearsed")
+        first = [str(s.version), _clip(s.description), result,
+                 str(s.duration_ms) if s.status != "not_rehearsed" else "-"]
+        changes = sorted(s.changes.items())
+        if not changes:
+            none = "(no writes)" if s.status != "not_rehearsed" else "-"
+            rows.append(first + [none] + ["-"] * len(_COUNTS))
+        for i, (name, c) in enumerate(changes):
+            rows.append((first if i == 0 else [""] * 4) + [name] +
+                        [str(getattr(c, field)) for field in _COUNTS])
+    table = _table(["VERSION", "DESCRIPTION", "RESULT", "MS", "COLLECTION"] +
+                   [f.upper() for f in _COUNTS], rows, right=[0, 3, 5, 6, 7, 8, 9])
+    text = (f"Dry run on {cmd.where}: {report.direction} from version {report.start_version} "
+            f"to {report.target_version}, {_plural(len(report.steps), 'step')}; nothing "
+            f"was stored\n\n{table}\n")
+    remarks = [f"  {s.version}: {s.note}" for s in report.steps
+               if s.status == "not_rehearsed" and s.note]
+    failed = report.failed
+    if failed is not None and failed.error is not None:
+        remarks.append(f"  {failed.version} would fail: {failed.error.type}: "
+                       f"{failed.error.message}\n    ({failed.note})")
+    if remarks:
+        text += "\n" + "\n".join(remarks) + "\n"
+    text += "\n" + "\n".join(report.notes)
+    cmd.out.result(text, _plain(report.model_dump()))
+    if failed is not None:
+        cmd.out.explain(f"Dry run: migration {failed.version} would fail.")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_up(cmd: Command) -> int:
-    """``up [TARGET] [--fake]``."""
+    """``up [TARGET] [--fake | --dry-run]``."""
     m = cmd.open()
     fake = cmd.args.fake
+    if cmd.args.dry_run:
+        return _rehearsal_report(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
     return _report(cmd, m.upgrade(cmd.args.target, fake=fake), faked=fake)
 
 
 def cmd_down(cmd: Command) -> int:
-    """``down TARGET [--fake]``."""
+    """``down TARGET [--fake | --dry-run]``."""
     m = cmd.open()
     fake = cmd.args.fake
+    if cmd.args.dry_run:
+        return _rehearsal_report(cmd, m.downgrade(cmd.args.target, fake=fake, dry_run=True))
     return _report(cmd, m.downgrade(cmd.args.target, fake=fake), faked=fake)
 
 

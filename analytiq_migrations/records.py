@@ -21,6 +21,11 @@ PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined"]
 HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined"]
 Direction = Literal["up", "down"]
+#: How a step of a run ended: a history status, or, in a dry run, ``rehearsed`` (run in the
+#: rehearsal's transaction, then aborted) / ``not_rehearsed`` (not run; ``note`` says why).
+StepStatus = Literal[
+    "applied", "failed", "rolled_back", "interrupted", "baselined", "rehearsed", "not_rehearsed"
+]
 RowStatus = Literal[
     "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing"
 ]
@@ -281,17 +286,33 @@ class Plan(_Model):
         return [s.version for s in self.steps]
 
 
+class CollectionChanges(_Model):
+    """What a dry-run step's writes to one collection did, summed from the write results
+    the server returned for the calls made through ``db``."""
+
+    matched: int = 0
+    modified: int = 0
+    inserted: int = 0
+    deleted: int = 0
+    upserted: int = 0
+
+
 class StepResult(_Model):
     """How one step of a run ended."""
 
     version: int
     direction: Direction
     description: str
-    status: HistoryStatus
+    status: StepStatus
     transactional: bool
     duration_ms: int
     attempts: int = 1
     error: Optional[ErrorInfo] = None
+    #: Dry run: per collection (``name``, or ``database.name`` outside the migrations'
+    #: database), what the step's writes matched, modified, inserted, deleted, upserted.
+    changes: Dict[str, CollectionChanges] = Field(default_factory=dict)
+    #: Dry run: why a step was not rehearsed, or what its error means.
+    note: Optional[str] = None
 
 
 class RunReport(_Model):
@@ -304,11 +325,23 @@ class RunReport(_Model):
     started_at: UTCDateTime
     finished_at: UTCDateTime
     steps: List[StepResult] = Field(default_factory=list)
+    #: A rehearsal (``dry_run=True``): nothing was stored, ``end_version == start_version``.
+    dry_run: bool = False
+    #: Dry run: the version the real run would reach if every step succeeded.
+    target_version: Optional[int] = None
+    #: Dry run: how the steps were rehearsed, and the limits that applied.
+    notes: List[str] = Field(default_factory=list)
 
     @property
     def versions(self) -> List[int]:
-        """Versions that completed in this run, in order."""
-        return [s.version for s in self.steps if s.status != "failed"]
+        """Versions that completed in this run, in order (none in a dry run)."""
+        return [s.version for s in self.steps
+                if s.status not in ("failed", "rehearsed", "not_rehearsed")]
+
+    @property
+    def failed(self) -> Optional[StepResult]:
+        """The step that failed (in a dry run: that would fail), if any."""
+        return next((s for s in self.steps if s.status == "failed"), None)
 
     @property
     def changed(self) -> bool:

@@ -261,21 +261,29 @@ class Migrator:
     # -- changes -------------------------------------------------------------------------------
 
     @_translate_errors
-    def upgrade(self, target: Target = None, *, fake: bool = False) -> RunReport:
+    def upgrade(self, target: Target = None, *, fake: bool = False,
+                dry_run: bool = False) -> RunReport:
         """Apply pending migrations up to ``target`` (default: the latest).
 
         ``fake=True`` records them ``baselined`` (``faked: true``) without running them:
-        for changes already made by other means."""
+        for changes already made by other means. ``dry_run=True`` rehearses them in one
+        transaction that is aborted, and stores nothing (see ``rehearsal``)."""
+        if dry_run:
+            return self._rehearse("up", target, fake)
         if fake:
             return self._fake("up", target)
         return self._migrate("up", target)
 
     @_translate_errors
-    def downgrade(self, target: Target, *, fake: bool = False) -> RunReport:
+    def downgrade(self, target: Target, *, fake: bool = False,
+                  dry_run: bool = False) -> RunReport:
         """Revert applied migrations above ``target`` (0 reverts all).
 
         ``fake=True`` records them ``rolled_back`` (``faked: true``) without running
-        ``down()``, reversible or not: for changes already undone by other means."""
+        ``down()``, reversible or not: for changes already undone by other means.
+        ``dry_run=True`` rehearses the reverts in one aborted transaction, storing nothing."""
+        if dry_run:
+            return self._rehearse("down", target, fake)
         if fake:
             return self._fake("down", target)
         return self._migrate("down", target)
@@ -500,6 +508,16 @@ class Migrator:
         return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]
                          end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
 
+    def _rehearse(self, direction: str, target: Target, fake: bool) -> RunReport:
+        """``dry_run=True``: the rehearsal (rehearsal.py)."""
+        if fake:
+            raise ConfigurationError("fake and dry_run exclude each other: a fake run runs "
+                                     "no code, a dry run runs it and keeps nothing.",
+                                     hint="Pick one (`--fake` or `--dry-run`).")
+        from .rehearsal import rehearse
+
+        return rehearse(self, direction, target)
+
     def _resolve(self, target: Target, current: int, direction: str) -> int:
         """The target version; "latest" never means "down" when the code is behind the db."""
         resolved = resolve_target(target, self.migrations, current, default_head=direction == "up")
@@ -507,9 +525,10 @@ class Migrator:
             return max(resolved, current)
         return resolved
 
-    def _plan(self, direction: str, records: dict[int, MigrationRecord], target: int) -> Plan:
-        """Check drift, then plan in ``direction``."""
-        self._check_drift(records)
+    def _plan(self, direction: str, records: dict[int, MigrationRecord], target: int,
+              *, remember: bool = True) -> Plan:
+        """Check drift, then plan in ``direction`` (``remember=False``: write nothing)."""
+        self._check_drift(records, remember=remember)
         if direction == "up":
             return plan_upgrade(self.migrations, records, target, self._use_transaction,
                                 allow_out_of_order=self.allow_out_of_order)
@@ -618,12 +637,14 @@ class Migrator:
                     "nothing of it was written; it runs again", previous.get("run_id"),
                     previous.get("host"), previous.get("pid"), version, step.get("direction"))
 
-    def _check_drift(self, records: dict[int, MigrationRecord]) -> None:
+    def _check_drift(self, records: dict[int, MigrationRecord], *,
+                     remember: bool = True) -> None:
         """Stop (or warn) when applied migrations' code changed."""
         if self.on_drift == "ignore":
             return
         drifted = [p for p in find_problems(self.migrations, records) if p.kind == "checksum_drift"]
-        self._remember_raw_checksums(records)
+        if remember:
+            self._remember_raw_checksums(records)
         if not drifted:
             return
         if self.on_drift == "warn":
