@@ -7,7 +7,9 @@ before the rehearsal with one taken after it.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+import re
+from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 from pymongo import DeleteOne, InsertOne, UpdateOne
@@ -324,3 +326,46 @@ def test_cli_fake_and_dry_run_exclude_each_other(
         db: Any, mongo_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(db, mongo_uri, capsys, "up", "--dry-run", "--fake")
     assert code == 2 and "fake and dry_run exclude each other" in err
+
+
+# -- the doc's example -------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "testing-your-migrations.md"
+_BLOCK = re.compile(r"<!-- (file|dry-run): (.+?) -->\n```[a-z]*\n(.*?)```", re.S)
+
+
+def _tokens(text: str, database: str) -> List[List[str]]:
+    """The lines' words, with the durations (they vary) and the database name left out."""
+    lines = []
+    for line in text.replace(f"'{database}'", "'app'").strip("\n").splitlines():
+        words = line.split()
+        if "rehearsed" in words:
+            at = words.index("rehearsed") + 1
+            words[at] = "MS"
+        lines.append(words)
+    return lines
+
+
+def test_the_docs_dry_run_is_what_the_command_prints(
+        db: Any, mongo_uri: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    found = _BLOCK.findall(DOC.read_text())
+    for kind, name, body in found:
+        if kind == "file":
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(body)
+    (command, shown), = [(what, body) for kind, what, body in found if kind == "dry-run"]
+    assert command == "analytiq-migrations up --dry-run"
+    monkeypatch.chdir(tmp_path)
+    db.users.insert_many([
+        {"_id": 1, "name": "Ada Lovelace", "email": "ada@example.com"},
+        {"_id": 2, "name": "Grace Hopper", "email": "grace@example.com"},
+        {"_id": 3, "first": "Alan", "last": "Turing", "email": "alan@example.com"},
+    ])
+    assert run_cli(db, mongo_uri, capsys, "up", "1", migrations="migrations")[0] == 0
+    before = take_snapshot(db)
+    code, out, err = run_cli(db, mongo_uri, capsys, "up", "--dry-run", migrations="migrations")
+    assert code == 0, err
+    expected = _tokens(shown, db.name)
+    assert _tokens(out, db.name)[:len(expected)] == expected, out
+    assert_untouched(db, before)
