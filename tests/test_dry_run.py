@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from pymongo import DeleteOne, InsertOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
+from pymongo.errors import OperationFailure
+from support import client_options, set_failpoint
 
-from analytiq_migrations import Migration, Migrator, TransactionsUnsupportedError
+from analytiq_migrations import (
+    LockBusyError,
+    Migration,
+    Migrator,
+    TransactionsUnsupportedError,
+)
 from analytiq_migrations.cli import main
 from analytiq_migrations.rehearsal import LIMITS
+from analytiq_migrations.retry import RetryPolicy
 from analytiq_migrations.snapshot import Snapshot, take_snapshot
 
 EXAMPLES = "analytiq_migrations.examples"
@@ -369,3 +379,65 @@ def test_the_docs_dry_run_is_what_the_command_prints(
     expected = _tokens(shown, db.name)
     assert _tokens(out, db.name)[:len(expected)] == expected, out
     assert_untouched(db, before)
+
+
+# -- a transient error -------------------------------------------------------------------------
+
+APP = "dry-run-faults"
+WRITE_CONFLICT = 112
+
+
+def test_a_write_conflict_rehearses_again_from_the_start_counting_once(
+        client: MongoClient[Any], mongo_uri: str, db: Any) -> None:
+    try:
+        set_failpoint(client, "off")
+    except OperationFailure as exc:
+        pytest.skip(f"the server cannot inject faults ({exc.code})")
+    mine: MongoClient[Any] = MongoClient(mongo_uri, **client_options(mongo_uri, appname=APP))
+
+    class Insert(Migration):
+        version = 1
+        runs = 0
+
+        def up(self, db: Any) -> None:
+            type(self).runs += 1
+            db.orders.insert_many([{"_id": 1}, {"_id": 2}])
+            if type(self).runs == 1:  # the next insert (step 2's) conflicts, once
+                arm = threading.Thread(target=set_failpoint, args=(client, {"times": 1}, {
+                    "failCommands": ["insert"], "errorCode": WRITE_CONFLICT,
+                    "errorLabels": ["TransientTransactionError"], "appName": APP}))
+                arm.start()
+                arm.join()
+
+    class Update(Migration):
+        version = 2
+
+        def up(self, db: Any) -> None:
+            db.orders.insert_one({"_id": 3})
+            db.orders.update_many({}, {"$set": {"open": True}})
+
+    try:
+        before = take_snapshot(db)
+        report = Migrator(mine[db.name], [Insert, Update],
+                          retry=RetryPolicy(attempts=3, seconds=20.0, initial_wait=0.05,
+                                            max_wait=0.2)).upgrade(dry_run=True)
+    finally:
+        set_failpoint(client, "off")
+        mine.close()
+    assert Insert.runs == 2
+    assert [{k: v.model_dump() for k, v in s.changes.items()} for s in report.steps] == [
+        {"orders": counts(inserted=2)},
+        {"orders": counts(inserted=1, matched=3, modified=3)}]
+    assert_untouched(db, before)
+
+
+def test_a_dry_run_waits_for_the_lock_like_a_real_run(db: Any) -> None:
+    now = datetime.now(timezone.utc)
+    db.migration_lock.insert_one({
+        "_id": "migration_lock", "holder": "deploy@web-7:4242/feedbeef", "run_id": "feedbeef",
+        "host": "web-7", "pid": 4242, "locked_at": now, "heartbeat_at": now,
+        "expires_at": now + timedelta(seconds=600)})
+    before = take_snapshot(db)
+    with pytest.raises(LockBusyError):
+        Migrator(db, [NeverReached]).upgrade(dry_run=True)
+    assert take_snapshot(db) == before
