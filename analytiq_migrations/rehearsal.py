@@ -39,6 +39,7 @@ from pymongo.results import (
 from .context import RunContext
 from .dbproxy import HAS_BIND, StepWatch, joined
 from .errors import (
+    ConfigurationError,
     FailedMigrationError,
     InterruptedMigrationError,
     MigrationDefinitionError,
@@ -80,9 +81,6 @@ LIMITS = ("One transaction holds every rehearsed step, so MongoDB's limits for o
           "the default) and, before MongoDB 4.2, 16 MB of writes. The real run commits each "
           "step in its own transaction; if the rehearsal hits a limit, rehearse fewer steps "
           "at a time (a lower TARGET).")
-NO_BIND = ("This pymongo ({version}) has no ClientSession.bind(): only handles obtained from "
-           "`db` join the rehearsal; a migration that reaches the database another way "
-           "(db.client[...], a module-level collection, an ODM) writes for real, even now.")
 
 Changes = Dict[str, Dict[str, int]]
 
@@ -93,6 +91,19 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
     A step that would fail does not raise: the report carries its error (``report.failed``).
     Refused (``TransactionsUnsupportedError``) where the server has no transactions."""
     m = migrator
+    if not HAS_BIND:
+        # Only a bound session guarantees that every write on the client joins the aborted
+        # transaction; with the proxy alone, a write through db.client[...] or an ODM would
+        # be real. A rehearsal that might write to production is refused, not attempted.
+        raise ConfigurationError(
+            f"A dry run needs pymongo 4.17 or newer (this is {pymongo.version}): only there "
+            "is every operation on the client bound to the rehearsal's transaction. Here, a "
+            "migration reaching the database other than through `db` (db.client[...], a "
+            "module-level collection, an ODM) would write for real. Nothing was run.",
+            hint="Rehearse from an environment with pymongo>=4.17 (a separate venv with this "
+            "package and your migrations is enough; it needs MongoDB 4.2+), or rehearse "
+            "against a restored copy of the data, or review `plan` instead.",
+        )
     if not m._transactions_available():
         raise TransactionsUnsupportedError(
             "A dry run rehearses the migrations in a transaction that it aborts, and this "
@@ -121,8 +132,6 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
         rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
         steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
     notes = [ONE_TRANSACTION, LIMITS]
-    if not HAS_BIND:
-        notes.append(NO_BIND.format(version=pymongo.version))
     report = RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                        start_version=start, end_version=start, started_at=started,
                        finished_at=utcnow(), steps=steps, dry_run=True,

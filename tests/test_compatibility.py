@@ -146,3 +146,17 @@ def test_records_round_trip_on_this_pydantic(db: Any) -> None:
     assert "checksum" in field_names(MigrationRecord)
     assert PlanStep.model_validate({"version": 1, "direction": "up", "description": "",
                                     "transactional": True}).transactional is True
+
+
+def test_a_dry_run_without_bind_is_refused_before_anything_runs(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With only the proxy, a migration writing through db.client[...] would write for real.
+    from analytiq_migrations import rehearsal
+
+    monkeypatch.setattr(rehearsal, "HAS_BIND", False)
+    with pytest.raises(ConfigurationError) as refused:
+        Migrator(db, [AddFlag]).upgrade(dry_run=True)
+    assert "needs pymongo 4.17 or newer" in str(refused.value)
+    assert "restored copy" in refused.value.hint
+    assert db.list_collection_names() == []  # no lock taken, nothing written

@@ -25,12 +25,17 @@ from analytiq_migrations import (
     TransactionsUnsupportedError,
 )
 from analytiq_migrations.cli import main
+from analytiq_migrations.dbproxy import HAS_BIND
 from analytiq_migrations.rehearsal import LIMITS
 from analytiq_migrations.retry import RetryPolicy
 from analytiq_migrations.snapshot import Snapshot, take_snapshot
 
 EXAMPLES = "analytiq_migrations.examples"
 ZERO = {"matched": 0, "modified": 0, "inserted": 0, "deleted": 0, "upserted": 0}
+
+
+# Dry runs are refused without ClientSession.bind() (tests/test_compatibility.py shows it).
+pytestmark = pytest.mark.skipif(not HAS_BIND, reason="dry runs need pymongo 4.17+ (bind)")
 
 
 def counts(**given: int) -> Dict[str, int]:
