@@ -11,15 +11,25 @@
 * Whoever takes over an expired lease first ends the previous holder's sessions
   (``killSessions``): a transaction left open by a killed process would otherwise block
   the documents it touched until the server reaps it.
+* A lease whose holder died on this very machine is taken over at once, without
+  waiting for it to expire. The lease records which process holds it (pid, the
+  process's start time, the machine's boot id and the pid namespace, from ``/proc``),
+  so a pid the system has since given to another process is not mistaken for the
+  holder. Where that cannot be read (not Linux), the lease is left to expire.
+* While one of the run's transactions is open the heartbeat does not renew: the
+  transaction wrote the lease (its re-check), so a renewal would make it fail with a
+  WriteConflict. The transaction's own write renews the lease when it commits.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
@@ -27,7 +37,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from .errors import LockBusyError, LockLostError
 from .records import LockInfo, RunInfo
-from .retry import RetryPolicy, backoff
+from .retry import RetryPolicy, backoff, describe_error
 from .server import OWN_CODEC, hello
 
 log = logging.getLogger("analytiq_migrations")
@@ -42,6 +52,95 @@ HEARTBEAT_FRACTION = 1 / 3
 #: Tries at removing a lock that keeps changing hands before ``unlock`` gives up: each
 #: retry means another run took the lock in between, so a few are plenty.
 BREAK_ATTEMPTS = 5
+
+#: How often the heartbeat looks again while renewal waits for a transaction to end
+#: (seconds; a local check, no round trip).
+PAUSED_POLL = 0.05
+
+#: Linux's view of processes: ``PROC/PID/stat``, the boot id, this process's pid namespace.
+PROC = "/proc"
+
+
+# -- which process holds the lease ------------------------------------------------------------
+
+
+def _read(path: str) -> Optional[str]:
+    """A small text file's content, or ``None`` when it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _stat(pid: int) -> Optional[tuple[str, int]]:
+    """``(state, starttime)`` of ``pid`` from ``/proc/PID/stat``, ``None`` when unreadable."""
+    text = _read(f"{PROC}/{pid}/stat")
+    if not text or ")" not in text:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; starttime is the
+    # 22nd field, the 20th after comm.
+    fields = text.rsplit(")", 1)[1].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _machine() -> Optional[Dict[str, str]]:
+    """This boot of this machine and this process's pid namespace: where a pid means the
+    same process (two containers with one host name have separate pid namespaces)."""
+    boot = _read(f"{PROC}/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink(f"{PROC}/self/ns/pid")
+    except OSError:
+        return None
+    if not boot or not boot.strip():
+        return None
+    return {"boot_id": boot.strip(), "pid_namespace": namespace}
+
+
+def process_identity(pid: int) -> Optional[Dict[str, Any]]:
+    """What the lease records about its holder's process: the machine's boot id, the pid
+    namespace and the process's start time (clock ticks after boot). ``None`` where it
+    cannot be read: such a lease can only expire."""
+    machine = _machine()
+    stat = _stat(pid)
+    if machine is None or stat is None:
+        return None
+    return {**machine, "started": stat[1]}
+
+
+def dead_holder(doc: Dict[str, Any], host: str) -> Optional[str]:
+    """Why the holder of the lease ``doc`` is surely dead, or ``None`` (alive, or unknown).
+
+    Only for a holder on this host, in this boot and pid namespace, that recorded its
+    process: it is dead when its pid is not running, has exited (a zombie), or now
+    belongs to a process started at another time (the pid was reused).
+    """
+    recorded = doc.get("process")
+    pid = doc.get("pid")
+    if doc.get("host") != host or not isinstance(recorded, dict) or \
+            not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    machine = _machine()
+    if machine is None or any(recorded.get(k) != v for k, v in machine.items()):
+        return None
+    stat = _stat(pid)
+    if stat is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"its process (pid {pid}) is not running on this host"
+        except OSError:
+            return None  # exists, but not ours to inspect
+        return None  # running, but its start time cannot be read: let the lease expire
+    state, started = stat
+    if state in ("Z", "X"):
+        return f"its process (pid {pid}) has exited on this host"
+    if started != recorded.get("started"):
+        return f"its process (pid {pid}) is gone; that pid now belongs to another process"
+    return None
 
 
 def local_now() -> datetime:
@@ -152,6 +251,12 @@ class Lease:
         self._deadline = 0.0  # time.monotonic() by which the lease surely still holds
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.process = process_identity(run.pid)
+        # Held while the lease is written: a renewal and the first write of a transaction
+        # (its lease check) never overlap.
+        self._writing = threading.RLock()
+        #: The session whose transactions re-check the lease (see ``check``).
+        self._txn_session: Any = None
 
     @property
     def holder(self) -> str:
@@ -187,6 +292,7 @@ class Lease:
             "tool_version": self.run.tool_version,
             "session_ids": self.session_ids,
             "step": self.step,
+            "process": self.process,
         }
 
     def _times_update(self, fields: dict[str, Any], *, first: bool) -> Any:
@@ -213,19 +319,24 @@ class Lease:
             "read the migration lock", lambda: self.collection.find_one({"_id": LOCK_ID})
         )
         killed: list[Any] = []
+        dead: Optional[str] = None
         if current is not None and current.get("run_id") != self.run.run_id:
             if not _expired(current, self.clock.now()):
-                raise self._busy(current)
+                dead = dead_holder(current, self.run.host)
+                if dead is None:
+                    raise self._busy(current)
             # End the dead holder's sessions *before* writing: a transaction it left open
             # holds the lock document (it re-checks its lease by writing it), and our
             # write would wait on that transaction until the server reaps it.
             killed = list(current.get("session_ids") or [])
             kill_sessions(self.collection, killed)
         started = time.monotonic()
-        query = {
-            "_id": LOCK_ID,
-            "$or": [{"expires_at": {"$lte": self.clock.now()}}, {"run_id": self.run.run_id}],
-        }
+        takeable: list[dict[str, Any]] = [{"expires_at": {"$lte": self.clock.now()}},
+                                          {"run_id": self.run.run_id}]
+        if dead is not None:  # exactly that lease: if it changed hands meanwhile, we lose
+            takeable.append({"run_id": current["run_id"],
+                             "process": current["process"]})
+        query = {"_id": LOCK_ID, "$or": takeable}
         try:
             previous = self.policy.call(
                 "acquire the migration lock",
@@ -243,7 +354,7 @@ class Lease:
             raise self._busy(raw) from None
         self._deadline = started + self.ttl
         if previous is not None and previous.get("run_id") != self.run.run_id:
-            self._take_over(previous, killed)
+            self._take_over(previous, killed, dead)
         log.info("Acquired the migration lock as %s (ttl %.0fs)", self.holder, self.ttl)
 
     def _busy(self, doc: dict[str, Any]) -> LockBusyError:
@@ -255,14 +366,21 @@ class Lease:
             "expires on its own; to break it now: `analytiq-migrations unlock --force`.",
         )
 
-    def _take_over(self, previous: dict[str, Any], killed: list[Any]) -> None:
+    def _take_over(self, previous: dict[str, Any], killed: list[Any],
+                   dead: Optional[str]) -> None:
         """We replaced an expired lease: make sure the dead holder's sessions are ended."""
         self.previous_holder = previous
-        log.warning(
-            "Took over an expired migration lock from %s (expired %s)",
-            previous.get("holder"),
-            previous.get("expires_at"),
-        )
+        if dead is not None:
+            log.warning(
+                "Took over the migration lock from %s at once: %s (its lease ran until %s)",
+                previous.get("holder"), dead, previous.get("expires_at"),
+            )
+        else:
+            log.warning(
+                "Took over an expired migration lock from %s (expired %s)",
+                previous.get("holder"),
+                previous.get("expires_at"),
+            )
         # Normally ended just before; a lease that changed hands in between is ended now.
         remaining = [sid for sid in previous.get("session_ids") or [] if sid not in killed]
         kill_sessions(self.collection, remaining)
@@ -279,7 +397,8 @@ class Lease:
                 lambda: self.collection.delete_one({"_id": LOCK_ID, "run_id": self.run.run_id}),
             )
         except PyMongoError as exc:
-            log.warning("Could not release the migration lock (it expires on its own): %s", exc)
+            log.warning("Could not release the migration lock (it expires on its own): %s",
+                        describe_error(exc))
             return
         if result.deleted_count:
             log.info("Released the migration lock")
@@ -293,7 +412,10 @@ class Lease:
 
         Outside a transaction this renews the lease, so whatever comes next starts with a
         full TTL. Inside one the write joins the transaction: a takeover then conflicts
-        with it, and a run that lost its lease cannot commit.
+        with it, and a run that lost its lease cannot commit. It must be the
+        transaction's first statement: it waits for a renewal in flight to finish, and
+        the heartbeat then leaves the lease alone until the transaction ends (a renewal
+        committed after the transaction's snapshot would fail it with a WriteConflict).
         """
         if self.lost_reason:
             raise self._lost()
@@ -301,14 +423,16 @@ class Lease:
             self.renew()
             return
         ttl = timedelta(seconds=self.ttl)
-        now = self.clock.now()
-        result = self.collection.update_one(
-            {"_id": LOCK_ID, "run_id": self.run.run_id, "expires_at": {"$gt": now}},
-            # The step marker commits with the step: the lock stops saying this step runs
-            # (and says which runs next) exactly when its record says it is done.
-            {"$set": {"heartbeat_at": now, "expires_at": now + ttl, "step": next_step}},
-            session=session,
-        )
+        with self._writing:
+            self._txn_session = session
+            now = self.clock.now()
+            result = self.collection.update_one(
+                {"_id": LOCK_ID, "run_id": self.run.run_id, "expires_at": {"$gt": now}},
+                # The step marker commits with the step: the lock stops saying this step
+                # runs (and says which runs next) exactly when its record says it is done.
+                {"$set": {"heartbeat_at": now, "expires_at": now + ttl, "step": next_step}},
+                session=session,
+            )
         if result.matched_count != 1:
             self.lost_reason = "its lease expired or another run took the lock over"
             raise self._lost()
@@ -325,21 +449,31 @@ class Lease:
         marks the lease lost if it is no longer ours."""
         if self.lost_reason:
             raise self._lost()
-        started = time.monotonic()
-        fields = {} if step is None else {"step": step}
-        if step is not None:
-            self.step = step
-        result = self.policy.call(
-            "renew the migration lock",
-            lambda: self.collection.update_one(
-                {"_id": LOCK_ID, "run_id": self.run.run_id},
-                self._times_update(fields, first=False),
-            ),
-        )
-        if result.matched_count != 1:
-            self.lost_reason = "another process took the lock over or broke it"
-            raise self._lost()
-        self._deadline = started + self.ttl
+        with self._writing:
+            started = time.monotonic()
+            fields = {} if step is None else {"step": step}
+            if step is not None:
+                self.step = step
+            result = self.policy.call(
+                "renew the migration lock",
+                lambda: self.collection.update_one(
+                    {"_id": LOCK_ID, "run_id": self.run.run_id},
+                    self._times_update(fields, first=False),
+                ),
+            )
+            if result.matched_count != 1:
+                self.lost_reason = "another process took the lock over or broke it"
+                raise self._lost()
+            self._deadline = started + self.ttl
+
+    def _beat(self) -> bool:
+        """One heartbeat: renew, unless a transaction of this run is open (False then)."""
+        with self._writing:
+            session = self._txn_session
+            if session is not None and session.in_transaction:
+                return False
+            self.renew()
+            return True
 
     def _lost(self) -> LockLostError:
         """The error for a lease that is gone."""
@@ -365,18 +499,22 @@ class Lease:
         self._thread = None
 
     def _heartbeat(self) -> None:
-        """Heartbeat loop: renew until stopped or lost."""
+        """Heartbeat loop: renew until stopped or lost; while a transaction of the run is
+        open, look again shortly (the renewal lands between two transactions)."""
         interval = self.ttl * HEARTBEAT_FRACTION
-        while not self._stop.wait(interval):
+        wait = interval
+        while not self._stop.wait(wait):
             try:
-                self.renew()
+                wait = interval if self._beat() else min(interval, PAUSED_POLL)
             except LockLostError:
                 log.error("Migration lock lost: %s", self.lost_reason)
                 return
             except PyMongoError as exc:
-                log.warning("Could not renew the migration lock (will retry): %s", exc)
+                wait = interval
+                error = describe_error(exc)
+                log.warning("Could not renew the migration lock (will retry): %s", error)
                 if time.monotonic() >= self._deadline:
-                    self.lost_reason = f"it could not be renewed before it expired ({exc})"
+                    self.lost_reason = f"it could not be renewed before it expired ({error})"
                     log.error("Migration lock lost: %s", self.lost_reason)
                     return
 
@@ -391,19 +529,23 @@ def kill_sessions(collection: Any, session_ids: list[Any]) -> None:
         collection.database.client.admin.command("killSessions", session_ids,
                                                   codec_options=OWN_CODEC)
         log.info("Ended %d session(s) of the previous lock holder", len(session_ids))
-    except (OperationFailure, PyMongoError, AttributeError, NotImplementedError) as exc:
+    except (OperationFailure, PyMongoError) as exc:
+        log.warning("Could not end the previous holder's sessions: %s", describe_error(exc))
+    except (AttributeError, NotImplementedError) as exc:  # mongomock: no sessions to end
         log.warning("Could not end the previous holder's sessions: %s", exc)
 
 
 def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: ServerClock) -> bool:
-    """Remove the lock document if allowed; returns True when something was removed."""
+    """Remove the lock document if allowed (``force``, ours, expired, or held by a dead
+    process on this machine); returns True when something was removed."""
+    host = socket.gethostname()
     for _ in range(BREAK_ATTEMPTS):
         doc = collection.find_one({"_id": LOCK_ID})
         if doc is None:
             return False
         info = lock_info(doc)
         mine = run_id is not None and doc.get("run_id") == run_id
-        expired = _expired(doc, clock.now())
+        expired = _expired(doc, clock.now()) or dead_holder(doc, host) is not None
         if not (force or mine or expired):
             raise LockBusyError(
                 f"The migration lock is held by {describe(info)}, which is not this process.",

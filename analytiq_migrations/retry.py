@@ -30,9 +30,14 @@ from tenacity import (
     wait_random,
 )
 
+from .errors import redact
+
 log = logging.getLogger("analytiq_migrations")
 
 T = TypeVar("T")
+
+#: Longest server message quoted in a log line.
+ERROR_TEXT_LIMIT = 200
 
 #: Server error codes that mean "try again shortly" (step-downs, elections, shutdowns,
 #: network-level failures): the set pymongo's own retryable-writes logic uses.
@@ -89,15 +94,35 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "%s: transient error (attempt %d), retrying in %.2fs: %s: %s",
+            "%s: transient error (attempt %d), retrying in %.2fs: %s",
             what,
             state.attempt_number,
             wait,
-            type(exc).__name__,
-            exc,
+            describe_error(exc) if exc is not None else "?",
         )
 
     return hook
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log: the error's type, code and name, and the server's message.
+
+    Never the raw reply: ``str()`` of a pymongo ``OperationFailure`` appends the whole
+    server reply (``$clusterTime`` with its signature bytes, ``operationTime``...).
+    """
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, OperationFailure):
+        details = exc.details if isinstance(exc.details, dict) else {}
+        errmsg = details.get("errmsg")
+        text = str(errmsg) if errmsg else text.split(", full error:")[0]
+        code_name = details.get("codeName")
+        if exc.code is not None:
+            name = f"{name} {exc.code}" + (f" ({code_name})" if code_name else "")
+    text = " ".join(text.split("\n")[0].split())
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[:ERROR_TEXT_LIMIT] + "..."
+    return redact(f"{name}: {text}" if text else name)
 
 
 def has_label(exc: BaseException, label: str) -> bool:
@@ -167,7 +192,8 @@ def end_open_transaction(session: Any) -> None:
     try:
         session.client.admin.command("killSessions", [session.session_id])
     except PyMongoError as exc:
-        log.warning("Could not end the transaction left open by a failed commit: %s", exc)
+        log.warning("Could not end the transaction left open by a failed commit: %s",
+                    describe_error(exc))
 
 
 def _abort_quietly(session: Any) -> None:
@@ -175,4 +201,4 @@ def _abort_quietly(session: Any) -> None:
     try:
         session.abort_transaction()
     except PyMongoError as exc:  # pragma: no cover - pymongo already swallows most
-        log.debug("abortTransaction failed (ignored): %s", exc)
+        log.debug("abortTransaction failed (ignored): %s", describe_error(exc))

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -216,6 +219,114 @@ def test_an_expired_lease_is_taken_over_and_its_open_transaction_ended(
     dead.close()
 
 
+KILLED_IN_TRANSACTION = {
+    "0001_credit_accounts.py": '''\
+        """Credit the accounts (in a transaction); the holder is killed halfway"""
+
+        # park helper
+
+
+        def up(db):
+            db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
+            park("halfway")
+        ''',
+}
+
+
+def this_process() -> dict[str, Any]:
+    """What a lease records about this process; skips where that cannot be read (no
+    /proc: leases there are left to expire)."""
+    identity = lock_module.process_identity(os.getpid())
+    if identity is None:
+        pytest.skip("process start times cannot be read here: leases are left to expire")
+    return identity
+
+
+def this_hosts_lease(db: Any, *, pid: int, process: Any, expires_in: float = 600) -> None:
+    """A live-looking lease of a process on this machine (``process``: what it recorded)."""
+    holder = f"deploy@{socket.gethostname()}:{pid}/c0ffee"
+    foreign_lease(db, expires_in=expires_in, holder=holder)
+    db[LOCK].update_one({"_id": LOCK}, {"$set": {"host": socket.gethostname(), "pid": pid,
+                                                 "process": process}})
+
+
+@pytest.mark.slow
+def test_a_holder_killed_on_this_host_is_taken_over_at_once(
+    db: Any, children: Children, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    this_process()
+    source = write_migrations(tmp_path / "migrations", KILLED_IN_TRANSACTION)
+    holder = children.upgrade(source, lock_ttl=600, park_at="halfway")
+    holder.expect("PARKED halfway")
+    pid = holder.proc.pid
+    lease = db[LOCK].find_one({"_id": LOCK})
+    assert lease["pid"] == pid and lease["process"]["started"] > 0
+    holder.kill()  # SIGKILL, its transaction left open, its lease good for ten minutes
+
+    caplog.set_level(logging.INFO, logger="analytiq_migrations")
+    with deadline(60):  # the dead transaction holds the lease: its session must be ended
+        report = Migrator(db, source).upgrade()
+
+    assert report.versions == [1]
+    assert db.counters.find_one({"_id": 1})["runs"] == 1  # the killed attempt never landed
+    assert f"Took over the migration lock from {lease['holder']} at once" in caplog.text
+    assert f"at once: its process (pid {pid}) is not running on this host" in caplog.text
+    assert "Ended 1 session(s) of the previous lock holder" in caplog.text
+    assert db[LOCK].count_documents({}) == 0
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_holder(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lease names this host and a running pid (ours), but a process started at
+    # another time: the holder died and the system gave its pid to this process.
+    recorded = {**this_process(), "started": 1}
+    this_hosts_lease(db, pid=os.getpid(), process=recorded)
+
+    caplog.set_level(logging.WARNING, logger="analytiq_migrations")
+    assert Migrator(db, [CountRuns]).upgrade().versions == [1]
+    assert "that pid now belongs to another process" in caplog.text
+
+
+def test_a_live_holder_on_this_host_keeps_its_lease(db: Any) -> None:
+    this_hosts_lease(db, pid=os.getpid(), process=this_process())
+    with pytest.raises(LockBusyError, match=f"pid {os.getpid()}"):
+        Migrator(db, [CountRuns]).upgrade()
+    with pytest.raises(LockBusyError):
+        Migrator(db, [CountRuns]).unlock()
+    assert db.counters.count_documents({}) == 0
+
+
+def test_a_dead_holder_that_recorded_no_process_is_left_to_expire(db: Any) -> None:
+    # An older version's lease, or one from a machine without /proc: the pid alone could
+    # have been reused, so only the lease's expiry frees it.
+    dead_pid = dead_process_pid()
+    this_hosts_lease(db, pid=dead_pid, process=None)
+    with pytest.raises(LockBusyError):
+        Migrator(db, [CountRuns]).upgrade()
+
+
+def test_a_lease_from_another_pid_namespace_is_left_to_expire(db: Any) -> None:
+    # Same host name, another container: its pids mean nothing here.
+    recorded = {**this_process(), "pid_namespace": "pid:[1]"}
+    this_hosts_lease(db, pid=dead_process_pid(), process=recorded)
+    with pytest.raises(LockBusyError):
+        Migrator(db, [CountRuns]).upgrade()
+
+
+def test_unlock_removes_the_lease_of_a_dead_process_on_this_host(db: Any) -> None:
+    this_hosts_lease(db, pid=dead_process_pid(), process=this_process())
+    assert Migrator(db, [CountRuns]).unlock() is True
+    assert db[LOCK].count_documents({}) == 0
+
+
+def dead_process_pid() -> int:
+    """The pid of a process that ran and was reaped (unused until the system reuses it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_a_lease_whose_expiry_is_damaged_never_expires_on_its_own(db: Any) -> None:
     db[LOCK].insert_one({"_id": LOCK, "holder": "old-tool", "expires_at": "tomorrow"})
     with pytest.raises(LockBusyError, match="unrecognised lock document") as busy:
@@ -352,6 +463,56 @@ def test_a_transaction_whose_lease_was_stolen_cannot_commit(
     assert db.migrations.find_one({"_id": 1}) is None
     assert db.migrations_history.count_documents({}) == 0
     assert db[LOCK].find_one({"_id": LOCK})["holder"] == "intruder"
+
+
+# -- the heartbeat and the run's own transactions --------------------------------------------
+
+#: Runs in the write-conflict test, and their lease: renewed every second.
+CONFLICT_RUNS = 20
+CONFLICT_TTL = 3.0
+
+
+def renewals(recorder: Any) -> int:
+    """Lease renewals so far: writes of the lock outside any transaction."""
+    return sum(1 for c in recorder.filter("update") if c.collection == LOCK
+               and not c.in_transaction)
+
+
+def batches_across_a_renewal(version: int, recorder: Any) -> type[Migration]:
+    """A migration whose small batch transactions run back to back until the heartbeat
+    has renewed the lease among them: each batch re-checks the lease in its transaction."""
+
+    class BatchesAcrossARenewal(Migration):
+        transactional = False
+
+        def up(self, db: Any) -> None:
+            before = renewals(recorder)
+            while renewals(recorder) == before:
+                self.batch_update(db.accounts, {}, {"$inc": {"passes": 1}}, batch_size=2)
+
+    BatchesAcrossARenewal.version = version
+    BatchesAcrossARenewal.__name__ = f"BatchesAcrossARenewal{version}"
+    return BatchesAcrossARenewal
+
+
+@pytest.mark.slow
+def test_the_heartbeat_never_conflicts_with_the_runs_own_transactions(
+    recorded_db: Any, recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = recorded_db
+    db.accounts.insert_many([{"_id": i} for i in range(20)])
+    migrations = [batches_across_a_renewal(v, recorder) for v in range(1, CONFLICT_RUNS + 1)]
+    caplog.set_level(logging.INFO, logger="analytiq_migrations")
+
+    for run in range(1, CONFLICT_RUNS + 1):
+        report = Migrator(db, migrations[:run], lock_ttl=CONFLICT_TTL).upgrade()
+        assert report.versions == [run]
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    conflicts = [w for w in warnings if "WriteConflict" in w or " 112" in w]
+    assert conflicts == [], f"{len(conflicts)} write conflicts in {CONFLICT_RUNS} runs"
+    assert warnings == []
+    assert renewals(recorder) >= CONFLICT_RUNS  # the lease was renewed during every run
 
 
 # -- clocks ----------------------------------------------------------------------------------
