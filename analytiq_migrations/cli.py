@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 from . import __version__
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
+from .hints import command_line
 
 PROG = "analytiq-migrations"
 
@@ -375,7 +376,7 @@ def run(
         out.note(f"{prog}: error: -v and -q contradict each other; choose one.")
         return EXIT_USAGE
     with _logging(stderr, verbose=given.get("verbose", False), quiet=out.quiet,
-                  as_json=out.json):
+                  as_json=out.json), command_line(prog):  # hints name flags and verbs
         return _dispatch(args, framework, out, prog)
 
 

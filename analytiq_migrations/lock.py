@@ -36,6 +36,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from .errors import LockBusyError, LockLostError
+from .hints import spell
 from .records import LockInfo, RunInfo
 from .retry import RetryPolicy, backoff, describe_error
 from .server import OWN_CODEC, hello
@@ -361,9 +362,13 @@ class Lease:
         """The error for a lock someone else holds."""
         return LockBusyError(
             f"The migration lock is held by {describe(lock_info(doc))}.",
-            hint="Wait for that run to finish, or wait for the lock with "
-            "lock_wait=SECONDS (--lock-wait). If that process is dead, the lock "
-            "expires on its own; to break it now: `analytiq-migrations unlock --force`.",
+            hint=spell(
+                "Wait for that run to finish, or wait for the lock with lock_wait=SECONDS "
+                "(--lock-wait). If that process is dead, the lock expires on its own; to "
+                "break it now: `analytiq-migrations unlock --force`.",
+                cli="Wait for that run to finish, or wait for the lock with --lock-wait "
+                "SECONDS. If that process is dead, the lock expires on its own; to break it "
+                "now: `analytiq-migrations unlock --force`."),
         )
 
     def _take_over(self, previous: dict[str, Any], killed: list[Any],
@@ -480,7 +485,8 @@ class Lease:
         return LockLostError(
             f"This run lost the migration lock: {self.lost_reason}.",
             hint="Another process may be migrating now; nothing more is run by this one. "
-            "Check `status`, then run again. If this happens often, raise lock_ttl.",
+            "Check `status`, then run again. If this happens often, raise "
+            + spell("lock_ttl.", cli="--lock-ttl."),
         )
 
     def _start_heartbeat(self) -> None:
@@ -549,8 +555,13 @@ def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: Se
         if not (force or mine or expired):
             raise LockBusyError(
                 f"The migration lock is held by {describe(info)}, which is not this process.",
-                hint="Only its holder releases a live lock. If that process is dead and you "
-                "cannot wait for the lock to expire: `analytiq-migrations unlock --force`.",
+                hint=spell(
+                    "Only its holder releases a live lock. If that process is dead and you "
+                    "cannot wait for the lock to expire: unlock(force=True) "
+                    "(`analytiq-migrations unlock --force`).",
+                    cli="Only its holder releases a live lock. If that process is dead and "
+                    "you cannot wait for the lock to expire: `analytiq-migrations unlock "
+                    "--force`."),
             )
         if not mine:
             # First end its sessions: a transaction it left open holds the lock document,
@@ -567,5 +578,6 @@ def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: Se
     raise LockBusyError(
         "The migration lock changed hands on every attempt to remove it; another run is "
         "taking it right now.",
-        hint="Run `analytiq-migrations status` to see who holds it.",
+        hint=spell("lock_info() says who holds it.",
+                   cli="Run `analytiq-migrations status` to see who holds it."),
     )

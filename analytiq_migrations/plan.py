@@ -17,6 +17,7 @@ from .errors import (
     IrreversibleMigrationError,
     OutOfOrderError,
 )
+from .hints import spell
 from .migration import Migration
 from .progress import describe_checkpoint
 from .records import (
@@ -142,17 +143,16 @@ def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
             "it is not transactional and not idempotent, so it may be half applied.",
             version=version,
             hint="Inspect the data, finish or undo the change by hand, then run "
-            "`analytiq-migrations repair --clear-failed` (repair(clear_failed=True)) so the "
-            "next run starts it afresh; or mark the migration idempotent if re-running is safe.",
+            + _clear_failed() + " so the next run starts it afresh; or mark the migration "
+            "idempotent if re-running is safe.",
         )
     message = record.error.message if record.error else "unknown error"
     raise FailedMigrationError(
         f"Migration {version} ({record.description}) failed during '{record.direction}' "
         f"and is not transactional, so it may be half applied: {message}",
         version=version,
-        hint="Inspect the data and fix the migration, then run `analytiq-migrations repair "
-        "--clear-failed` (repair(clear_failed=True)) to let the next run start it afresh; "
-        "or mark it idempotent if re-running is safe.",
+        hint="Inspect the data and fix the migration, then run " + _clear_failed()
+        + " to let the next run start it afresh; or mark it idempotent if re-running is safe.",
     )
 
 
@@ -181,7 +181,8 @@ def plan_upgrade(
     if target < current:
         raise ConfigurationError(
             f"Target {target} is below the current version {current}.",
-            hint=f"Use downgrade({target}) (`analytiq-migrations down {target}`) to go back.",
+            hint=spell(f"Use downgrade({target}) (`analytiq-migrations down {target}`) to go "
+                       "back.", cli=f"Use `analytiq-migrations down {target}` to go back."),
         )
     steps = []
     for migration in migrations:
@@ -202,7 +203,7 @@ def plan_upgrade(
                 f"{current} is already applied.",
                 version=version,
                 hint="Renumber the new migration above the current version, or allow it "
-                "explicitly with allow_out_of_order=True (--allow-out-of-order).",
+                "explicitly with " + _out_of_order() + ".",
             )
         steps.append(
             PlanStep(
@@ -229,7 +230,8 @@ def plan_downgrade(
     if target > current:
         raise ConfigurationError(
             f"Target {target} is above the current version {current}.",
-            hint=f"Use upgrade({target}) (`analytiq-migrations up {target}`) to go forward.",
+            hint=spell(f"Use upgrade({target}) (`analytiq-migrations up {target}`) to go "
+                       "forward.", cli=f"Use `analytiq-migrations up {target}` to go forward."),
         )
     by_version = {int(m.version or 0): m for m in migrations}
     steps, blocked = [], []
@@ -346,7 +348,7 @@ def find_problems(
                     message=f"Migration {version} is pending below the current version "
                     f"{current}.",
                     hint="Renumber it above the current version, or apply it with "
-                    "allow_out_of_order=True (--allow-out-of-order).",
+                    + _out_of_order() + ".",
                 ))
             continue
         label = f"Migration {version} ({record.description})"
@@ -399,5 +401,16 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) ->
                 "--clear-failed` to forget the attempt.")
     if migration is not None and _resumable(migration, record):
         return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
-    return ("It may be half applied: inspect the data, then `analytiq-migrations repair "
-            "--clear-failed` (repair(clear_failed=True)) so the next run starts it afresh.")
+    return ("It may be half applied: inspect the data, then " + _clear_failed()
+            + " so the next run starts it afresh.")
+
+
+def _clear_failed() -> str:
+    """How to forget an unfinished attempt, spelled for the entry point."""
+    return spell("`analytiq-migrations repair --clear-failed` (repair(clear_failed=True))",
+                 cli="`analytiq-migrations repair --clear-failed`")
+
+
+def _out_of_order() -> str:
+    """How to allow a version below the current one, spelled for the entry point."""
+    return spell("allow_out_of_order=True (--allow-out-of-order)", cli="--allow-out-of-order")

@@ -36,6 +36,7 @@ from .errors import (
     first_line,
     redact,
 )
+from .hints import spell
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, read_lock
 from .migration import Migration
@@ -402,12 +403,14 @@ class Migrator:
                 if way == "up" and resolved < start:
                     raise ConfigurationError(
                         f"Target {resolved} is below the current version {start}.",
-                        hint=f"Use downgrade({resolved}, fake=True) (`down --fake "
-                        f"{resolved}`) to record going back.")
+                        hint=spell(f"Use downgrade({resolved}, fake=True) (`down --fake "
+                                   f"{resolved}`) to record going back.",
+                                   cli=f"Use `down --fake {resolved}` to record going back."))
                 if way == "down" and resolved > start:
                     raise ConfigurationError(
                         f"Target {resolved} is above the current version {start}.",
-                        hint=f"Use upgrade({resolved}, fake=True) (`up --fake {resolved}`).")
+                        hint=spell(f"Use upgrade({resolved}, fake=True) (`up --fake "
+                                   f"{resolved}`).", cli=f"Use `up --fake {resolved}`."))
             if way == "up":
                 versions = [v for v in self._by_version if v <= resolved]
                 if direction is None and resolved and resolved not in self._by_version:
@@ -656,8 +659,11 @@ class Migrator:
             f"Applied migration(s) {versions} changed since they were applied: "
             + "; ".join(p.message for p in drifted),
             version=drifted[0].version,
-            hint="Revert the edits, or accept them with `analytiq-migrations repair "
-            "--accept-checksums` (repair(accept_checksums=True)), or run with on_drift='warn'.",
+            hint=spell("Revert the edits, or accept them with `analytiq-migrations repair "
+                       "--accept-checksums` (repair(accept_checksums=True)), or run with "
+                       "on_drift='warn'.",
+                       cli="Revert the edits, or accept them with `analytiq-migrations repair "
+                       "--accept-checksums`, or run with --on-drift warn."),
         )
 
     def _remember_raw_checksums(self, records: dict[int, MigrationRecord]) -> None:
@@ -759,10 +765,10 @@ class Migrator:
         """``transactions="always"`` fails up front on a server without them."""
         if self.transactions == "always" and not self._transactions_available():
             raise TransactionsUnsupportedError(
-                "transactions='always' but the server does not support transactions "
-                f"({self._server_kind()}).",
+                spell("transactions='always'", cli="--transactions always")
+                + f" but the server does not support transactions ({self._server_kind()}).",
                 hint="Use a replica set or mongos (a single-node replica set works), or "
-                "transactions='auto'.",
+                + spell("transactions='auto'.", cli="--transactions auto."),
             )
 
     def _server_kind(self) -> str:

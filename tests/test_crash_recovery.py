@@ -2,8 +2,9 @@
 and what the next run does about it.
 
 Each child parks at the chosen moment and says so on stdout; the test then kills it.
-The next run waits (``lock_wait``) for the dead run's short lease to expire, takes the
-lock over, ends the dead run's sessions, and settles what it left behind.
+The next run takes the lock over (at once, the dead run having been on this machine;
+elsewhere it waits, ``lock_wait``, for the short lease to expire), ends the dead run's
+sessions, and settles what it left behind.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def test_killed_during_an_idempotent_migration_the_next_run_completes_it(
     record = db.migrations.find_one({"_id": 1})
     assert (record["status"], record["attempts"], record["error"]) == ("applied", 2, None)
     assert history(db, 1) == ["interrupted", "applied"]
-    assert "Took over an expired migration lock" in caplog.text
+    assert "Took over" in caplog.text
     assert migrator.validate() == []
 
 
@@ -235,7 +236,7 @@ def test_killed_holding_the_lock_before_any_migration_the_next_run_does_everythi
     assert report.versions == [1, 2]
     assert (runs(db, 1), runs(db, 2)) == (1, 1)
     assert history(db, 1) == ["applied"] and history(db, 2) == ["applied"]
-    assert "Took over an expired migration lock" in caplog.text
+    assert "Took over" in caplog.text
     assert db.migration_lock.count_documents({}) == 0
 
 
