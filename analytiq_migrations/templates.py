@@ -24,12 +24,21 @@ _NUMBERED = re.compile(r"^(\d+)_.*\.py$")
 TEMPLATE = '''\
 """{description}"""
 
-# Transactions: with the default (transactional = None) this migration runs in a
-# transaction wherever the server supports them (replica set or mongos): its writes,
-# its version record and its history entry commit together or not at all.
-# Set transactional = False for what a transaction cannot hold: index builds on
-# MongoDB < 4.4, changes to more documents than fit in 60 s / 16 MB (use
-# batch_update, see the docs), or commands not allowed in transactions.
+# Transactions: by default (transactional = None) this migration runs in one transaction
+# wherever the server has them (replica set or mongos): its writes, its version record
+# and its history entry commit together or not at all, so a failure leaves nothing
+# behind. Document reads and writes (find, insert, update, delete, bulk_write) are fine
+# in a transaction, like the example in up() below. Not allowed in one, on MongoDB of
+# any version (it fails with OperationNotSupportedInTransaction; analytiq_migrations
+# refuses these calls before sending them):
+#   - create_index / create_indexes on a collection that already exists, drop_index,
+#     drop / drop_collection / drop_database, rename;
+#   - $out / $merge aggregations, writes to capped or system.* collections, commands
+#     such as collMod;
+# and no transaction holds more than 60 s of work or 16 MB of changes (for large
+# updates use self.batch_update in a Migration class, see the docs).
+# For any of these set transactional = False (with idempotent = True if re-running is
+# harmless), or split the migration: the DDL in one, the data change in the next.
 # transactional = False
 
 # Without a transaction a killed run can leave this half applied. Set

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import run_python
 
-from analytiq_migrations import load_migrations
+from analytiq_migrations import MigrationDefinitionError, Migrator, load_migrations
 from analytiq_migrations.cli import main
 from analytiq_migrations.templates import slugify
 
@@ -146,3 +147,51 @@ def test_new_in_a_fresh_process_needs_no_server(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("0001_backfill_status.py")
+
+
+# -- the template's own advice, run ---------------------------------------------------------
+
+
+def written(capsys: pytest.CaptureFixture[str], directory: Path, description: str) -> Path:
+    """The file `new` writes, with the examples of up() and down() uncommented."""
+    code, out, _ = new(capsys, "--migrations", str(directory), description)
+    assert code == 0
+    path = Path(out.strip().splitlines()[-1])
+    lines = [line.replace("    # db.", "    db.", 1) for line in path.read_text().splitlines()
+             if "raise NotImplementedError" not in line]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_templates_example_runs_in_its_default_transaction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: Any
+) -> None:
+    db.users.insert_many([{"_id": 1}, {"_id": 2, "status": "banned"}])
+    written(capsys, tmp_path / "migrations", "Give users a status")
+    migrator = Migrator(db, str(tmp_path / "migrations"))
+
+    report = migrator.upgrade()
+
+    assert [(s.version, s.transactional) for s in report.steps] == [(1, True)]
+    assert {u["_id"]: u["status"] for u in db.users.find()} == {1: "active", 2: "banned"}
+    migrator.downgrade(0)
+    assert list(db.users.find()) == [{"_id": 1}, {"_id": 2}]
+
+
+def test_an_index_on_an_existing_collection_needs_transactional_false_as_the_notes_say(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: Any
+) -> None:
+    db.users.insert_one({"_id": 1, "email": "ada@example.com"})
+    path = written(capsys, tmp_path / "migrations", "Index users by email")
+    text = path.read_text().replace('db.users.update_many({"status": {"$exists": False}}, '
+                                    '{"$set": {"status": "active"}})',
+                                    'db.users.create_index("email", name="email_1")')
+    path.write_text(text)
+
+    with pytest.raises(MigrationDefinitionError, match="transactional = False"):
+        Migrator(db, str(tmp_path / "migrations")).upgrade()
+    assert "email_1" not in db.users.index_information()
+
+    path.write_text(text.replace("# transactional = False", "transactional = False", 1))
+    Migrator(db, str(tmp_path / "migrations")).upgrade()
+    assert "email_1" in db.users.index_information()
