@@ -98,8 +98,8 @@ def batch_update(
     state = _checkpoint(ctx, call, coll.name)
     if state.get("done"):
         return int(state.get("modified", 0))
-    if ctx.wants_progress and state.get("total") is None:
-        state["total"] = _total(coll, query)
+    if ctx.wants_progress and (state.get("total") is None or "last_id" in state):
+        state["total"] = _total(coll, query, state)
     if not state.get("started"):
         # Saved before the first batch: an interruption from here on is resumable.
         state.update(collection=coll.name, started=True, done=False)
@@ -406,8 +406,17 @@ def _progress(ctx: RunContext, call: int, state: dict[str, Any]) -> dict[str, An
     return {PROGRESS_KEY: list(ctx.checkpoints)}
 
 
-def _total(coll: Any, query: dict[str, Any]) -> int:
-    """How many documents match (for the ETA; costs one count, once per call)."""
+def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
+    """How many documents the call walks (for the ETA; costs one count, once per call).
+
+    Resumed: those walked before the checkpoint plus those matching after it (counting
+    the filter again would leave out what the first run already changed, if the change
+    made them stop matching: "38,500 of 32,500").
+    """
+    if "last_id" in state:
+        after = _after(state["last_id"])
+        remaining = coll.count_documents({"$and": [query, after]} if query else after)
+        return int(state.get("scanned", 0)) + int(remaining)
     if not query:
         return int(coll.estimated_document_count())
     return int(coll.count_documents(query))

@@ -82,13 +82,13 @@ class _Reporter:
 
 def bar_line(event: ProgressEvent) -> str:
     """``v3 users [#########.......] 45,000/100,000 45%  12,345/s  ETA 0:04``."""
-    done = event.scanned
+    done, total = event.scanned, _total(event)
     head = f"v{event.version} {event.collection}"
-    if event.total:
-        fraction = min(1.0, done / event.total)
+    if total:
+        fraction = done / total
         filled = int(fraction * BAR_WIDTH)
         bar = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
-        count = f"{done:,}/{event.total:,} {fraction:4.0%}"
+        count = f"{done:,}/{total:,} {fraction:4.0%}"
     else:
         bar, count = "", f"{done:,}"
     parts = [head, bar, count, f"{_rate(event):,.0f}/s"]
@@ -107,8 +107,9 @@ def log_line(event: ProgressEvent) -> str:
     if event.done:
         return (f"{what}done: {done:,} documents, {event.modified:,} changed in "
                 f"{_clock(event.elapsed_s)} ({_rate(event):,.0f}/s)")
-    count = f"{done:,} of {event.total:,} documents ({min(1.0, done / event.total):.0%})" \
-        if event.total else f"{done:,} documents"
+    total = _total(event)
+    count = f"{done:,} of {total:,} documents ({done / total:.0%})" if total \
+        else f"{done:,} documents"
     eta = _eta(event)
     tail = f", ETA {_clock(eta)}" if eta is not None else ""
     return f"{what}{count}, {_rate(event):,.0f}/s{tail}"
@@ -130,7 +131,8 @@ def _describe_call(state: dict[str, Any]) -> str:
     if state.get("done"):
         return f"{name}: done, {modified:,} changed"
     scanned, total = int(state.get("scanned") or 0), state.get("total")
-    text = f"{name}: {scanned:,}" + (f" of {int(total):,}" if total is not None else "") + \
+    text = f"{name}: {scanned:,}" + \
+        (f" of {max(int(total), scanned):,}" if total is not None else "") + \
         f" documents, {modified:,} changed"
     if "last_id" in state:
         last = repr(state["last_id"])
@@ -140,6 +142,12 @@ def _describe_call(state: dict[str, Any]) -> str:
         f"{_clock(float(state.get('elapsed_s') or 0.0))})"
 
 
+def _total(event: ProgressEvent) -> Optional[int]:
+    """The documents to walk, never fewer than those walked (documents inserted during
+    the walk, or a count taken before a resume, would otherwise show "38,500 of 32,500")."""
+    return None if event.total is None else max(event.total, event.scanned)
+
+
 def _rate(event: ProgressEvent) -> float:
     """Documents walked per second over the call's whole (checkpointed) running time."""
     return event.scanned / event.elapsed_s if event.elapsed_s > 0 else 0.0
@@ -147,10 +155,10 @@ def _rate(event: ProgressEvent) -> float:
 
 def _eta(event: ProgressEvent) -> Optional[float]:
     """Seconds left at the current rate; ``None`` without a total or a rate yet."""
-    rate = _rate(event)
-    if not event.total or rate <= 0:
+    rate, total = _rate(event), _total(event)
+    if not total or rate <= 0:
         return None
-    return max(0.0, event.total - event.scanned) / rate
+    return (total - event.scanned) / rate
 
 
 def _clock(seconds: float) -> str:

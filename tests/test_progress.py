@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from analytiq_migrations import ProgressEvent
+import pytest
+
+from analytiq_migrations import Migration, MigrationFailedError, Migrator, ProgressEvent
 from analytiq_migrations.progress import bar_line, describe_checkpoint, log_line, make_reporter
 
 
@@ -146,3 +148,50 @@ def test_no_checkpoint_no_text() -> None:
     assert describe_checkpoint(None) is None
     assert describe_checkpoint({}) is None
     assert describe_checkpoint({"batch_update": [{}]}) is None
+
+
+def test_never_more_done_than_there_is_to_do() -> None:
+    # Documents inserted during the walk, or a count taken before a resume: the count
+    # walked wins, and the percentage stops at 100.
+    assert log_line(event(38_500, 7.0, total=32_500)) == (
+        "migration 3 users: 38,500 of 38,500 documents (100%), 5,500/s, ETA 0:00")
+    line = bar_line(event(38_500, 7.0, total=32_500))
+    assert "38,500/38,500 100%" in line and "#" * 24 in line
+    assert describe_checkpoint({"batch_update": [{
+        "collection": "users", "scanned": 38_500, "total": 32_500, "modified": 1,
+        "batches": 2, "elapsed_s": 1.0}]}).startswith("users: 38,500 of 38,500 documents")
+
+
+class BackfillActive(Migration):
+    """Backfill users.active; the first attempt dies at user 55 (a bad document)."""
+
+    version = 1
+    transactional = False
+    attempts = 0
+
+    def up(self, db: Any) -> None:
+        type(self).attempts += 1
+        first = type(self).attempts == 1
+
+        def activate(user: dict[str, Any]) -> dict[str, Any]:
+            if first and user["_id"] == 55:
+                raise ValueError("user 55 is damaged")
+            return {"$set": {"active": True}}
+
+        self.batch_update(db.users, {"active": {"$exists": False}}, activate, batch_size=10)
+
+
+def test_a_resumed_walk_counts_what_the_first_attempt_walked(db: Any) -> None:
+    db.users.insert_many([{"_id": i} for i in range(100)])
+    with pytest.raises(MigrationFailedError):
+        Migrator(db, [BackfillActive]).upgrade()  # no progress display: no total saved
+    assert db.users.count_documents({"active": True}) == 50
+
+    events: list[ProgressEvent] = []
+    Migrator(db, [BackfillActive], progress=events.append).upgrade()
+
+    # 50 walked before the checkpoint + 50 still matching after it; counting the filter
+    # again would have said 50 and ended at "100 of 50".
+    assert {e.total for e in events} == {100}
+    assert events[0].scanned == 60 and events[-1].scanned == 100 and events[-1].done
+    assert db.users.count_documents({"active": True}) == 100
