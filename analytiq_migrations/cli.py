@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
@@ -288,6 +289,10 @@ class Command:
     #: True once code outside this library may have run: migrations listed in a module
     #: or a package's ``__init__`` (a directory's files are counted as they load).
     imported_code: bool = False
+    #: ``up``/``down``: when the run began and from which version (for the report of an
+    #: interrupted run, which never returns its own).
+    run_started: Optional[datetime] = None
+    run_direction: Optional[str] = None
 
     def open(self, *, need_code: bool = True) -> Any:
         """The ``Migrator``; ``need_code=False`` works without the migrations (unlock, history)."""
@@ -395,9 +400,11 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         return exc.exit_code
     except KeyboardInterrupt:
         out.note(f"{prog}: interrupted (Ctrl-C). {_AFTER_INTERRUPT}")
+        _interrupted_report(command, "SIGINT", EXIT_SIGINT)
         return EXIT_SIGINT
     except _Terminated:
         out.note(f"{prog}: terminated (SIGTERM). {_AFTER_INTERRUPT}")
+        _interrupted_report(command, "SIGTERM", EXIT_SIGTERM)
         return EXIT_SIGTERM
     except Exception as exc:
         if command is not None and command.migrator is not None and _is_driver_error(exc):
@@ -422,6 +429,35 @@ def _ran_library_code_only(command: Command) -> bool:
     open clients or ``atexit`` handlers that a normal exit must run)."""
     return not command.imported_code and getattr(command.settings, "client", None) is None \
         and not any(m.is_loaded for m in command.migrator.migrations)
+
+
+def _interrupted_report(command: Optional[Command], signal_name: str, exit_code: int) -> None:
+    """With ``--json``, an interrupted ``up``/``down`` still prints its JSON document: the
+    steps this process finished (from the history it wrote), where the database stands
+    now, and the interruption."""
+    if command is None or not command.out.json:
+        return
+    data: dict[str, Any] = {"interrupted": {
+        "signal": signal_name, "exit_code": exit_code,
+        "message": f"{'terminated' if signal_name == 'SIGTERM' else 'interrupted'} "
+                   f"({signal_name}). {_AFTER_INTERRUPT}"}}
+    m = command.migrator
+    if m is not None and command.run_started is not None:
+        data["direction"] = command.run_direction
+        try:
+            mine = [e for e in reversed(m.history()) if e.pid == os.getpid()
+                    and e.host == socket.gethostname() and e.started_at is not None
+                    and e.started_at >= command.run_started]
+            data["steps"] = [_plain({
+                "version": e.version, "direction": e.direction, "description": e.description,
+                "status": e.status, "transactional": e.transactional,
+                "duration_ms": e.duration_ms, "error": e.error.model_dump() if e.error
+                else None}) for e in mine]
+            data["end_version"] = m.current_version()
+        except Exception as exc:  # the server may be what was cut off
+            data["steps"] = None
+            data["unreadable"] = f"{type(exc).__name__}: {exc}"
+    command.out.result("", data)
 
 
 def _is_driver_error(exc: BaseException) -> bool:
@@ -653,9 +689,17 @@ def _rehearsal_report(cmd: Command, report: Any) -> int:
     return EXIT_OK
 
 
+def _starting(cmd: Command, direction: str) -> None:
+    """Remember when this ``up``/``down`` began (see ``_interrupted_report``)."""
+    # A second back: the history's times come from this machine's clock, in whole ms.
+    cmd.run_started = datetime.now(timezone.utc) - timedelta(seconds=1)
+    cmd.run_direction = direction
+
+
 def cmd_up(cmd: Command) -> int:
     """``up [TARGET] [--fake | --dry-run]``."""
     m = cmd.open()
+    _starting(cmd, "up")
     fake = cmd.args.fake
     if cmd.args.dry_run:
         return _rehearsal_report(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
@@ -665,6 +709,7 @@ def cmd_up(cmd: Command) -> int:
 def cmd_down(cmd: Command) -> int:
     """``down TARGET [--fake | --dry-run]``."""
     m = cmd.open()
+    _starting(cmd, "down")
     fake = cmd.args.fake
     if cmd.args.dry_run:
         return _rehearsal_report(cmd, m.downgrade(cmd.args.target, fake=fake, dry_run=True))

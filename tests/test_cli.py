@@ -883,3 +883,31 @@ def test_sigterm_releases_the_lock_and_leaves_an_interrupted_record(
     rows = Migrator(db, str(tmp_path / "migrations")).status()
     assert [(row.version, row.status) for row in rows] == [
         (1, "applied"), (2, "applied"), (3, "applied"), (4, "interrupted")]
+
+
+def test_sigterm_during_up_json_still_prints_the_json_of_what_was_done(
+        tmp_path: Path, mongo_uri: str, db: Any) -> None:
+    write_migrations(tmp_path / "migrations", {**MIGRATIONS, "0004_rebuild.py": SLOW})
+    env = child_env({"MONGODB_URI": mongo_uri, "ANALYTIQ_MIGRATIONS_DATABASE": db.name,
+                     "ANALYTIQ_MIGRATIONS_SOURCE": "migrations"})
+    proc = subprocess.Popen([sys.executable, "-m", "analytiq_migrations", "up", "--json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: db.progress.find_one({"_id": "started"}), timeout=60,
+                 message="the slow migration never started")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143
+    report = json.loads(out)
+    assert report["interrupted"]["signal"] == "SIGTERM"
+    assert report["interrupted"]["exit_code"] == 143
+    assert "lock this run held was released" in report["interrupted"]["message"]
+    assert report["direction"] == "up"
+    assert [(s["version"], s["status"]) for s in report["steps"]] == [
+        (1, "applied"), (2, "applied"), (3, "applied")]
+    assert report["end_version"] == 3
