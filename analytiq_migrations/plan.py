@@ -143,7 +143,7 @@ def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
             "it is not transactional and not idempotent, so it may be half applied.",
             version=version,
             hint="Inspect the data, finish or undo the change by hand, then run "
-            + _clear_failed() + " so the next run starts it afresh; or mark the migration "
+            + clear_failed_hint() + " so the next run starts it afresh; or mark the migration "
             "idempotent if re-running is safe.",
         )
     message = record.error.message if record.error else "unknown error"
@@ -151,7 +151,7 @@ def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
         f"Migration {version} ({record.description}) failed during '{record.direction}' "
         f"and is not transactional, so it may be half applied: {message}",
         version=version,
-        hint="Inspect the data and fix the migration, then run " + _clear_failed()
+        hint="Inspect the data and fix the migration, then run " + clear_failed_hint()
         + " to let the next run start it afresh; or mark it idempotent if re-running is safe.",
     )
 
@@ -397,15 +397,15 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) ->
     """What to do about an unfinished attempt."""
     if record.transactional and migration is None:
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
-                "its file is gone: restore the file, or `analytiq-migrations repair "
-                "--clear-failed` to forget the attempt.")
+                "its file is gone: restore the file, or " + clear_failed_hint()
+                + " to forget the attempt.")
     if migration is not None and _resumable(migration, record):
         return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
-    return ("It may be half applied: inspect the data, then " + _clear_failed()
+    return ("It may be half applied: inspect the data, then " + clear_failed_hint()
             + " so the next run starts it afresh.")
 
 
-def _clear_failed() -> str:
+def clear_failed_hint() -> str:
     """How to forget an unfinished attempt, spelled for the entry point."""
     return spell("`analytiq-migrations repair --clear-failed` (repair(clear_failed=True))",
                  cli="`analytiq-migrations repair --clear-failed`")

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .lock import Lease
 from .migration import Migration
-from .plan import current_version
+from .plan import clear_failed_hint, current_version
 from .records import (
     APPLIED_STATUSES,
     ErrorInfo,
@@ -340,7 +340,7 @@ class _Step:
             hint = f"{rolled_back}. Fix the migration and run again."
         else:
             hint = ("It ran without a transaction and may be half applied: inspect the data, "
-                    "fix the migration, then `repair --clear-failed` (or make it idempotent) "
+                    f"fix the migration, then {clear_failed_hint()} (or make it idempotent) "
                     "and run again.")
         raise MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
