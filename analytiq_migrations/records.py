@@ -45,13 +45,6 @@ def _json_options() -> Any:
                                  uuid_representation=UuidRepresentation.STANDARD)
 
 
-def _bson_default(value: Any) -> Any:
-    """One BSON value (ObjectId, Binary, UUID, ...) as relaxed Extended JSON."""
-    from bson import json_util
-
-    return json.loads(json_util.dumps(value, json_options=_json_options()))
-
-
 def _bson_to_json(value: Any) -> Any:
     """BSON values (ObjectId, Binary, UUID, ...) as relaxed Extended JSON, for JSON dumps."""
     from bson import json_util
@@ -137,7 +130,7 @@ else:
 
         if not isinstance(value, datetime):  # datetimes as ISO text, like pydantic 2
             try:
-                return _bson_default(value)
+                return _bson_to_json(value)
             except TypeError:
                 pass
         return pydantic_encoder(value)

@@ -554,13 +554,12 @@ class Migrator:
                 step: Optional[dict[str, Any]] = None) -> Iterator[tuple[Lease, Any]]:
         """Hold the lock (and a session whose id the lease records) for the block; ``step``:
         the transactional step the lock should say runs first."""
-        if self._is_real_client():
-            self._wire_version()  # refuse an unsupported server before anything is written
+        # Refuses an unsupported server before anything is written.
+        wire = self._wire_version() if self._is_real_client() else 0
         session = self._start_session()
         session_ids = [session.session_id] if session is not None else []
         # $$NOW needs a pipeline update (4.2+); on 4.0 the lease uses the estimated server clock.
-        server_time = self._is_real_client() and \
-            self._wire_version() >= PIPELINE_UPDATE_WIRE_VERSION
+        server_time = wire >= PIPELINE_UPDATE_WIRE_VERSION
         lease = Lease(self.lock_collection, run, self.lock_ttl, ServerClock(self.db), self.retry,
                       session_ids=session_ids, server_time=server_time)
         lease.step = step
