@@ -32,6 +32,8 @@ def run(project: Path, *argv: str, mongo_uri: str) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.pop("MONGODB_URI", None)
     env["COLUMNS"] = "80"  # pytest's report lines are cut to the terminal's width
+    for name in ("CI", "BUILD_NUMBER"):  # ...except on CI, where pytest never cuts them
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-m", *argv], cwd=str(project), env=env,
                           capture_output=True, text=True, timeout=300)
 
