@@ -1,8 +1,12 @@
 """The migration lock: a lease with a TTL in the server's clock, renewed by a heartbeat.
 
-* Acquired in one atomic ``find_one_and_update`` with ``upsert``: a live lease of
-  someone else makes the upsert collide on ``_id`` (``DuplicateKeyError``), so two
-  processes can never both believe they hold it.
+* Acquired optimistically: one atomic ``find_one_and_update`` with ``upsert`` whose
+  filter matches only this run's own lease. The lock document is deleted on release, so
+  normally there is none and the upsert inserts it: one command. Any document already
+  there (someone else's lease, live or expired, or a foreign one) makes the upsert collide
+  on ``_id`` (``DuplicateKeyError``), so two processes can never both believe they hold
+  it; the run then reads the lease and decides: busy, or (expired, or its holder died on
+  this host) taken over by a second, conditional ``find_one_and_update``.
 * Expiry is written with ``$$NOW`` (server time) and compared against the server's time
   as estimated from ``hello.localTime``, so a client with a wrong clock cannot steal a
   live lease.
@@ -315,7 +319,30 @@ class Lease:
         return {"$set": {**fields, **times}}
 
     def _try_acquire(self) -> None:
-        """One atomic attempt to take (or take over) the lock."""
+        """One attempt at the lock: first as if nobody held it, else the careful way."""
+        started = time.monotonic()
+        try:
+            # Only our own lease matches: with no document the upsert inserts ours; a retry
+            # after a write whose reply was lost finds ours and rewrites it. Any other
+            # document (live, expired or foreign) collides on _id: nothing was written.
+            self.policy.call(
+                "acquire the migration lock",
+                lambda: self.collection.find_one_and_update(
+                    {"_id": LOCK_ID, "run_id": self.run.run_id},
+                    self._times_update(self._fields(), first=True),
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                ),
+            )
+        except DuplicateKeyError:
+            self._try_take_over()
+            return
+        self._deadline = started + self.ttl
+        log.info("Acquired the migration lock as %s (ttl %.0fs)", self.holder, self.ttl)
+
+    def _try_take_over(self) -> None:
+        """Someone's lock document is there: raise ``LockBusyError`` while its lease is live,
+        else take it over atomically (ending its holder's sessions first)."""
         current = self.policy.call(
             "read the migration lock", lambda: self.collection.find_one({"_id": LOCK_ID})
         )

@@ -24,6 +24,8 @@ from support import CLIENT_OPTIONS, deadline, session_uuids, wait_for
 
 import analytiq_migrations.lock as lock_module
 from analytiq_migrations import LockBusyError, LockLostError, Migration, Migrator
+from analytiq_migrations.lock import Lease, ServerClock
+from analytiq_migrations.retry import RetryPolicy
 
 LOCK = "migration_lock"
 
@@ -183,6 +185,47 @@ def test_lock_wait_gives_up_with_lock_busy_naming_the_holder(db: Any) -> None:
     with pytest.raises(LockBusyError, match="held by deploy@web-7:4242/feedbeef"):
         Migrator(db, [CountRuns], lock_wait=0.5).upgrade()
     assert db.counters.count_documents({}) == 0 and db.migrations.count_documents({}) == 0
+
+
+class LosesFirstReply:
+    """The lock collection, except that the first ``find_one_and_update`` is applied and
+    its reply then lost (as a connection that drops after the write does)."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.collection, name)
+
+    def find_one_and_update(self, *args: Any, **kwargs: Any) -> Any:
+        """The real call; the first time, an ``AutoReconnect`` after it was applied."""
+        result = self.collection.find_one_and_update(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise pymongo.errors.AutoReconnect("connection closed after the write")
+        return result
+
+
+def test_a_retry_after_a_lost_reply_finds_its_own_lease(recorded_db: Any, recorder: Any) -> None:
+    # The retried findAndModify matches this run's own lease (the first one did insert it):
+    # no collision, so no LockBusyError against ourselves and no takeover.
+    db = recorded_db
+    migrator = Migrator(db, [CountRuns])
+    run = migrator._new_run()
+    collection = LosesFirstReply(db[LOCK])
+    fast = RetryPolicy(attempts=3, seconds=10.0, initial_wait=0.01, max_wait=0.05)
+    lease = Lease(collection, run, 30.0, ServerClock(db), fast)
+    recorder.clear()
+
+    lease.acquire()
+    try:
+        assert collection.lost == 1 and lease.held and lease.previous_holder is None
+        assert [c.name for c in recorder if c.collection == LOCK] == ["findAndModify"] * 2
+        assert db[LOCK].find_one({"_id": LOCK})["run_id"] == run.run_id
+    finally:
+        lease.release()
+    assert db[LOCK].count_documents({}) == 0
 
 
 # -- a dead holder -----------------------------------------------------------------------
