@@ -17,6 +17,11 @@ The rule, on every pymongo this library supports:
   outside the transaction. Get every handle from ``db`` there.
 
 Outside a transaction the migration gets the plain ``Database``: no session is added.
+
+In a transaction, a call MongoDB itself refuses there (code 263,
+``OperationNotSupportedInTransaction``: on 4.4+ a write to a capped collection, which
+``txnrules`` leaves to the server) raises the same ``MigrationDefinitionError`` as a call
+``txnrules`` refuses before sending it, naming the migration and the way out.
 """
 
 from __future__ import annotations
@@ -24,15 +29,15 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Mapping, Optional
 
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
 from .errors import MigrationDefinitionError, first_line
-from .txnrules import Catalog, refusal, way_out
+from .txnrules import NOT_IN_TRANSACTION_CODE, Catalog, refusal, way_out
 
 if TYPE_CHECKING:
     _DatabaseBase = Database[Any]
@@ -104,15 +109,43 @@ class StepWatch:
             raise self.refused
 
     def failed(self, database: str, collection: Optional[str], method: str,
-               error: BaseException) -> None:
+               error: BaseException) -> Optional[MigrationDefinitionError]:
+        """Remember a call's error; returns the ``MigrationDefinitionError`` to raise instead
+        when MongoDB refused the call because it runs in a transaction."""
+        refused = not_in_transaction(error)
+        if refused is not None:
+            where = f"'{collection}'" if collection else f"database '{database}'"
+            self.refused = MigrationDefinitionError(
+                f"Migration {self.version} {self.direction}() runs in a transaction, and "
+                f"{method}() on {where} was refused by MongoDB: {first_line(refused)}",
+                version=self.version, hint=way_out(),
+            )
+            return self.refused
         if self.first_error is None:
-            where = f"{collection}.{method}()" if collection else f"db.{method}()"
-            self.first_error = CallError(where, error)
+            call = f"{collection}.{method}()" if collection else f"db.{method}()"
+            self.first_error = CallError(call, error)
+        return None
 
     def succeeded(self, database: str, collection: Optional[str], method: str,
                   result: Any) -> None:
         for observer in self.observers:
             observer(database, collection, method, result)
+
+
+def not_in_transaction(error: BaseException) -> Optional[PyMongoError]:
+    """The server's error when ``error`` is MongoDB refusing an operation because it runs in
+    a transaction (a bulk write's first write error, for a ``BulkWriteError``), else ``None``."""
+    if isinstance(error, BulkWriteError):
+        details = error.details if isinstance(error.details, Mapping) else {}
+        errors = details.get("writeErrors") or [None]
+        first = errors[0]
+        if isinstance(first, Mapping) and first.get("code") == NOT_IN_TRANSACTION_CODE:
+            return WriteError(str(first.get("errmsg", "")), NOT_IN_TRANSACTION_CODE,
+                              dict(first))
+        return None
+    if isinstance(error, OperationFailure) and error.code == NOT_IN_TRANSACTION_CODE:
+        return error
+    return None
 
 
 def _injecting(base: type, name: str) -> Callable[..., Any]:
@@ -134,7 +167,9 @@ def _injecting(base: type, name: str) -> Callable[..., Any]:
             result = original(self, *args, **kwargs)
         except PyMongoError as exc:
             if watch is not None:
-                watch.failed(database, collection, name, exc)
+                refused = watch.failed(database, collection, name, exc)
+                if refused is not None:
+                    raise refused from exc
             raise
         if watch is not None:
             watch.succeeded(database, collection, name, result)

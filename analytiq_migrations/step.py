@@ -181,7 +181,7 @@ class _Step:
             if self.env.catalog is None:
                 self.env.catalog = Catalog(loader=self._read_catalog,
                                            wire_version=self.env.wire_version)
-            self.env.catalog.created.clear()  # a retry: the last try's creations rolled back
+            self.env.catalog.new_attempt()  # a retry: the last try's creations rolled back
             self.watch = StepWatch(step.version, step.direction, self.env.catalog)
             handle: Any = joined(self.env.db, session, self.watch)
         else:

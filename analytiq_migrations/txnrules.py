@@ -10,13 +10,20 @@ more than mongod does:
   created earlier in the same transaction), and only on MongoDB 4.4+ (4.0/4.2 create no
   collections at all in a transaction: neither explicitly nor by a first insert);
 * no ``$out`` / ``$merge`` (nor the diagnostic stages) in an aggregation;
-* no writes to capped collections, to ``system.*`` collections, nor to the ``admin``,
-  ``config`` and ``local`` databases;
+* no writes to ``system.*`` collections, nor to the ``admin``, ``config`` and ``local``
+  databases; no writes to capped collections;
 * no commands outside the CRUD set (``count``, ``listCollections``, ``listIndexes``,
   ``collMod``, change streams, ``mapReduce``, ...).
 
 Each rule is a pure function of the call and of what is known about the catalog; the
 session-bound ``db`` (``dbproxy``) asks :func:`refusal` before every call.
+
+The catalog (one ``listCollections``, outside the transaction) is read only where a rule
+needs it: for index builds (which collections exist), and before MongoDB 4.4 for writes
+(which collections exist, since none may be created, and which are capped). On 4.4+ a
+write reads nothing: it may create its collection, and the server itself refuses a write
+to a capped collection (code 263, ``OperationNotSupportedInTransaction``), which
+``dbproxy`` turns into the same ``MigrationDefinitionError`` as a refusal made here.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ MANUAL = "https://www.mongodb.com/docs/manual/core/transactions-operations/"
 #: MongoDB 4.4 is wire version 9: the first to create collections (and their first
 #: indexes) inside a transaction.
 CREATE_IN_TRANSACTION_WIRE = 9
+
+#: OperationNotSupportedInTransaction: how MongoDB (4.4+ for writes to a capped
+#: collection) refuses an operation inside a transaction.
+NOT_IN_TRANSACTION_CODE = 263
 
 #: Databases no transaction may write to.
 RESERVED_DATABASES = frozenset({"admin", "config", "local"})
@@ -82,24 +93,44 @@ class Catalog:
     wire_version: int = 0
     #: Collections the step created in its transaction (indexes may be built on them).
     created: Set[str] = field(default_factory=set)
+    #: Collections the step wrote to without reading the catalog (4.4+): perhaps created
+    #: by the write, so they exist once the step commits.
+    written: Set[str] = field(default_factory=set)
     _existing: Optional[Dict[str, Mapping[str, Any]]] = None
+    #: What earlier steps created or wrote to while the catalog was unread: the dry run's
+    #: steps never commit, so a later read would not see what they created.
+    _earlier: Set[str] = field(default_factory=set)
 
     @property
     def existing(self) -> Dict[str, Mapping[str, Any]]:
+        """name -> options of the collections that existed when the step began."""
         if self._existing is None:
-            self._existing = self.loader()
+            self._existing = dict(self.loader())
+            for name in self._earlier:
+                self._existing.setdefault(name, {})
         return self._existing
+
+    def new_attempt(self) -> None:
+        """The step runs again: the last try's creations rolled back."""
+        self.created.clear()
+        self.written.clear()
 
     def next_step(self) -> None:
         """The step committed: what it created exists now (no longer "created here")."""
+        done = self.created | self.written
         if self._existing is not None:
-            self._existing.update({name: {} for name in self.created})
-        self.created.clear()
+            for name in done:
+                self._existing.setdefault(name, {})
+        else:
+            self._earlier.update(done)
+        self.new_attempt()
 
     def exists(self, name: str) -> bool:
+        """Whether ``name`` exists for this step (created by it, or there before it)."""
         return name in self.created or name in self.existing
 
     def capped(self, name: str) -> bool:
+        """Whether ``name`` is a capped collection."""
         return bool(self.existing.get(name, {}).get("capped"))
 
 
@@ -136,14 +167,17 @@ def refusal(database: str, collection: Optional[str], method: str, args: Iterabl
         if collection.startswith("system."):
             return f"{method}() writes to {where}: system collections cannot be written in " \
                    "a transaction"
+        if catalog.wire_version >= CREATE_IN_TRANSACTION_WIRE:
+            # Nothing to read: the write may create its collection, and the server refuses
+            # a capped one itself (NOT_IN_TRANSACTION_CODE, reported by dbproxy).
+            catalog.written.add(collection)
+            return None
         if catalog.capped(collection):
             return f"{method}() writes to {where}, a capped collection: transactions cannot " \
                    "write to capped collections"
         if not catalog.exists(collection):
-            if catalog.wire_version < CREATE_IN_TRANSACTION_WIRE:
-                return (f"{method}() writes to {where}, which does not exist: MongoDB before "
-                        "4.4 creates no collection in a transaction")
-            catalog.created.add(collection)
+            return (f"{method}() writes to {where}, which does not exist: MongoDB before "
+                    "4.4 creates no collection in a transaction")
     return None
 
 

@@ -21,6 +21,7 @@ from support import client_options, set_failpoint
 from analytiq_migrations import (
     LockBusyError,
     Migration,
+    MigrationDefinitionError,
     Migrator,
     TransactionsUnsupportedError,
 )
@@ -209,6 +210,56 @@ def test_a_call_no_transaction_allows_is_the_error_it_would_hit(db: Any) -> None
     assert step.error.type == "MigrationDefinitionError"
     assert "drop() on 'users'" in step.error.message
     assert_untouched(db, before)
+
+
+class LogsToCapped(Migration):
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"checked": True}})
+        db.audit.insert_one({"event": "checked"})
+
+
+def test_a_write_the_server_refuses_in_a_transaction_is_the_error_it_would_hit(
+    db: Any
+) -> None:
+    db.users.insert_one({"name": "Ada"})
+    db.create_collection("audit", capped=True, size=4096)
+    before = take_snapshot(db)
+    step, = Migrator(db, [LogsToCapped]).upgrade(dry_run=True).steps
+    assert step.status == "failed" and step.error is not None
+    assert step.error.type == "MigrationDefinitionError"
+    assert "insert_one() on 'audit'" in step.error.message
+    assert "capped collection" in step.error.message
+    assert_untouched(db, before)
+
+
+class CreatesByWriting(Migration):
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.fresh.insert_one({"email": "ada@example.com"})
+
+
+class IndexesWhatStepOneCreated(Migration):
+    version = 2
+
+    def up(self, db: Any) -> None:
+        db.fresh.create_index("email")
+
+
+def test_an_index_on_a_collection_an_earlier_step_created_is_refused_as_in_the_real_run(
+    db: Any
+) -> None:
+    # The real run commits step 1, so step 2 builds an index on an existing collection.
+    migrations = [CreatesByWriting, IndexesWhatStepOneCreated]
+    before = take_snapshot(db)
+    first, second = Migrator(db, migrations).upgrade(dry_run=True).steps
+    assert first.status == "rehearsed" and second.status == "failed"
+    assert second.error is not None and "already exists" in second.error.message
+    assert_untouched(db, before)
+    with pytest.raises(MigrationDefinitionError, match="already exists"):
+        Migrator(db, migrations).upgrade()
 
 
 class Backfill(Migration):

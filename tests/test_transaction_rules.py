@@ -9,7 +9,7 @@ import contextlib
 from typing import Any, Dict
 
 import pytest
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 from support import CommandRecorder
 
 from analytiq_migrations import (
@@ -18,7 +18,14 @@ from analytiq_migrations import (
     MigrationFailedError,
     Migrator,
 )
-from analytiq_migrations.txnrules import Catalog, refusal
+from analytiq_migrations.dbproxy import StepWatch
+from analytiq_migrations.txnrules import (
+    CREATE_IN_TRANSACTION_WIRE,
+    NOT_IN_TRANSACTION_CODE,
+    WRITE_METHODS,
+    Catalog,
+    refusal,
+)
 
 
 def catalog(existing: Dict[str, Any], wire: int = 21) -> Catalog:
@@ -54,11 +61,18 @@ def test_index_builds_only_on_collections_the_transaction_creates() -> None:
     assert "before 4.4" in refused("fresh", "create_index", "email", cat=cat)
 
 
-def test_writes_to_capped_system_and_reserved_places() -> None:
-    assert "capped" in refused("log", "insert_one", {})
+def test_writes_to_system_and_reserved_places() -> None:
     assert "system collections" in refused("system.views", "insert_one", {})
     assert "'admin' database" in refused("users", "update_one", {}, {}, db="admin")
     assert refused("users", "update_many", {}, {"$set": {"a": 1}}) is None
+
+
+def test_before_4_4_writes_to_capped_collections_are_refused_before_sending() -> None:
+    cat = catalog({"users": {}, "log": {"capped": True}}, wire=8)  # MongoDB 4.2
+    assert "capped" in refused("log", "insert_one", {}, cat=cat)
+    assert refused("users", "insert_one", {}, cat=cat) is None
+    # 4.4+: the server refuses it itself (see the capped test on a real server below).
+    assert refused("log", "insert_one", {}) is None
 
 
 def test_before_4_4_no_collection_is_created_in_a_transaction() -> None:
@@ -85,15 +99,76 @@ def test_only_crud_commands_through_db_command() -> None:
         assert "cannot run in a transaction" in refused(None, "command", command), command
 
 
-def test_the_catalog_is_read_only_when_a_rule_needs_it() -> None:
+@pytest.mark.parametrize("wire, first", [(8, "insert_one"), (21, "create_index")])
+def test_the_catalog_is_read_only_when_a_rule_needs_it(wire: int, first: str) -> None:
     reads = []
-    cat = Catalog(loader=lambda: reads.append(1) or {}, wire_version=21)
+    cat = Catalog(loader=lambda: reads.append(1) or {}, wire_version=wire)
     refusal("shop", "users", "find", (), {}, cat)
     refusal("shop", "users", "aggregate", ([{"$match": {}}],), {}, cat)
     assert reads == []
-    refusal("shop", "users", "insert_one", ({},), {}, cat)
-    refusal("shop", "other", "insert_one", ({},), {}, cat)
+    refusal("shop", "users", first, ({},), {}, cat)
+    refusal("shop", "other", first, ({},), {}, cat)
     assert reads == [1]
+
+
+def test_on_4_4_writes_never_read_the_catalog() -> None:
+    def unreadable() -> Dict[str, Any]:
+        raise AssertionError("a write read the catalog")
+
+    cat = Catalog(loader=unreadable, wire_version=CREATE_IN_TRANSACTION_WIRE)
+    for method in sorted(WRITE_METHODS):
+        assert refusal("shop", "log", method, ({},), {}, cat) is None, method
+    # The pure rules still hold.
+    assert "system collections" in refusal("shop", "system.js", "insert_one", ({},), {}, cat)
+    assert "'config' database" in refusal("config", "x", "delete_many", ({},), {}, cat)
+    with pytest.raises(AssertionError, match="read the catalog"):
+        refusal("shop", "log", "create_index", ("a",), {}, cat)  # index builds do read it
+
+
+@pytest.mark.parametrize("read_before", [False, True])
+def test_on_4_4_what_a_step_wrote_to_exists_for_the_steps_after_it(read_before: bool) -> None:
+    # A write may create its collection: once the step commits, the collection exists, even
+    # for a catalog read later (in a dry run the steps never commit, so such a read would
+    # not see it).
+    cat = catalog({"users": {}})
+    if read_before:
+        assert "fresh" not in cat.existing
+    assert refused("fresh", "insert_one", {}, cat=cat) is None
+    cat.next_step()
+    assert "already exists" in refused("fresh", "create_index", "a", cat=cat)
+
+
+def test_on_4_4_a_write_does_not_make_an_existing_collection_indexable() -> None:
+    cat = catalog({"users": {}})
+    assert refused("users", "update_many", {}, {"$set": {"a": 1}}, cat=cat) is None
+    assert "already exists" in refused("users", "create_index", "a", cat=cat)
+    assert refused("fresh", "insert_one", {}, cat=cat) is None
+    assert refused("fresh", "create_index", "a", cat=cat) is None  # created by the insert
+
+
+def test_a_retried_step_forgets_what_its_last_try_wrote_to() -> None:
+    cat = catalog({})
+    refused("fresh", "insert_one", {}, cat=cat)
+    cat.new_attempt()  # the last try rolled back: it created nothing
+    cat.next_step()
+    assert refused("fresh", "create_index", "a", cat=cat) is None
+
+
+def test_a_bulk_write_refused_in_the_transaction_is_reported_like_a_refusal() -> None:
+    # mongod may report the refusal as the batch's write error rather than the command's.
+    watch = StepWatch(3, "down", catalog({}))
+    server_says = "Collection 'shop.log' is a capped collection. Writing in a transaction..."
+    bulk = BulkWriteError({"writeErrors": [
+        {"index": 0, "code": NOT_IN_TRANSACTION_CODE, "errmsg": server_says}]})
+    refused_error = watch.failed("shop", "log", "insert_many", bulk)
+    assert refused_error is not None and refused_error is watch.refused
+    assert str(refused_error).startswith(
+        "Migration 3 down() runs in a transaction, and insert_many() on 'log' was refused by "
+        f"MongoDB: {server_says}")
+    assert watch.first_error is None
+    duplicate = BulkWriteError({"writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000"}]})
+    assert StepWatch(3, "down", catalog({})).failed("shop", "log", "insert_many",
+                                                     duplicate) is None
 
 
 # -- on a real server: refused before anything is sent ------------------------------------------
@@ -136,6 +211,74 @@ def test_ddl_in_a_transaction_is_refused_naming_the_call_and_the_way_out(
     assert recorded_db.legacy.count_documents({}) == 1
     assert recorded_db.users.count_documents({"moved": True}) == 0  # rolled back
     assert recorded_db.migrations.find_one({"_id": 1})["status"] == "failed"
+
+
+class LogsToCapped(Migration):
+    """Flag the users and log it in the capped audit log"""
+
+    version = 1
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"flagged": True}})
+        db.audit.insert_one({"event": "flagged"})
+
+
+@pytest.mark.parametrize("refused_by", ["server", "us"])
+def test_a_write_to_a_capped_collection_is_refused_naming_the_way_out(
+    recorded_db: Any, recorder: CommandRecorder, monkeypatch: pytest.MonkeyPatch,
+    refused_by: str
+) -> None:
+    wire = recorded_db.client.admin.command("hello")["maxWireVersion"]
+    if refused_by == "server" and wire < CREATE_IN_TRANSACTION_WIRE:
+        pytest.skip("a server before MongoDB 4.4: the capped rule is enforced before sending")
+    if refused_by == "us":  # MongoDB 4.2: the catalog is read, the write is never sent
+        monkeypatch.setattr(Migrator, "_wire_version", lambda self: 8)
+    recorded_db.create_collection("audit", capped=True, size=4096)
+    recorded_db.users.insert_one({"_id": 1})
+    recorder.clear()
+
+    with pytest.raises(MigrationDefinitionError) as error:
+        Migrator(recorded_db, [LogsToCapped]).upgrade()
+
+    message = str(error.value)
+    assert error.value.version == 1
+    assert "Migration 1 up() runs in a transaction, and insert_one()" in message
+    assert "'audit'" in message and "capped collection" in message
+    assert "transactional = False" in str(error.value.hint)
+    sent = [c for c in recorder if c.collection == "audit"]
+    if refused_by == "server":
+        assert "was refused by MongoDB: Collection" in message
+        assert isinstance(error.value.__cause__, OperationFailure)
+        assert error.value.__cause__.code == NOT_IN_TRANSACTION_CODE
+        assert not recorder.filter("listCollections") and len(sent) == 1
+    else:
+        assert "nothing was sent" in message
+        assert len(recorder.filter("listCollections")) == 1 and sent == []
+    assert recorded_db.audit.count_documents({}) == 0
+    assert recorded_db.users.count_documents({"flagged": True}) == 0  # rolled back
+    assert recorded_db.migrations.find_one({"_id": 1})["status"] == "failed"
+    assert Migrator(recorded_db, [LogsToCapped]).current_version() == 0
+
+
+def test_a_caught_refusal_by_the_server_is_still_reported(db: Any) -> None:
+    if db.client.admin.command("hello")["maxWireVersion"] < CREATE_IN_TRANSACTION_WIRE:
+        pytest.skip("a server before MongoDB 4.4: the capped rule is enforced before sending")
+
+    class SeedStyleLog(Migration):
+        def __init__(self) -> None:
+            super().__init__(version=1, description="seed style: log, ignore failures")
+
+        def up(self, db: Any) -> bool:
+            db.users.insert_many([{"_id": "a"}, {"_id": "b"}])
+            with contextlib.suppress(Exception):  # "the audit log is best effort"
+                db.audit.insert_many([{"event": "seeded"}])
+            return True
+
+    db.create_collection("audit", capped=True, size=4096)
+    with pytest.raises(MigrationDefinitionError,
+                       match=r"insert_many\(\) on 'audit' was refused by MongoDB"):
+        Migrator(db, [SeedStyleLog()]).upgrade()
+    assert db.users.count_documents({}) == 0 and db.audit.count_documents({}) == 0
 
 
 def test_the_same_migration_runs_when_it_says_transactional_false(db: Any) -> None:
