@@ -6,11 +6,13 @@ with the number of migrations. Counted with command monitoring (exact, unlike ti
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from typing import Any
 
+import pytest
 from support import CommandRecorder
 
-from analytiq_migrations import Migration, Migrator
+from analytiq_migrations import LockBusyError, Migration, Migrator
 
 
 class Noop(Migration):
@@ -58,23 +60,71 @@ def test_status_costs_the_same_commands_with_250_migrations_as_with_3(
     assert recorder.names() == with_few == ["find", "find"]  # records, lock
 
 
-def test_each_applied_migration_costs_four_bookkeeping_commands(
+class Touch(Migration):
+    """Inserts one document into an existing collection."""
+
+    def up(self, db: Any) -> None:
+        """One insert: the migration's own command."""
+        db.touched.insert_one({"v": self.version})
+
+
+#: Commands sent in each transactional step besides the migration's own and the commit:
+#: the lease re-check, the record, the history entry.
+PER_STEP = [("update", "migration_lock"), ("update", "migrations"),
+            ("insert", "migrations_history")]
+
+
+def bookkeeping(db: Any, recorder: CommandRecorder, n: int) -> list[tuple[str, Any]]:
+    """The commands of an upgrade applying ``n`` transactional ``Touch`` migrations, without
+    the migrations' own commands and the commits (the run's data is dropped afterwards)."""
+    db.touched.insert_one({"_id": "there before"})  # an existing collection
+    recorder.clear()
+    Migrator(db, [Touch(version=v) for v in range(1, n + 1)]).upgrade()
+    sent = [(c.name, c.collection) for c in recorder
+            if c.collection != "touched" and c.name != "commitTransaction"]
+    assert len(recorder.filter("commitTransaction")) == n
+    for name in ("migrations", "migrations_history", "touched"):
+        db.drop_collection(name)
+    return sent
+
+
+def test_each_applied_migration_costs_three_bookkeeping_commands(
     recorded_db: Any, recorder: CommandRecorder
 ) -> None:
-    """Record running, then in the transaction: lease, record, history (plus the commit)."""
+    """In the transaction: lease, record, history (plus the commit)."""
+    per_migration = (len(bookkeeping(recorded_db, recorder, 6)) -
+                     len(bookkeeping(recorded_db, recorder, 2))) / 4
+    assert per_migration == len(PER_STEP) == 3
 
-    class Touch(Migration):
-        def up(self, db: Any) -> None:
-            db.touched.insert_one({"v": self.version})
 
-    def bookkeeping(n: int) -> int:
-        recorder.clear()
-        Migrator(recorded_db, [Touch(version=v) for v in range(1, n + 1)]).upgrade()
-        sent = recorder.commands
-        own = [c for c in sent if c.collection == "touched" or c.name == "commitTransaction"]
-        recorded_db.drop_collection("migrations")
-        recorded_db.drop_collection("touched")
-        return len(sent) - len(own)
+def test_a_transactional_run_costs_four_fixed_commands(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    """Plan, take the lock, re-read under it, release: no lock read before taking it, no
+    collection list for the transaction rules."""
+    two, six = bookkeeping(recorded_db, recorder, 2), bookkeeping(recorded_db, recorder, 6)
 
-    per_migration = (bookkeeping(6) - bookkeeping(2)) / 4
-    assert per_migration == 3
+    before = [("find", "migrations"), ("findAndModify", "migration_lock"),
+              ("find", "migrations")]
+    after = [("delete", "migration_lock")]
+    assert two == before + PER_STEP * 2 + after
+    assert six == before + PER_STEP * 6 + after
+
+
+def test_a_busy_lock_is_known_after_two_lock_commands(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    now = recorded_db.client.admin.command("hello")["localTime"].replace(tzinfo=timezone.utc)
+    recorded_db.migration_lock.insert_one({
+        "_id": "migration_lock", "holder": "deploy@web-7:4242/feedbeef", "run_id": "feedbeef",
+        "host": "web-7", "pid": 4242, "locked_at": now, "expires_at": now + timedelta(minutes=10),
+    })
+    recorder.clear()
+
+    with pytest.raises(LockBusyError, match="held by deploy@web-7:4242/feedbeef"):
+        Migrator(recorded_db, [Touch(version=1)]).upgrade()
+
+    assert [(c.name, c.collection) for c in recorder] == [
+        ("find", "migrations"), ("findAndModify", "migration_lock"),
+        ("find", "migration_lock")]
+    assert recorder.filter("findAndModify")[0].outcome == "failed"  # collided on _id
