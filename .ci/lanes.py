@@ -141,7 +141,7 @@ def run_lane(lane: Lane, wheel: Path) -> str:
 def main(argv: List[str]) -> int:
     wanted = [lane for lane in LANES if not argv or lane.python in argv]
     if not wanted:
-        print(f"no such lane: {' '.join(argv)} (lanes: {', '.join(l.python for l in LANES)})")
+        print(f"no such lane: {' '.join(argv)} (lanes: {', '.join(lane.python for lane in LANES)})")
         return 2
     LANES_DIR.mkdir(exist_ok=True)
     wheel = build_wheel()

@@ -9,9 +9,16 @@
             db.users.create_index("email", unique=True)
 
     Migrator(client, [AddEmailIndex], database="app").upgrade()
+
+The names below are imported on first use (PEP 562): a migration file's ``from
+analytiq_migrations import Migration`` and the command line's no-op ``up`` load neither
+the runner nor the record models (pydantic), which would double a cron job's start-up.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from .errors import (
     ChecksumDriftError,
@@ -31,22 +38,53 @@ from .errors import (
     TransactionsUnsupportedError,
     ValidationProblemError,
 )
-from .loader import load_migrations
-from .migration import Migration
-from .records import (
-    HistoryEntry,
-    MigrationRecord,
-    Plan,
-    PlanStep,
-    Problem,
-    ProgressEvent,
-    RepairAction,
-    RunReport,
-    StatusRow,
-    StepResult,
-)
-from .retry import RetryPolicy
-from .runner import Migrator, run_migrations
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .loader import load_migrations
+    from .migration import Migration
+    from .records import (
+        HistoryEntry,
+        MigrationRecord,
+        Plan,
+        PlanStep,
+        Problem,
+        ProgressEvent,
+        RepairAction,
+        RunReport,
+        StatusRow,
+        StepResult,
+    )
+    from .retry import RetryPolicy
+    from .runner import Migrator, run_migrations
+
+#: Public name -> the module that defines it (imported when the name is first used).
+_LAZY: Dict[str, str] = {
+    "load_migrations": "loader",
+    "Migration": "migration",
+    **{name: "records" for name in (
+        "HistoryEntry", "MigrationRecord", "Plan", "PlanStep", "Problem", "ProgressEvent",
+        "RepairAction", "RunReport", "StatusRow", "StepResult")},
+    "RetryPolicy": "retry",
+    "Migrator": "runner",
+    "run_migrations": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (then it is an ordinary attribute)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ChecksumDriftError",

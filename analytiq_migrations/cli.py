@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import traceback
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
@@ -698,12 +699,58 @@ def _starting(cmd: Command, direction: str) -> None:
 
 def cmd_up(cmd: Command) -> int:
     """``up [TARGET] [--fake | --dry-run]``."""
+    if _nothing_to_do(cmd):
+        return EXIT_OK
     m = cmd.open()
     _starting(cmd, "up")
     fake = cmd.args.fake
     if cmd.args.dry_run:
         return _rehearsal_report(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
     return _report(cmd, m.upgrade(cmd.args.target, fake=fake), faked=fake)
+
+
+def _nothing_to_do(cmd: Command) -> bool:
+    """The everyday no-op ``up`` to head, answered without the runner (``noop.py``): True
+    when it printed "Nothing to do"; False (having changed nothing) for the full path."""
+    s, args = cmd.settings, cmd.args
+    target = str(args.target if args.target is not None else "head").strip().lower()
+    if args.fake or args.dry_run or target != "head" or s.client is not None \
+            or s.transactions == "always" or not s.uri or s.migrations is None \
+            or not os.path.isdir(str(s.migrations)):
+        return False  # the full path: it checks what these need (or the user's code runs)
+    from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+
+    from .config import make_client, ping
+    from .loader import load_migrations
+    from .noop import read_and_judge
+
+    log = logging.getLogger("analytiq_migrations")
+    migrations = load_migrations(s.migrations, lazy=True)  # its errors are the full path's
+    client = make_client(s)
+    version: Optional[int] = None
+    try:
+        try:
+            database = client[s.database] if s.database else client.get_default_database()
+        except PyMongoConfigurationError:
+            return False  # no database named anywhere: the full path says how to name one
+        ping(client)  # an unreachable server or bad credentials: the full path's errors
+        version, why = read_and_judge(database, s.collection, migrations)
+        log.debug("no-op check: %s%s", why, "" if version is not None else
+                  "; taking the full path")
+    finally:
+        client.close()
+    if version is None:
+        return False
+    log.info("Nothing to do: database at version %d", version)
+    clock = datetime.now(timezone.utc)
+    now = _plain(clock.replace(microsecond=clock.microsecond // 1000 * 1000))  # as BSON keeps it
+    cmd.out.result(f"Nothing to do: '{database.name}' is at version {version}.", {
+        # The fields of a RunReport (what the full path prints), for --json.
+        "run_id": uuid.uuid4().hex, "direction": "up", "start_version": version,
+        "end_version": version, "started_at": now, "finished_at": now, "steps": [],
+        "dry_run": False, "target_version": None, "notes": []})
+    _TEARDOWN.skippable = True  # only this library ran, and its client is closed
+    return True
 
 
 def cmd_down(cmd: Command) -> int:

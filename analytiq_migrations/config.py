@@ -363,7 +363,7 @@ def make_client(settings: Settings) -> Any:
     import pymongo
     from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
-    from .runner import SERVER_SELECTION_TIMEOUT_MS
+    from .server import SERVER_SELECTION_TIMEOUT_MS
 
     uri = settings.uri or ""
     options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False}

@@ -71,6 +71,7 @@ from .retry import RetryPolicy
 from .server import (
     MIN_WIRE_VERSION,
     PIPELINE_UPDATE_WIRE_VERSION,
+    SERVER_SELECTION_TIMEOUT_MS,
     hosts,
     mongodb_release,
     own_collection,
@@ -82,10 +83,6 @@ log = logging.getLogger("analytiq_migrations")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Server selection timeout for clients this library creates from a URI: long enough
-#: for a replica-set election (~12 s worst case on defaults), short enough that a cron
-#: job pointed at a dead host fails within a minute instead of hanging.
-SERVER_SELECTION_TIMEOUT_MS = 15_000
 
 #: MongoDB refuses longer database names (fewer than 64 bytes), but only once something
 #: is written; checked up front so the mistake is named before anything runs.

@@ -20,6 +20,16 @@ MIN_WIRE_VERSION = 7
 #: transactions through mongos.
 PIPELINE_UPDATE_WIRE_VERSION = 8
 
+#: Server selection timeout for clients this library creates from a URI: long enough
+#: for a replica-set election (~12 s worst case on defaults), short enough that a cron
+#: job pointed at a dead host fails within a minute instead of hanging.
+SERVER_SELECTION_TIMEOUT_MS = 15_000
+
+#: First-batch size when reading all records: the server's default (101 documents)
+#: would add a ``getMore`` from the 102nd migration on; the server caps a batch at
+#: 16 MB anyway, which at ~0.5 KB a record is some 30,000 versions in one round trip.
+RECORDS_BATCH = 100_000
+
 #: "no such command": what servers before 4.4.2 (and 5.0) answer to ``hello``.
 COMMAND_NOT_FOUND = 59
 

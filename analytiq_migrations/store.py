@@ -21,17 +21,13 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
-from .server import own_collection
+from .server import RECORDS_BATCH, own_collection
 
 log = logging.getLogger("analytiq_migrations")
 
 #: ``_id`` of the seed's single version document, kept current for code that reads it.
 LEGACY_ID = "schema_version"
 
-#: First-batch size when reading all records: the server's default (101 documents)
-#: would add a ``getMore`` from the 102nd migration on; the server caps a batch at
-#: 16 MB anyway, which at ~0.5 KB a record is some 30,000 versions in one round trip.
-RECORDS_BATCH = 100_000
 
 
 def utcnow() -> datetime:

@@ -1,15 +1,30 @@
 """A no-op run costs the same with 3 or 1,000 migrations: unchanged files are neither
-imported nor tokenized; their bytes' hash is compared with the one on the record."""
+imported nor tokenized; their bytes' hash is compared with the one on the record. On the
+command line a no-op ``up`` loads neither the runner nor the record models (``noop.py``),
+and answers "nothing to do" only when the full path would."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 import pytest
+from support import run_python
 
-from analytiq_migrations import ChecksumDriftError, MigrationDefinitionError, Migrator, loader
+from analytiq_migrations import (
+    ChecksumDriftError,
+    MigrationDefinitionError,
+    Migrator,
+    RunReport,
+    loader,
+    noop,
+    records,
+    store,
+)
+from analytiq_migrations.cli import main
+from analytiq_migrations.server import OWN_CODEC
 
 MIGRATION = '''
 """Set users.step{n}."""
@@ -142,3 +157,111 @@ def test_a_checksum_changed_on_the_record_is_not_vouched_for_by_the_bytes(
     db.migrations.update_one({"_id": 3}, {"$set": {"checksum": "0" * 64}})
     [problem] = Migrator(db, project).validate()
     assert (problem.kind, problem.version) == ("checksum_drift", 3)
+
+
+# -- the command line's quick answer (noop.py) ---------------------------------------------------
+
+
+def clean_state(db: Any, project: Path) -> tuple[list[Any], List[Dict[str, Any]]]:
+    """The five files applied: the lazily loaded files and the raw records."""
+    Migrator(db, project).upgrade()
+    migrations = loader.load_migrations(project, lazy=True)
+    return migrations, list(db.get_collection("migrations",
+                                              codec_options=OWN_CODEC).find())
+
+
+def test_the_quick_answer_for_an_applied_unchanged_project(db: Any, project: Path) -> None:
+    migrations, docs = clean_state(db, project)
+    assert noop.judge(migrations, docs) == (5, "every file is applied and unchanged")
+    assert noop.judge(migrations, [*docs, {"_id": "schema_version", "version": 5}])[0] == 5
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda docs: docs[2].update(status="failed"), "version 3 is 'failed'"),
+    (lambda docs: docs[2].update(status="rolled_back"), "version 3 is 'rolled_back'"),
+    (lambda docs: docs[2].update(status="running"), "version 3 is 'running'"),
+    (lambda docs: docs.pop(4), "version 5 is not applied"),
+    (lambda docs: docs.append({**docs[0], "_id": 9, "version": 9}), "9 is recorded but has no"),
+    (lambda docs: docs[1].update(raw_checksum="0" * 64), "file of version 2 changed"),
+    (lambda docs: docs[1].update(checksum="0" * 64), "file of version 2 changed"),
+    (lambda docs: docs[1].pop("raw_checksum"), "record 2 has no raw_checksum"),
+    (lambda docs: docs[1].update(_id=7), "record 7 has no plain version"),
+    (lambda docs: docs[1].update(version=True, _id=True), "no plain version"),
+    (lambda docs: docs[1].update(duration_ms="12"), "record 2 has an unexpected duration_ms"),
+    (lambda docs: docs[1].update(last_error={"type": "X"}), "unexpected last_error"),
+    (lambda docs: docs[1].update(direction="down"), "version 2 was last run down"),
+    (lambda docs: docs.clear(), "no per-version records"),
+])
+def test_the_quick_answer_is_unsure_of_anything_but_plainly_applied(
+    db: Any, project: Path, change: Callable[[List[Dict[str, Any]]], Any], why: str
+) -> None:
+    migrations, docs = clean_state(db, project)
+    change(docs)
+    version, reason = noop.judge(migrations, docs)
+    assert version is None and why in reason
+
+
+def test_the_quick_answer_is_unsure_of_an_edited_file(db: Any, project: Path) -> None:
+    Migrator(db, project).upgrade()
+    path = project / "0003_step3.py"
+    path.write_text(path.read_text() + "\n# reviewed\n")  # cosmetic: the full path decides
+    migrations = loader.load_migrations(project, lazy=True)
+    assert noop.judge(migrations, list(db.migrations.find())) == (
+        None, "the file of version 3 changed since it was recorded")
+
+
+def test_its_constants_are_the_stores() -> None:
+    assert noop.LEGACY_ID == store.LEGACY_ID
+    assert noop.APPLIED == records.APPLIED_STATUSES
+    assert set(noop._FIELDS) | {"version"} == records.field_names(records.MigrationRecord)
+
+
+def test_a_noop_up_on_the_command_line_loads_no_runner_models_or_migration(
+    db: Any, project: Path, mongo_uri: str
+) -> None:
+    Migrator(db, project).upgrade()
+    done = run_python(f"""
+        import sys
+        from analytiq_migrations.cli import main
+        code = main(["up", "--uri", {mongo_uri!r}, "--database", {db.name!r},
+                     "--migrations", {str(project)!r}])
+        loaded = [name for name in sys.modules if name.startswith(("pydantic", "tenacity"))
+                  or name in ("analytiq_migrations.runner", "analytiq_migrations.records")
+                  or "step" in name]
+        print("exit", code, "loaded", sorted(loaded))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert f"Nothing to do: '{db.name}' is at version 5." in done.stdout
+    assert "exit 0 loaded []" in done.stdout
+
+
+def up_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Dict[str, Any]:
+    assert main(["up", "--json", *argv]) == 0
+    data: Dict[str, Any] = json.loads(capsys.readouterr().out)
+    return data
+
+
+def test_the_quick_answer_prints_what_the_full_path_prints(
+    db: Any, project: Path, mongo_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Migrator(db, project).upgrade()
+    argv = ("--uri", mongo_uri, "--database", db.name, "--migrations", str(project))
+    quick = up_json(capsys, *argv)
+    full = up_json(capsys, *argv, "--transactions", "always")  # "always" takes the full path
+    assert set(quick) == set(full) == set(records.field_names(RunReport))
+    timeless = ("run_id", "started_at", "finished_at")
+    assert {k: v for k, v in quick.items() if k not in timeless} == \
+        {k: v for k, v in full.items() if k not in timeless}
+    assert len(quick["started_at"]) == len(full["started_at"])  # milliseconds, like BSON's
+
+
+def test_when_unsure_the_command_line_takes_the_full_path(
+    db: Any, project: Path, mongo_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Migrator(db, project).upgrade(4)
+    argv = ["up", "-v", "--uri", mongo_uri, "--database", db.name, "--migrations", str(project)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "no-op check: version 5 is not applied; taking the full path" in captured.err
+    assert "Applied 1 migration" in captured.out
+    assert db.migrations.find_one({"_id": 5})["status"] == "applied"
