@@ -294,6 +294,10 @@ class Command:
     #: interrupted run, which never returns its own).
     run_started: Optional[datetime] = None
     run_direction: Optional[str] = None
+    #: What the quick no-op check already made when it could not answer (``up``): the
+    #: directory's migrations (lazy) and a client whose server answered, for the full path.
+    loaded: Optional[list[Any]] = None
+    client: Any = None
 
     def open(self, *, need_code: bool = True) -> Any:
         """The ``Migrator``; ``need_code=False`` works without the migrations (unlock, history)."""
@@ -305,9 +309,11 @@ class Command:
 
             progress = make_reporter(self.out.stderr)
         # history and unlock work without the code (and so despite a broken file)
-        source: Optional[list[Any]] = None if need_code else []
+        source: Optional[list[Any]] = self.loaded if need_code else []
         self.imported_code = need_code and not os.path.isdir(str(self.settings.migrations))
-        self.migrator = open_migrator(self.settings, migrations=source, progress=progress)
+        client, self.client = self.client, None
+        self.migrator = open_migrator(self.settings, migrations=source, progress=progress,
+                                      client=client)
         return self.migrator
 
     @property
@@ -727,20 +733,23 @@ def _nothing_to_do(cmd: Command) -> bool:
     log = logging.getLogger("analytiq_migrations")
     migrations = load_migrations(s.migrations, lazy=True)  # its errors are the full path's
     client = make_client(s)
-    version: Optional[int] = None
     try:
         try:
             database = client[s.database] if s.database else client.get_default_database()
         except PyMongoConfigurationError:
+            client.close()
             return False  # no database named anywhere: the full path says how to name one
         ping(client)  # an unreachable server or bad credentials: the full path's errors
         version, why = read_and_judge(database, s.collection, migrations)
-        log.debug("no-op check: %s%s", why, "" if version is not None else
-                  "; taking the full path")
-    finally:
+    except BaseException:
         client.close()
+        raise
     if version is None:
+        log.debug("no-op check: %s; taking the full path", why)
+        cmd.loaded, cmd.client = migrations, client  # the full path goes on with them
         return False
+    client.close()
+    log.debug("no-op check: %s", why)
     log.info("Nothing to do: database at version %d", version)
     clock = datetime.now(timezone.utc)
     now = _plain(clock.replace(microsecond=clock.microsecond // 1000 * 1000))  # as BSON keeps it

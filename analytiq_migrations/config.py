@@ -415,12 +415,14 @@ def _hosts(client: Any) -> str:
     return ", ".join(f"{host}:{port}" for host, port in addresses) or "?"
 
 
-def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any = None) -> Any:
+def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any = None,
+                  client: Any = None) -> Any:
     """A ``Migrator`` for ``settings`` whose server answered; end with ``.close()``
     (which closes the client only if it was made here from the URI, never the app's).
 
     The migrations are loaded before the server is contacted, so a broken migration
-    file is reported even when the server is down.
+    file is reported even when the server is down. ``client``: one already made from
+    ``settings`` by ``make_client`` whose server answered; the Migrator owns it.
     """
     from .runner import Migrator
 
@@ -438,10 +440,12 @@ def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any =
                   migrator.db.name)
         ping(migrator.client)
         return migrator
-    client = make_client(settings)
+    answered = client is not None
+    client = client if answered else make_client(settings)
     try:
         migrator = Migrator(client, source, progress=progress, **settings.migrator_options())
-        ping(client)
+        if not answered:
+            ping(client)
     except BaseException:
         client.close()
         raise

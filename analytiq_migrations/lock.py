@@ -318,6 +318,21 @@ class Lease:
             times["locked_at"] = now
         return {"$set": {**fields, **times}}
 
+    def _write_lease(self, query: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Write our lease over the lock document ``query`` matches, or insert it (upsert);
+        returns the document it replaced. Raises ``DuplicateKeyError`` when another
+        document holds the ``_id``."""
+        result: Optional[dict[str, Any]] = self.policy.call(
+            "acquire the migration lock",
+            lambda: self.collection.find_one_and_update(
+                query,
+                self._times_update(self._fields(), first=True),
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
+            ),
+        )
+        return result
+
     def _try_acquire(self) -> None:
         """One attempt at the lock: first as if nobody held it, else the careful way."""
         started = time.monotonic()
@@ -325,15 +340,7 @@ class Lease:
             # Only our own lease matches: with no document the upsert inserts ours; a retry
             # after a write whose reply was lost finds ours and rewrites it. Any other
             # document (live, expired or foreign) collides on _id: nothing was written.
-            self.policy.call(
-                "acquire the migration lock",
-                lambda: self.collection.find_one_and_update(
-                    {"_id": LOCK_ID, "run_id": self.run.run_id},
-                    self._times_update(self._fields(), first=True),
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                ),
-            )
+            self._write_lease({"_id": LOCK_ID, "run_id": self.run.run_id})
         except DuplicateKeyError:
             self._try_take_over()
             return
@@ -366,15 +373,7 @@ class Lease:
                              "process": current["process"]})
         query = {"_id": LOCK_ID, "$or": takeable}
         try:
-            previous = self.policy.call(
-                "acquire the migration lock",
-                lambda: self.collection.find_one_and_update(
-                    query,
-                    self._times_update(self._fields(), first=True),
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                ),
-            )
+            previous = self._write_lease(query)
         except DuplicateKeyError:
             raw = self.collection.find_one({"_id": LOCK_ID})
             if raw is None:  # released between our two commands: try once more

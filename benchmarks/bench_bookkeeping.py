@@ -31,9 +31,15 @@ from common import (
 
 from analytiq_migrations import Migration, Migrator
 
-#: The design's budget per applied migration: running-record write, and in the
-#: migration's transaction the lock re-check, the record write and the history insert.
-TARGET_PER_MIGRATION = 4
+#: The budget per applied transactional migration: in its transaction the lease fence,
+#: the record write and the history insert (the commit is counted as the migration's).
+#: Nothing is written before the transaction: the lock's step field says it runs.
+TARGET_PER_MIGRATION = 3
+#: Without a transaction the running record is written first (a crash must leave a
+#: trace), then lease re-check, record and history.
+TARGET_PER_PLAIN_MIGRATION = 4
+#: Per run: read the records, take the lock, read them again under it, release it.
+TARGET_PER_RUN = 4
 
 
 class InsertOne(Migration):
@@ -107,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             per = (book_l - book_s) / (large - small)
             fixed = book_s - per * small
             bare_l = bare(uri, large, mode != "never")
-            met = per <= TARGET_PER_MIGRATION
-            ok = ok and (met or mode == "never")
+            budget = TARGET_PER_MIGRATION if mode != "never" else TARGET_PER_PLAIN_MIGRATION
+            met = per <= budget and fixed <= TARGET_PER_RUN
+            ok = ok and met
             rows.append([label, large, total_l, bare_l, round(total_l / bare_l, 2), per, fixed,
-                         verdict(met) if mode != "never" else "-"])
+                         f"<= {budget} + {TARGET_PER_RUN}: {verdict(met)}"])
             per_kind = {k: (kinds_l[k] - kinds_s.get(k, 0)) / (large - small) for k in kinds_l}
             details.append(f"{label}: per migration: " + ", ".join(
                 f"{k} x{v:g}" for k, v in sorted(per_kind.items()) if v))
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} x{v:g}" for k, v in sorted(fixed_kind.items()) if v))
         print(table(
             ["mode", "migrations", "commands", "bare pymongo", "ratio", "bookkeeping/migration",
-             "fixed/run", f"target <= {TARGET_PER_MIGRATION}"],
+             "fixed/run", "target per migration + per run"],
             rows, title="\nFigure 1: commands during upgrade (bookkeeping = all minus the "
             "migrations' own inserts and commits)"))
         print()

@@ -43,9 +43,9 @@ class Counter:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn, self.calls = fn, 0
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
 
 @pytest.fixture
@@ -265,3 +265,25 @@ def test_when_unsure_the_command_line_takes_the_full_path(
     assert "no-op check: version 5 is not applied; taking the full path" in captured.err
     assert "Applied 1 migration" in captured.out
     assert db.migrations.find_one({"_id": 5})["status"] == "applied"
+
+
+def test_when_unsure_the_full_path_goes_on_with_what_the_check_made(
+    db: Any, project: Path, mongo_uri: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from analytiq_migrations import config, runner
+
+    Migrator(db, project).upgrade(4)
+    clients, pings, loads = Counter(config.make_client), Counter(config.ping), \
+        Counter(loader.load_migrations)
+    monkeypatch.setattr(config, "make_client", clients)
+    monkeypatch.setattr(config, "ping", pings)
+    monkeypatch.setattr(loader, "load_migrations", loads)
+    monkeypatch.setattr(runner, "load_migrations", loads)
+    monkeypatch.setattr(loader, "_from_name_or_path", reads := Counter(loader._from_name_or_path))
+    argv = ["up", "--uri", mongo_uri, "--database", db.name, "--migrations", str(project)]
+    assert main(argv) == 0
+    assert "Applied 1 migration" in capsys.readouterr().out
+    # One client, asked once whether its server answers; the directory read once (the
+    # Migrator is given the list the check loaded).
+    assert (clients.calls, pings.calls, reads.calls, loads.calls) == (1, 1, 1, 2)
