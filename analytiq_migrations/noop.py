@@ -20,12 +20,7 @@ from pymongo.errors import PyMongoError
 from .checksum import raw_checksum
 from .migration import Migration
 from .server import RECORDS_BATCH, own_collection
-
-#: The seed's ``{_id: "schema_version"}`` document (``store.LEGACY_ID``).
-LEGACY_ID = "schema_version"
-
-#: Statuses of a version that ``up`` leaves alone (``records.APPLIED_STATUSES``).
-APPLIED = frozenset({"applied", "baselined"})
+from .stored import APPLIED_STATUSES, LEGACY_ID
 
 #: What a clean record's fields may hold, strictly (``None`` where the model allows it).
 #: Stricter than the record model: a value the model would coerce or refuse makes the
@@ -85,7 +80,7 @@ def _unclean(doc: Mapping[str, Any]) -> str:
     for name in _REQUIRED:
         if name not in doc:
             return f"record {version} has no {name}"
-    if doc["status"] not in APPLIED:
+    if doc["status"] not in APPLIED_STATUSES:
         return f"version {version} is {doc['status']!r}"
     if doc.get("direction", "up") != "up":
         return f"version {version} was last run down"

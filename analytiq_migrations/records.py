@@ -14,6 +14,7 @@ import pydantic
 from pydantic import BaseModel, Field, ValidationError
 
 from .errors import CorruptRecordError
+from .stored import APPLIED_STATUSES as APPLIED_STATUSES  # the records' vocabulary
 
 #: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
 PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
@@ -90,8 +91,6 @@ else:
             yield lambda value: value
 
 
-#: Statuses that count a version as present in the database.
-APPLIED_STATUSES = frozenset({"applied", "baselined"})
 
 
 if TYPE_CHECKING or PYDANTIC_V2:

@@ -22,11 +22,10 @@ from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
 from .server import RECORDS_BATCH, own_collection
+from .stored import LEGACY_ID as LEGACY_ID  # the seed's document, also read by noop
 
 log = logging.getLogger("analytiq_migrations")
 
-#: ``_id`` of the seed's single version document, kept current for code that reads it.
-LEGACY_ID = "schema_version"
 
 
 
