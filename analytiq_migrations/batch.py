@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
+import bson
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo import ASCENDING, UpdateMany, UpdateOne
 from pymongo.collection import Collection
@@ -329,7 +330,8 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
     """``(filter, update, many)`` writes for a batch: the filter re-checked, narrowed to its
     ``_id``s: one range statement for a static update where the server serves ranges from
     the index (and the batch's ``_id``s are of one BSON type bracket), else a few ``_id``s
-    per statement; one statement each for a function."""
+    per statement; for a function, the documents it gave the same change a few per
+    statement, the others one each."""
     if not callable(update):
         first, last = docs[0]["_id"], docs[-1]["_id"]
         if ranges and _bracket(first) is not None and _bracket(first) == _bracket(last):
@@ -339,7 +341,7 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
         ids = [doc["_id"] for doc in docs]
         return [(_by_ids(ids[i:i + IDS_PER_STATEMENT], query), update, True)
                 for i in range(0, len(ids), IDS_PER_STATEMENT)]
-    ops = []
+    alike: Dict[Any, tuple[Any, list[Any]]] = {}  # the same change -> the _ids it is for
     for doc in docs:
         change = update(doc)
         if not change:  # None or {}: leave this document alone
@@ -353,8 +355,19 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
                 hint="Return an update document like {'$set': {...}}, a pipeline, or "
                 "None to leave the document alone.",
             )
-        ops.append((_by_ids([doc["_id"]], query), change, False))
-    return ops
+        alike.setdefault(_same(change), (change, []))[1].append(doc["_id"])
+    return [(_by_ids(ids[i:i + IDS_PER_STATEMENT], query), change, len(ids) > 1)
+            for change, ids in alike.values() for i in range(0, len(ids), IDS_PER_STATEMENT)]
+
+
+def _same(change: Any) -> Any:
+    """A key equal for equal changes (their BSON). A change the default codec cannot
+    encode gets a key of its own: it is written alone, with the collection's codec (the
+    driver reports what it cannot encode either)."""
+    try:
+        return bson.encode({"u": change})
+    except Exception:
+        return object()
 
 
 def _write(coll: Any, ops: list[tuple[dict[str, Any], Any, bool]],

@@ -564,10 +564,12 @@ def cmd_status(cmd: Command) -> int:
     problems = m.validate()
     current = m.current_version()
     lock = m.lock_info()
-    # Everything `up` would run (or stops at) is pending: not only never-run versions.
-    pending = [r.version for r in rows
-               if r.status in ("pending", "failed", "interrupted", "running")]
-    head = max((int(x.version or 0) for x in m.migrations), default=0)
+    # Everything `up` would run (or stops at) is pending: not only never-run versions, but
+    # not an unfinished one whose file is gone either (`up` cannot run it).
+    code = {int(x.version or 0) for x in m.migrations}
+    pending = [r.version for r in rows if r.status == "pending" or
+               (r.status in ("failed", "interrupted", "running") and r.version in code)]
+    head = max(code, default=0)
     lock_live = lock is not None and lock.expires_at is not None and \
         lock.expires_at > datetime.now(timezone.utc)
     data = {

@@ -399,6 +399,12 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) ->
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
                 "its file is gone: restore the file, or " + clear_failed_hint()
                 + " to forget the attempt.")
+    if record.transactional and record.error is not None and \
+            record.error.type == "MigrationDefinitionError":
+        # Refused (e.g. DDL in its transaction) and rolled back: the code must change
+        # first, or the next run is refused the same way.
+        return ("Nothing of it was written. Change the migration as the error says, then "
+                "run it again: unchanged, it is refused again.")
     if migration is not None and _resumable(migration, record):
         return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
     return ("It may be half applied: inspect the data, then " + clear_failed_hint()

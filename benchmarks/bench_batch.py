@@ -6,7 +6,9 @@ each through a complete run:
 * the seed's way: a per-document ``update_one`` loop over ``find()`` (the baseline);
 * one ``update_many`` (the server-side floor; no checkpoints, no resumption);
 * ``batch_update`` with a static update document, inside ``Migrator.upgrade``;
-* ``batch_update`` with a function ``doc -> update`` (full documents read).
+* ``batch_update`` with a function ``doc -> update`` (full documents read), once giving
+  every document the same change (written like a static update, a few ``_id``s per
+  statement) and once a change of each document's own (one statement each).
 
 Then, in a fresh child process, peak RSS growth of ``batch_update`` (function kind: it
 holds whole documents) over ``--rss-docs`` documents, against a child that holds the
@@ -39,9 +41,11 @@ from common import (
 
 from analytiq_migrations import Migration, Migrator
 
-#: The issue's targets: at least 10x the loop, at most 2x one update_many, and flat memory.
+#: The targets: a static update within 1.3x one update_many (the server's own floor, with
+#: no checkpoints: what is left is one checkpoint and one commit per batch); function
+#: updates at least 10x the seed's loop; memory flat (growth well under one collection).
+TARGET_VS_UPDATE_MANY = 1.3
 TARGET_VS_LOOP = 10.0
-TARGET_VS_UPDATE_MANY = 2.0
 TARGET_RSS_MB = 50.0
 
 #: Documents per insert_many while seeding: large enough to be quick, small enough to
@@ -164,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         ("batch_update, static $inc", n, with_migrator({"$inc": {"n": 1}}, args.batch_size)),
         ("batch_update, function", n,
          with_migrator(lambda doc: {"$inc": {"n": 1}}, args.batch_size)),
+        ("batch_update, function, own change", n,
+         with_migrator(lambda doc: {"$inc": {"n": 1}, "$set": {"tag": doc["_id"]}},
+                       args.batch_size)),
     ]
     results = []
     machine = ""
@@ -228,13 +235,17 @@ def timing_table(results: list[tuple[str, int, float, float]], n: int, loop_n: i
                   round(many_rate / rate, 2)] for label, docs, seconds, rate in results],
                 title=f"\nFigure 5: $inc over {n:,} documents (the loop: its first "
                 f"{loop_n:,}), batch_size {batch_size}, each run on a fresh server"))
-    best = results[2]
-    vs_loop, vs_many = best[3] / loop_rate, many_rate / best[3]
-    print(f"\nbatch_update (static) vs loop: {vs_loop:.1f}x faster (target >= "
-          f"{TARGET_VS_LOOP:g}x: {verdict(vs_loop >= TARGET_VS_LOOP)}); vs update_many: "
-          f"{vs_many:.2f}x its time (target <= {TARGET_VS_UPDATE_MANY:g}x: "
-          f"{verdict(vs_many <= TARGET_VS_UPDATE_MANY)})")
-    return vs_loop >= TARGET_VS_LOOP and vs_many <= TARGET_VS_UPDATE_MANY
+    static, functions = results[2], results[3:]
+    vs_many = many_rate / static[3]
+    print(f"\nbatch_update (static) vs update_many: {vs_many:.2f}x its time (target <= "
+          f"{TARGET_VS_UPDATE_MANY:g}x: {verdict(vs_many <= TARGET_VS_UPDATE_MANY)})")
+    ok = vs_many <= TARGET_VS_UPDATE_MANY
+    for label, _, _, rate in functions:
+        vs_loop = rate / loop_rate
+        print(f"{label} vs loop: {vs_loop:.1f}x faster (target >= {TARGET_VS_LOOP:g}x: "
+              f"{verdict(vs_loop >= TARGET_VS_LOOP)})")
+        ok = ok and vs_loop >= TARGET_VS_LOOP
+    return ok
 
 
 if __name__ == "__main__":

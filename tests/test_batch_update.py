@@ -119,6 +119,36 @@ def test_a_function_update_decides_per_document_and_none_leaves_it_alone(db: Any
     assert all(docs[i]["score"] == i * 2 for i in range(100) if i % 10)
 
 
+def test_documents_a_function_gives_the_same_change_share_statements(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    db = recorded_db
+    seed(db, 100)
+
+    def plan(doc: dict[str, Any]) -> Any:
+        if doc["_id"] % 10 == 0:
+            return None  # left alone
+        if doc["_id"] % 10 == 5:
+            return {"$set": {"plan": f"custom-{doc['_id']}"}}  # a change of its own
+        return {"$set": {"plan": doc["kind"]}}  # one of two changes shared by many
+
+    m = migration(lambda self, db: self.batch_update("items", {}, plan, batch_size=50))
+    recorder.clear()
+    Migrator(db, [m]).upgrade()
+
+    plans = {d["_id"]: d.get("plan") for d in db.items.find()}
+    assert plans == {i: None if i % 10 == 0 else f"custom-{i}" if i % 10 == 5 else
+                     ("even" if i % 2 == 0 else "odd") for i in range(100)}
+    statements = [u for c in recorder.filter("update") if c.command.get("update") == "items"
+                  for u in c.command["updates"]]
+    # Per batch of 50: 5 left alone, 5 changes of their own, 20 "even" and 20 "odd"
+    # (IDS_PER_STATEMENT a statement): 5 + 2 + 2 statements, instead of 45.
+    per_batch = 5 + 2 * -(-20 // batch.IDS_PER_STATEMENT)
+    assert len(statements) == 2 * per_batch
+    assert sorted(len(u["q"]["_id"]["$in"]) for u in statements if u["multi"]) == \
+        [batch.IDS_PER_STATEMENT] * (2 * per_batch - 10)
+
+
 @pytest.mark.parametrize("kind", ["static", "function"])
 def test_a_filter_on_the_field_being_changed_visits_each_document_once(
     db: Any, kind: str

@@ -6,6 +6,7 @@ errors a migration swallowed inside its transaction are surfaced; a failed trans
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any, Dict
 
 import pytest
@@ -18,6 +19,7 @@ from analytiq_migrations import (
     MigrationFailedError,
     Migrator,
 )
+from analytiq_migrations.cli import main
 from analytiq_migrations.dbproxy import StepWatch
 from analytiq_migrations.txnrules import (
     CREATE_IN_TRANSACTION_WIRE,
@@ -211,6 +213,12 @@ def test_ddl_in_a_transaction_is_refused_naming_the_call_and_the_way_out(
     assert recorded_db.legacy.count_documents({}) == 1
     assert recorded_db.users.count_documents({"moved": True}) == 0  # rolled back
     assert recorded_db.migrations.find_one({"_id": 1})["status"] == "failed"
+    # status must not promise that running it again helps: unchanged, it is refused again
+    [problem] = Migrator(recorded_db, [migration]).validate()
+    assert "Change the migration as the error says" in problem.hint
+    assert "runs it again safely" not in problem.hint
+    with pytest.raises(MigrationDefinitionError):
+        Migrator(recorded_db, [migration]).upgrade()
 
 
 class LogsToCapped(Migration):
@@ -407,3 +415,25 @@ def test_a_rolled_back_failure_whose_file_is_gone_is_not_called_half_applied(db:
     [problem] = Migrator(db, []).validate()
     assert "nothing of it was written" in problem.hint
     assert "half applied" not in problem.hint
+
+
+def test_a_failed_version_whose_file_is_gone_is_not_pending(
+    db: Any, mongo_uri: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_users.py").write_text('"""Users"""\n\ndef up(db):\n'
+                                             '    db.users.insert_one({"_id": 1})\n')
+    (directory / "0002_fails.py").write_text('"""Fails"""\n\ndef up(db):\n'
+                                             '    raise RuntimeError("no")\n')
+    argv = ["--uri", mongo_uri, "--database", db.name, "--migrations", str(directory)]
+    assert main(["up", *argv]) == 1
+    (directory / "0002_fails.py").unlink()
+    capsys.readouterr()
+
+    assert main(["status", "--json", *argv]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pending"] == []  # `up` has nothing it could run
+    assert [p["version"] for p in status["problems"]] == [2]  # but the attempt is reported
+    assert main(["up", *argv]) == 0
+    assert "Nothing to do" in capsys.readouterr().out
