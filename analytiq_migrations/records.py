@@ -91,8 +91,6 @@ else:
             yield lambda value: value
 
 
-
-
 if TYPE_CHECKING or PYDANTIC_V2:
 
     class _Model(BaseModel):
