@@ -149,6 +149,24 @@ def test_documents_a_function_gives_the_same_change_share_statements(
         [batch.IDS_PER_STATEMENT] * (2 * per_batch - 10)
 
 
+@pytest.mark.parametrize("update, per", [
+    ({"$inc": {"n": 1}}, batch.IDS_PER_STATEMENT),
+    ([{"$set": {"n": {"$add": ["$n", 1]}}}], batch.IDS_PER_PIPELINE_STATEMENT)])
+def test_static_updates_and_pipelines_name_a_few_ids_per_statement(
+    recorded_db: Any, recorder: CommandRecorder, update: Any, per: int
+) -> None:
+    db = recorded_db
+    seed(db, 120)
+    m = migration(lambda self, db: self.batch_update("items", {}, update, batch_size=60))
+    recorder.clear()
+    Migrator(db, [m]).upgrade()
+
+    assert set(counts(db).values()) == {1}
+    statements = [u for c in recorder.filter("update") if c.command.get("update") == "items"
+                  for u in c.command["updates"]]
+    assert [len(u["q"]["_id"]["$in"]) for u in statements] == [per] * (120 // per)
+
+
 @pytest.mark.parametrize("kind", ["static", "function"])
 def test_a_filter_on_the_field_being_changed_visits_each_document_once(
     db: Any, kind: str
