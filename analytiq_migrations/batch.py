@@ -343,9 +343,7 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
             # Every document of the range that still matches is this batch's: the walk
             # read them all (in _id order) and is past them.
             return [(_by_range(first, last, query), update, True)]
-        ids = [doc["_id"] for doc in docs]
-        per = IDS_PER_PIPELINE_STATEMENT if isinstance(update, list) else IDS_PER_STATEMENT
-        return [(_by_ids(ids[i:i + per], query), update, True) for i in range(0, len(ids), per)]
+        return _by_id_chunks([doc["_id"] for doc in docs], query, update, always_many=True)
     alike: Dict[Any, tuple[Any, list[Any]]] = {}  # the same change -> the _ids it is for
     for doc in docs:
         change = update(doc)
@@ -361,8 +359,16 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
                 "None to leave the document alone.",
             )
         alike.setdefault(_same(change), (change, []))[1].append(doc["_id"])
-    return [(_by_ids(ids[i:i + IDS_PER_STATEMENT], query), change, len(ids) > 1)
-            for change, ids in alike.values() for i in range(0, len(ids), IDS_PER_STATEMENT)]
+    return [op for change, ids in alike.values()
+            for op in _by_id_chunks(ids, query, change, always_many=False)]
+
+
+def _by_id_chunks(ids: list[Any], query: dict[str, Any], update: Any, *,
+                  always_many: bool) -> list[tuple[dict[str, Any], Any, bool]]:
+    """``update`` for ``ids``, a few ``_id``s per statement (more for a pipeline)."""
+    per = IDS_PER_PIPELINE_STATEMENT if isinstance(update, list) else IDS_PER_STATEMENT
+    chunks = [ids[i:i + per] for i in range(0, len(ids), per)]
+    return [(_by_ids(chunk, query), update, always_many or len(chunk) > 1) for chunk in chunks]
 
 
 def _same(change: Any) -> Any:

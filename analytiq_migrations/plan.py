@@ -21,13 +21,13 @@ from .hints import spell
 from .migration import Migration
 from .progress import describe_checkpoint
 from .records import (
-    APPLIED_STATUSES,
     MigrationRecord,
     Plan,
     PlanStep,
     Problem,
     StatusRow,
 )
+from .stored import APPLIED_STATUSES
 
 Target = Union[int, str, None]
 UseTransaction = Callable[[Migration], bool]

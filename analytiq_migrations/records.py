@@ -14,7 +14,6 @@ import pydantic
 from pydantic import BaseModel, Field, ValidationError
 
 from .errors import CorruptRecordError
-from .stored import APPLIED_STATUSES as APPLIED_STATUSES  # the records' vocabulary
 
 #: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
 PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2

@@ -52,7 +52,6 @@ from .plan import (
     virtual_records,
 )
 from .records import (
-    APPLIED_STATUSES,
     ErrorInfo,
     HistoryEntry,
     LockInfo,
@@ -78,11 +77,11 @@ from .server import (
 )
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
+from .stored import APPLIED_STATUSES
 
 log = logging.getLogger("analytiq_migrations")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
 
 #: MongoDB refuses longer database names (fewer than 64 bytes), but only once something
 #: is written; checked up front so the mistake is named before anything runs.

@@ -34,7 +34,6 @@ from .lock import Lease
 from .migration import Migration
 from .plan import clear_failed_hint, current_version
 from .records import (
-    APPLIED_STATUSES,
     ErrorInfo,
     HistoryEntry,
     MigrationRecord,
@@ -46,6 +45,7 @@ from .records import (
 from .retry import RetryPolicy, run_transaction
 from .server import describe_client
 from .store import Store, utcnow
+from .stored import APPLIED_STATUSES
 from .txnrules import Catalog
 
 log = logging.getLogger("analytiq_migrations")

@@ -22,11 +22,9 @@ from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
 from .server import RECORDS_BATCH, own_collection
-from .stored import LEGACY_ID as LEGACY_ID  # the seed's document, also read by noop
+from .stored import LEGACY_ID
 
 log = logging.getLogger("analytiq_migrations")
-
-
 
 
 def utcnow() -> datetime:

@@ -10,6 +10,7 @@ import json
 from typing import Any, Dict
 
 import pytest
+from children import write_migrations
 from pymongo.errors import BulkWriteError, OperationFailure
 from support import CommandRecorder
 
@@ -420,12 +421,10 @@ def test_a_rolled_back_failure_whose_file_is_gone_is_not_called_half_applied(db:
 def test_a_failed_version_whose_file_is_gone_is_not_pending(
     db: Any, mongo_uri: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "migrations"
-    directory.mkdir()
-    (directory / "0001_users.py").write_text('"""Users"""\n\ndef up(db):\n'
-                                             '    db.users.insert_one({"_id": 1})\n')
-    (directory / "0002_fails.py").write_text('"""Fails"""\n\ndef up(db):\n'
-                                             '    raise RuntimeError("no")\n')
+    directory = write_migrations(tmp_path / "migrations", {
+        "0001_users.py": '"""Users"""\n\ndef up(db):\n    db.users.insert_one({"_id": 1})\n',
+        "0002_fails.py": '"""Fails"""\n\ndef up(db):\n    raise RuntimeError("no")\n',
+    })
     argv = ["--uri", mongo_uri, "--database", db.name, "--migrations", str(directory)]
     assert main(["up", *argv]) == 1
     (directory / "0002_fails.py").unlink()
