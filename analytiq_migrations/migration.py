@@ -53,12 +53,16 @@ class Migration:
 
     def __init__(
         self,
-        version: Optional[int] = None,
+        version: Union[int, str, None] = None,
         description: Optional[str] = None,
         *,
         transactional: Optional[bool] = None,
         idempotent: Optional[bool] = None,
     ) -> None:
+        if isinstance(version, str) and description is None:
+            # The seed's services also wrote ``super().__init__("Add thing")``: a lone
+            # string is the description (the version then comes from the class or list).
+            version, description = None, version
         if version is not None:
             self.version = version
         if description is not None:

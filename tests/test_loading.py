@@ -320,3 +320,27 @@ def test_bad_transactional_value() -> None:
 
 def test_empty_directory_loads_nothing(tmp_path: Path) -> None:
     assert load_migrations(tmp_path) == []
+
+
+def test_seed_style_description_passed_positionally() -> None:
+    """A service's ``super().__init__("Add thing")``: the string is the description, and
+    the version comes from the list order like the seed's other versionless instances."""
+
+    class AddThing(Migration):
+        def __init__(self) -> None:
+            super().__init__("Add thing")
+
+        def up(self, db: Any) -> None: ...
+
+    class Numbered(Migration):
+        version = 7
+
+        def __init__(self) -> None:
+            super().__init__("Numbered by its class")
+
+        def up(self, db: Any) -> None: ...
+
+    (loaded,) = load_migrations([AddThing()])
+    assert (loaded.version, loaded.description) == (1, "Add thing")
+    numbered = Numbered()
+    assert (numbered.version, numbered.description) == (7, "Numbered by its class")
