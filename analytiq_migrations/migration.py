@@ -64,7 +64,8 @@ class Migration:
             # string is the description (the version then comes from the class or list).
             version, description = None, version
         if version is not None:
-            self.version = version
+            # Anything else is the loader's to judge (it names the class and the value).
+            self.version = version  # type: ignore[assignment]
         if description is not None:
             self.description = description
         if transactional is not None:
