@@ -796,8 +796,10 @@ def cmd_show(cmd: Command) -> int:
         lines.append(f"  checksum      {(details.checksum or '-')[:16]} (code), "
                      f"{(details.recorded_checksum or '-')[:16]} (recorded): {state}")
     if details.transactional is not None or details.reversible is not None:
+        reversible = "unknown (no code for it)" if details.reversible is None else \
+            _yes(details.reversible)
         lines.append(f"  transaction   {_yes(bool(details.transactional))}; reversible: "
-                     f"{_yes(bool(details.reversible))}")
+                     f"{reversible}")
     if record is not None:
         lines.append(f"  last run      {record.direction} {_when(record.started_at)} -> "
                      f"{_when(record.finished_at)} by {record.user or '?'}@{record.host or '?'} "

@@ -126,6 +126,17 @@ class VersionDetails:
         return data
 
 
+def _reversible(migration: Optional[Migration]) -> Optional[bool]:
+    """Whether the code can revert ``migration`` (imports its file: ``status`` does not, for
+    applied, unchanged files); ``None`` when the file is gone or does not load."""
+    if migration is None:
+        return None
+    try:
+        return migration.reversible
+    except MigrationError:
+        return None
+
+
 def _translate_errors(method: F) -> F:
     """Turn driver errors escaping a public method into ``MigrationError`` subclasses."""
 
@@ -360,7 +371,7 @@ class Migrator:
             checksum=migration.checksum if migration else None,
             recorded_checksum=record.checksum if record else None,
             checksum_ok=row.checksum_ok, transactional=row.transactional,
-            reversible=row.reversible, faked=bool(getattr(record, "faked", False)),
+            reversible=_reversible(migration), faked=bool(getattr(record, "faked", False)),
             record=record, last_failure=failed, history=history,
         )
 

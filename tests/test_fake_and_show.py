@@ -136,3 +136,18 @@ def test_show_tells_everything_about_one_version(db: Any) -> None:
     assert migrator.show(1).faked is True
     with pytest.raises(ConfigurationError, match=r"Version 7 is neither.*versions: 1, 2"):
         migrator.show(7)
+
+
+def test_show_tells_reversibility_of_applied_files_truthfully(db: Any, tmp_path: Any) -> None:
+    """An applied, unchanged file is not imported by ``status``; ``show`` still says whether
+    its code has a ``down`` (it said "no" for every such file)."""
+    (tmp_path / "0001_with_down.py").write_text(
+        '"""Reversible"""\n\ndef up(db):\n    db.a.insert_one({})\n\n\n'
+        'def down(db):\n    db.a.delete_many({})\n')
+    (tmp_path / "0002_no_down.py").write_text(
+        '"""Irreversible"""\n\ndef up(db):\n    db.b.insert_one({})\n')
+    Migrator(db, tmp_path).upgrade()
+    fresh = Migrator(db, tmp_path)  # a new process: nothing imported yet
+    assert (fresh.show(1).reversible, fresh.show(2).reversible) == (True, False)
+    (tmp_path / "0002_no_down.py").unlink()
+    assert Migrator(db, tmp_path).show(2).reversible is None
