@@ -618,13 +618,22 @@ def cmd_plan(cmd: Command) -> int:
         table = _table(
             ["VERSION", "DIRECTION", "DESCRIPTION", "TRANSACTION", "NOTE"],
             [[str(s.version), s.direction, _clip(s.description), _yes(s.transactional),
-              s.note or ""] for s in plan.steps],
+              _step_note(s)] for s in plan.steps],
             right=[0],
         )
         text = (f"Plan for {cmd.where}: {plan.direction} from version {plan.current_version} "
                 f"to {plan.target_version}, {_plural(len(plan.steps), 'step')}:\n\n{table}")
     cmd.out.result(text, _plain(plan.model_dump()))
     return EXIT_OK
+
+
+def _step_note(step: Any) -> str:
+    """A plan step's NOTE: why it is there, and a call its transaction would refuse."""
+    notes = [step.note] if step.note else []
+    if step.refused:
+        notes.append(f"REFUSED in a transaction: {step.refused}; `validate` lists every such "
+                     "call")
+    return "; ".join(notes)
 
 
 def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:

@@ -250,6 +250,9 @@ class PlanStep(_Model):
     #: Why this step is there when it is not a plain pending migration
     #: ("resume", "retry after failure", "re-run after interruption").
     note: Optional[str] = None
+    #: A transactional step whose code calls what a transaction refuses: the first such
+    #: call and why (``validate`` lists them all); ``None`` when none is seen.
+    refused: Optional[str] = None
 
 
 class Plan(_Model):
@@ -359,7 +362,8 @@ class StatusRow(_Model):
 
 
 ProblemKind = Literal[
-    "checksum_drift", "missing", "out_of_order", "interrupted", "failed", "corrupt", "running"
+    "checksum_drift", "missing", "out_of_order", "interrupted", "failed", "corrupt", "running",
+    "refused_in_transaction",
 ]
 
 

@@ -78,6 +78,8 @@ from .server import (
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
+from .txnrules import way_out
+from .txnscan import Finding, refusals_of
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -227,11 +229,20 @@ class Migrator:
         current = current_version(records)
         resolved = self._resolve(target, current, "up")
         if resolved < current:
-            return plan_downgrade(self.migrations, records, resolved, self._use_transaction)
-        return plan_upgrade(
-            self.migrations, records, resolved, self._use_transaction,
-            allow_out_of_order=self.allow_out_of_order,
-        )
+            plan = plan_downgrade(self.migrations, records, resolved, self._use_transaction)
+        else:
+            plan = plan_upgrade(
+                self.migrations, records, resolved, self._use_transaction,
+                allow_out_of_order=self.allow_out_of_order,
+            )
+        existing = self._collection_names()
+        for step in plan.steps:
+            migration = self._by_version.get(step.version)
+            findings = self._scan(migration, step.direction, existing) \
+                if step.transactional and migration is not None else []
+            if findings:
+                step.refused = f"{findings[0].call} (line {findings[0].line})"
+        return plan
 
     @_translate_errors
     def status(self) -> list[StatusRow]:
@@ -262,9 +273,56 @@ class Migrator:
     def validate(self) -> list[Problem]:
         """Everything wrong between the code and the database; empty when healthy."""
         state = self._load()
-        return find_problems(
-            self.migrations, self._records(state), state.corrupt, self._live_run_id()
-        )
+        records = self._records(state)
+        problems = find_problems(self.migrations, records, state.corrupt, self._live_run_id())
+        pending = [m for m in self.migrations
+                   if records.get(int(m.version or 0)) is None
+                   or records[int(m.version or 0)].status not in APPLIED_STATUSES]
+        for migration in pending:
+            migration.loaded()  # a pending file that does not load fails validate (exit 2)
+        return problems + self._refusals(pending)
+
+    def _refusals(self, pending: List[Migration]) -> List[Problem]:
+        """A ``refused_in_transaction`` problem per pending migration that would run in a
+        transaction and calls what a transaction refuses (read from its code, not run)."""
+        problems, existing = [], self._collection_names()
+        for migration in pending:
+            findings = self._scan(migration, "up", existing)
+            if not findings:
+                continue
+            calls = "; ".join(f"{f.call} (line {f.line}): {f.reason}" for f in findings)
+            problems.append(Problem(
+                kind="refused_in_transaction", version=migration.version,
+                message=f"Migration {migration.version} ({migration.name}) runs in a "
+                f"transaction, and its up() calls what MongoDB refuses there: {calls}.",
+                hint=way_out(),
+            ))
+        return problems
+
+    def _scan(self, migration: Migration, direction: str,
+              existing: Callable[[], frozenset[str]]) -> List[Finding]:
+        """What ``migration``'s ``direction`` calls that its transaction would refuse
+        (nothing when it does not run in one)."""
+        try:
+            if not self._use_transaction(migration):
+                return []
+        except TransactionsUnsupportedError:
+            return []  # refused on its own, with its own error, when it runs
+        return refusals_of(migration, direction, database=self.db.name,
+                           wire_version=self._wire_version() if self._is_real_client() else 0,
+                           existing=existing)
+
+    def _collection_names(self) -> Callable[[], frozenset[str]]:
+        """Reads the database's collections once, on first call (an index build is refused
+        in a transaction only on a collection that exists)."""
+        names: List[frozenset[str]] = []
+
+        def read() -> frozenset[str]:
+            if not names:
+                names.append(frozenset(self.db.list_collection_names()))
+            return names[0]
+
+        return read
 
     # -- changes -------------------------------------------------------------------------------
 

@@ -215,7 +215,9 @@ def test_ddl_in_a_transaction_is_refused_naming_the_call_and_the_way_out(
     assert recorded_db.users.count_documents({"moved": True}) == 0  # rolled back
     assert recorded_db.migrations.find_one({"_id": 1})["status"] == "failed"
     # status must not promise that running it again helps: unchanged, it is refused again
-    [problem] = Migrator(recorded_db, [migration]).validate()
+    problem, refusal = Migrator(recorded_db, [migration]).validate()
+    assert (problem.kind, refusal.kind) == ("failed", "refused_in_transaction")
+    assert call in refusal.message  # found in the code, before running it again
     assert "Change the migration as the error says" in problem.hint
     assert "runs it again safely" not in problem.hint
     with pytest.raises(MigrationDefinitionError):
