@@ -23,9 +23,9 @@ mapping of collection name to documents, or a function called with the database.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+from .checkwalk import CheckFailure, CheckResult, Walk, error_text, step_failed
 from .errors import MigrationError
 from .loader import MigrationSource, load_migrations
 from .migration import Migration
@@ -130,6 +130,33 @@ class MigrationRunner:
         """Documents, indexes and options of every collection but the library's own."""
         return take_snapshot(self.db, exclude=self.bookkeeping, collections=collections)
 
+    def save_state(self) -> Snapshot:
+        """Everything the database holds, the library's records included (for
+        :meth:`restore_state`)."""
+        rerun = self.bookkeeping[3:]
+        return take_snapshot(self.db, exclude=rerun)
+
+    def restore_state(self, state: Snapshot) -> None:
+        """Put the database back as ``state`` (from :meth:`save_state`) found it: the checks
+        go on from there after a step that failed or left a trace."""
+        self.reset()
+        for name, saved in state.collections.items():
+            options = dict(saved.options)
+            if options:
+                kind = options.pop("type", "collection")
+                if kind == "view":
+                    self.db.command({"create": name, **options})
+                    continue
+                self.db.create_collection(name, **options)
+            coll = self.db[name]
+            if saved.documents:
+                coll.insert_many([copy.deepcopy(d) for d in saved.documents])
+            for index_name, spec in saved.indexes.items():
+                if index_name == "_id_":
+                    continue
+                extra = {k: v for k, v in spec.items() if k != "key"}
+                coll.create_index(list(spec["key"]), name=index_name, **extra)
+
     def reset(self) -> None:
         """Drop every collection of the database (the checks start from empty)."""
         for name in self.db.list_collection_names():
@@ -146,64 +173,6 @@ class MigrationRunner:
         again = Migrator(self.db, [migration], collection=RERUN_COLLECTION,
                          transactions=self.transactions)
         return again.upgrade(version)
-
-
-# --------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckFailure:
-    """One thing a check found wrong."""
-
-    message: str
-    version: Optional[int] = None
-    collection: Optional[str] = None
-    #: The readable difference (snapshot diff) or the error, when there is one.
-    detail: str = ""
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"message": self.message, "version": self.version,
-                "collection": self.collection, "detail": self.detail}
-
-
-@dataclass
-class CheckResult:
-    """The outcome of one check; ``passed`` when it found no failure."""
-
-    name: str
-    title: str
-    failures: List[CheckFailure] = field(default_factory=list)
-    #: What the check did not look at, and why (``v3 has no down``).
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def explain(self) -> str:
-        """The failures (with their details) and notes, for a test failure or a terminal."""
-        head = f"{self.title}: {'passed' if self.passed else 'FAILED'}"
-        lines = [head]
-        for failure in self.failures:
-            lines.append(f"  {failure.message}")
-            lines += [f"    {line}" for line in failure.detail.splitlines()]
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "title": self.title, "passed": self.passed,
-                "failures": [f.to_dict() for f in self.failures], "notes": list(self.notes)}
-
-
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _step_failed(result: CheckResult, version: int, what: str, exc: BaseException) -> None:
-    result.failures.append(CheckFailure(f"v{version}: {what} failed", version=version,
-                                        detail=_error(exc)))
 
 
 # --------------------------------------------------------------------------------------
@@ -227,87 +196,82 @@ def check_unique_versions(source: MigrationSource) -> CheckResult:
 
 
 def check_upgrade_from_empty(runner: MigrationRunner) -> CheckResult:
-    """An empty database upgrades to head in one run."""
+    """An empty database (with each version's seed) upgrades to head: every ``up`` that
+    fails on the way is named."""
     result = CheckResult("upgrade_from_empty", "upgrade from an empty database to head")
-    runner.reset()
-    try:
-        report = runner.migrate_up_to("head")
-    except MigrationError as exc:
-        result.failures.append(CheckFailure(
-            f"upgrade from empty stopped: {exc.message}", version=exc.version,
-            detail=_error(exc)))
-        return result
-    if report.end_version != runner.head:
-        result.failures.append(CheckFailure(
-            f"upgrade from empty ended at version {report.end_version}, not at head "
-            f"({runner.head})", version=report.end_version))
-    return result
+    walk = Walk(runner, result)
 
-
-def _walk(runner: MigrationRunner, result: CheckResult,
-          each: Callable[[Migration, int], bool]) -> None:
-    """From empty, for each migration: seed it, then ``each(migration, previous)``, which
-    leaves the database at the migration's version and returns False to stop."""
-    runner.reset()
-    previous = 0
-    for migration in runner.migrations:
+    def step(migration: Migration, previous: int) -> None:
         version = int(migration.version or 0)
+        state = walk.save()
         try:
-            runner.apply_seed(version)
-        except Exception as exc:
-            _step_failed(result, version, "seeding", exc)
-            return
-        if not each(migration, previous):
-            return
-        previous = version
+            runner.migrate_up_to(version)
+        except MigrationError as exc:
+            result.failures.append(CheckFailure(
+                f"upgrade from empty stopped at v{version}: {exc.message}", version=version,
+                detail=error_text(exc)))
+            walk.skip_up(version, state, "its up failed")
+
+    walk.run(step)
+    return result
 
 
 def check_up_down_consistency(runner: MigrationRunner) -> CheckResult:
     """For every step: up, down, up again, without an error."""
     result = CheckResult("up_down_consistency", "up -> down -> up for every step")
+    walk = Walk(runner, result)
 
-    def step(migration: Migration, previous: int) -> bool:
+    def step(migration: Migration, previous: int) -> None:
         version = int(migration.version or 0)
-        moves: List[Tuple[str, Callable[[Union[int, str]], RunReport], int]] = [
-            ("up", runner.migrate_up_to, version),
-            ("down", runner.migrate_down_to, previous),
-            ("up after down", runner.migrate_up_to, version),
-        ]
-        for what, move, target in moves:
-            if what == "down" and not migration.reversible:
-                result.notes.append(f"v{version} has no down: only its up was run")
-                return True
+        before = walk.save()
+        try:
+            runner.migrate_up_to(version)
+        except MigrationError as exc:
+            step_failed(result, version, "up", exc)
+            walk.skip_up(version, before, "its up failed")
+            return
+        if not migration.reversible:
+            result.notes.append(f"v{version} has no down: only its up was run")
+            return
+        applied = walk.save()
+        for what, move, target in (("down", runner.migrate_down_to, previous),
+                                   ("up after down", runner.migrate_up_to, version)):
             try:
                 move(target)
             except MigrationError as exc:
-                _step_failed(result, version, what, exc)
-                return False
-        return True
+                step_failed(result, version, what, exc)
+                walk.restore(applied)
+                return
 
-    _walk(runner, result, step)
+    walk.run(step)
     return result
 
 
 def check_downgrade_leaves_no_trace(runner: MigrationRunner) -> CheckResult:
-    """For every reversible step: the snapshot before its up equals the one after its down."""
+    """For every reversible step: the snapshot before its up equals the one after its down
+    (a step whose up or down fails is not checked here: ``up_down_consistency`` says so)."""
     result = CheckResult("downgrade_leaves_no_trace", "downgrade leaves no trace")
+    walk = Walk(runner, result)
 
-    def step(migration: Migration, previous: int) -> bool:
+    def step(migration: Migration, previous: int) -> None:
         version = int(migration.version or 0)
+        state = walk.save()
         before = runner.snapshot()
         try:
             runner.migrate_up_to(version)
         except MigrationError as exc:
-            _step_failed(result, version, "up", exc)
-            return False
+            walk.skip_up(version, state, f"not checked: its up failed ({exc.message})")
+            return
         if not migration.reversible:
             result.notes.append(f"v{version} has no down: not checked")
-            return True
+            return
+        applied = walk.save()
         try:
             runner.migrate_down_to(previous)
         except MigrationError as exc:
-            _step_failed(result, version, "down", exc)
-            return False
+            result.notes.append(f"v{version}: not checked: its down failed ({exc.message})")
+            walk.restore(applied)
+            return
         after = runner.snapshot()
         for name in before.differing_collections(after):
             result.failures.append(CheckFailure(
@@ -315,47 +279,49 @@ def check_downgrade_leaves_no_trace(runner: MigrationRunner) -> CheckResult:
                 version=version, collection=name,
                 detail=before.diff(after, before=f"before v{version} up",
                                    after=f"after v{version} down")))
-        try:
-            runner.migrate_up_to(version)
-        except MigrationError as exc:
-            _step_failed(result, version, "up after down", exc)
-            return False
-        return True
+        walk.restore(applied)  # on from the data its up made, not from what its down left
 
-    _walk(runner, result, step)
+    walk.run(step)
     if not any(m.reversible for m in runner.migrations):
         result.notes.append("no migration has a down")
     return result
 
 
 def check_idempotent(runner: MigrationRunner) -> CheckResult:
-    """A migration declared ``idempotent`` gives the same snapshot when its up runs twice."""
+    """A migration declared ``idempotent`` gives the same snapshot when its up runs twice
+    (one whose first up fails is not checked here: ``upgrade_from_empty`` says so)."""
     result = CheckResult("idempotent", "idempotent migrations can run twice")
+    walk = Walk(runner, result)
 
-    def step(migration: Migration, previous: int) -> bool:
+    def step(migration: Migration, previous: int) -> None:
         version = int(migration.version or 0)
+        state = walk.save()
         try:
             runner.migrate_up_to(version)
         except MigrationError as exc:
-            _step_failed(result, version, "up", exc)
-            return False
+            why = f"not checked: its up failed ({exc.message})" if migration.idempotent \
+                else "its up failed"
+            walk.skip_up(version, state, why)
+            return
         if not migration.idempotent:
-            return True
+            return
+        applied = walk.save()
         once = runner.snapshot()
         try:
             runner.rerun(version)
         except MigrationError as exc:
-            _step_failed(result, version, "second up", exc)
-            return False
+            step_failed(result, version, "second up", exc)
+            walk.restore(applied)
+            return
         twice = runner.snapshot()
         for name in once.differing_collections(twice):
             result.failures.append(CheckFailure(
                 f"v{version} is declared idempotent but collection {name!r} differs after "
                 "its up runs a second time", version=version, collection=name,
                 detail=once.diff(twice, before="after one up", after="after two")))
-        return True
+        walk.restore(applied)
 
-    _walk(runner, result, step)
+    walk.run(step)
     if not any(m.idempotent for m in runner.migrations):
         result.notes.append("no migration is declared idempotent")
     return result

@@ -923,8 +923,15 @@ def cmd_verify(cmd: Command) -> int:
 
     require(cmd.settings, ["migrations"], cmd.layers)
     seed = load_seed(cmd.args.seed) if cmd.args.seed else None
+    client = None
+    if cmd.settings.client is not None:  # --client / ANALYTIQ_MIGRATIONS_CLIENT: the app's
+        from .config import resolve_client
+
+        client = resolve_client(cmd.settings.client,
+                                cmd.settings.origin.get("client", "the client setting"))
     report = verify(cmd.settings.migrations or "", getattr(cmd.args, "uri", None), seed=seed,
-                    collection=cmd.settings.collection, transactions=cmd.settings.transactions)
+                    collection=cmd.settings.collection, transactions=cmd.settings.transactions,
+                    client=client)
     where = report.server + (f", scratch database {report.database} (dropped)"
                              if report.database else "")
     passed = sum(r.passed for r in report.results)

@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from .checks import CHECKS, CheckResult, MigrationRunner, Seed, check_unique_versions, run_checks
+from .checks import CHECKS, MigrationRunner, Seed, check_unique_versions, run_checks
+from .checkwalk import CheckResult
 from .errors import ConfigurationError, redact
 from .loader import MigrationSource
 
@@ -42,11 +43,13 @@ class VerifyReport:
 
 def verify(migrations: MigrationSource, uri: Optional[str] = None, *,
            seed: Optional[Mapping[int, Seed]] = None, collection: str = "migrations",
-           transactions: str = "auto") -> VerifyReport:
+           transactions: str = "auto", client: Any = None) -> VerifyReport:
     """Run every built-in check on ``migrations``; see the module docstring for where.
 
-    Raises ``ServerExtraMissingError`` without ``uri`` when SecantusDB is not installed,
-    ``ConnectionFailedError`` when the server at ``uri`` does not answer.
+    ``client``: the application's own ``MongoClient`` (or a ``Database`` on it): the scratch
+    database is made there and dropped after; the client stays open (it is the caller's).
+    Raises ``ServerExtraMissingError`` without ``uri`` or ``client`` when SecantusDB is not
+    installed, ``ConnectionFailedError`` when the server at ``uri`` does not answer.
     """
     unique = check_unique_versions(migrations)
     if not unique.passed:
@@ -54,6 +57,14 @@ def verify(migrations: MigrationSource, uri: Optional[str] = None, *,
         return VerifyReport(server="none (the migrations do not load)", database=None,
                             results=[unique],
                             not_run=[f"{name}: the migrations do not load" for name in others])
+    if client is not None:
+        from pymongo.database import Database
+
+        from .server import describe_client
+
+        own = client.client if isinstance(client, Database) else client
+        return _checks_on(own, describe_client(own), migrations, seed, collection,
+                          transactions)
     if uri is None:
         from .testing import require_secantus, start_server
 
@@ -72,19 +83,25 @@ def _run(uri: str, label: str, migrations: MigrationSource, seed: Optional[Mappi
     from .config import Settings, make_client, ping
 
     client = make_client(Settings(uri=uri))
-    name = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:8]}"
     try:
         ping(client)
-        db = client[name]
-        try:
-            runner = MigrationRunner(db, migrations, seed=seed, collection=collection,
-                                     transactions=transactions)
-            results = run_checks(runner)
-        finally:
-            client.drop_database(name)
-        return VerifyReport(server=label, database=name, results=results)
+        return _checks_on(client, label, migrations, seed, collection, transactions)
     finally:
         client.close()
+
+
+def _checks_on(client: Any, label: str, migrations: MigrationSource,
+               seed: Optional[Mapping[int, Seed]], collection: str,
+               transactions: str) -> VerifyReport:
+    """The checks in a scratch database on ``client``, dropped after them."""
+    name = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        runner = MigrationRunner(client[name], migrations, seed=seed, collection=collection,
+                                 transactions=transactions)
+        results = run_checks(runner)
+    finally:
+        client.drop_database(name)
+    return VerifyReport(server=label, database=name, results=results)
 
 
 def load_seed(spec: str) -> Mapping[int, Seed]:

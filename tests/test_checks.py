@@ -183,7 +183,103 @@ def test_seed_functions_and_data_go_in_before_their_version(db: Any) -> None:
 
     kit = MigrationRunner(db, [IndexEmail, SplitNameFixed, AddStatus],
                           seed={**SEED, 3: seed_three})
-    assert check_upgrade_from_empty(kit).passed  # seeds are for the step-by-step checks
-    assert seen == []
-    assert check_idempotent(kit).passed
+    assert check_upgrade_from_empty(kit).passed  # from empty, with each version's seed
     assert seen == [["email", "first", "last"]]  # v2 had run: the data is at version 2
+    assert check_idempotent(kit).passed
+    assert seen == [["email", "first", "last"]] * 2
+
+
+# -- every step is checked, whatever failed before it ------------------------------------------
+
+
+def numbered(version: int, *, up_fails: bool = False, revert: str = "clean",
+             idempotent: bool = False) -> type[Migration]:
+    """Step ``version`` sets ``v<version>`` on every user; its ``down`` (``revert``) is ``clean``,
+    ``raises``, ``lossy`` (drops the users' ``keep`` field too) or ``none``."""
+
+    class Step(Migration):
+        def up(self, db: Any) -> None:
+            db.users.update_many({}, {"$set": {f"v{version}": True}})
+            if up_fails:
+                raise RuntimeError(f"up {version} is broken")
+
+        if revert != "none":
+            def down(self, db: Any) -> None:
+                if revert == "raises":
+                    raise RuntimeError(f"down {version} is not written yet")
+                unset = {f"v{version}": ""}
+                if revert == "lossy":
+                    unset["keep"] = ""
+                db.users.update_many({}, {"$unset": unset})
+
+    Step.version, Step.idempotent = version, idempotent
+    Step.__qualname__ = f"Step{version}"
+    return Step
+
+
+def broken_history() -> List[type[Migration]]:
+    """Twelve steps: v3 and v9 downs raise, v5 and v11 downs lose data, v7's up fails."""
+    downs = {3: "raises", 9: "raises", 5: "lossy", 11: "lossy", 12: "none"}
+    return [numbered(v, up_fails=v == 7, revert=downs.get(v, "clean")) for v in range(1, 13)]
+
+
+def kit(db: Any) -> MigrationRunner:
+    return MigrationRunner(db, broken_history(), seed={1: {"users": [{"keep": 1}]}})
+
+
+def test_up_down_consistency_names_every_broken_step(db: Any) -> None:
+    result = check_up_down_consistency(kit(db))
+    assert [(f.version, f.message.split(": ")[1]) for f in result.failures] == [
+        (3, "down failed"), (7, "up failed"), (9, "down failed")]
+    assert "v7: its up failed; the steps after it ran without its changes" in result.notes
+    assert "v12 has no down: only its up was run" in result.notes
+
+
+def test_downgrade_leaves_no_trace_checks_every_step_from_undamaged_data(db: Any) -> None:
+    result = check_downgrade_leaves_no_trace(kit(db))
+    # v5's lossy down would show again at every later step if the walk went on from the
+    # data it left; restored, only v5 and v11 are named.
+    assert [(f.version, f.collection) for f in result.failures] == [(5, "users"), (11, "users")]
+    notes = " | ".join(result.notes)
+    assert "v3: not checked: its down failed" in notes and "v9: not checked" in notes
+    assert "v7: not checked: its up failed" in notes  # its own property only: no failure
+
+
+def test_idempotent_reports_only_its_own_property(db: Any) -> None:
+    history = [*broken_history(), numbered(13, idempotent=True)]
+    result = check_idempotent(MigrationRunner(db, history))
+    assert result.passed, result.explain()  # v7's failing up is not this check's finding
+    assert any(note.startswith("v7: its up failed") for note in result.notes)
+
+
+def test_upgrade_from_empty_names_every_failing_up(db: Any) -> None:
+    history = [numbered(v, up_fails=v in (2, 4)) for v in range(1, 6)]
+    result = check_upgrade_from_empty(MigrationRunner(db, history))
+    assert [f.version for f in result.failures] == [2, 4]
+
+
+def test_a_state_that_cannot_be_restored_names_the_steps_left_unchecked(
+        db: Any, monkeypatch: Any) -> None:
+    runner = kit(db)
+
+    def cannot(state: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runner, "restore_state", cannot)
+    result = check_up_down_consistency(runner)
+    assert [f.version for f in result.failures] == [3]
+    assert result.notes[-1] == ("v3: could not put the database back after it (OSError: disk "
+                                "full); not checked: v4, v5, v6, v7, v8, v9, v10, v11, v12")
+
+
+def test_restore_state_puts_back_documents_indexes_options_and_records(db: Any) -> None:
+    runner = MigrationRunner(db, [IndexEmail, SplitNameFixed])
+    runner.migrate_up_to(1)
+    db.create_collection("audit", validator={"$jsonSchema": {"required": ["at"]}})
+    runner.insert("users", [{"name": "Ada Lovelace", "email": "ada@example.com"}])
+    saved, data = runner.save_state(), runner.snapshot()
+    runner.migrate_up_to(2)
+    db.audit.drop()
+    runner.restore_state(saved)
+    assert runner.snapshot() == data
+    assert runner.current_version() == 1

@@ -125,3 +125,31 @@ def test_a_bad_seed_says_what_it_should_be(project: Path, mongo_uri: str) -> Non
     code, _, err = verify("--uri", mongo_uri, "--seed", "seeds_for_verify")
     assert code == 2
     assert "Bad seed 'seeds_for_verify': expected MODULE:ATTR." in err
+
+
+def test_verify_runs_on_the_apps_own_client(project: Path, client: Any, mongo_uri: str) -> None:
+    """``--client MODULE:ATTR``: the scratch database goes on the app's client, which is
+    neither replaced by a server of verify's own nor closed."""
+    (project / "app_db_for_verify.py").write_text(
+        "from pymongo import MongoClient\n"
+        f"client = MongoClient({mongo_uri!r})\n"
+        "calls = []\n"
+        "def get_client():\n"
+        "    calls.append(1)\n"
+        "    return client\n")
+    databases = set(client.list_database_names())
+    try:
+        code, out, _ = verify("--client", "app_db_for_verify:get_client", "--seed",
+                              "seeds_for_verify:SEED", "--json")
+        app = sys.modules["app_db_for_verify"]
+        assert app.calls == [1]
+        report = json.loads(out)
+        assert code == 1 and report["database"].startswith("analytiq_verify_")
+        assert "127.0.0.1" in report["server"] and "SecantusDB" not in report["server"]
+        assert checks(out)["downgrade_leaves_no_trace"] == [(2, "users")]
+        assert app.client.admin.command("ping")["ok"] == 1  # still the app's, still open
+        assert set(client.list_database_names()) == databases
+    finally:
+        module = sys.modules.pop("app_db_for_verify", None)
+        if module is not None:
+            module.client.close()
