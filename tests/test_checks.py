@@ -283,3 +283,30 @@ def test_restore_state_puts_back_documents_indexes_options_and_records(db: Any) 
     runner.restore_state(saved)
     assert runner.snapshot() == data
     assert runner.current_version() == 1
+
+
+def test_one_run_of_the_checks_names_every_broken_down_of_a_long_history(db: Any) -> None:
+    """26 steps, seed-style and class-style, six broken downs of three kinds (raises, the
+    seed's "log and return False", lossy): one pass of the checks names all six."""
+
+    class SeedIrreversible(Migration):
+        def __init__(self) -> None:
+            super().__init__(version=10, description="Seed-style: down logs and fails")
+
+        def up(self, db: Any) -> bool:
+            db.users.update_many({}, {"$set": {"v10": True}})
+            return True
+
+        def down(self, db: Any) -> bool:
+            return False  # the seed's irreversible idiom
+
+    downs = {4: "raises", 15: "raises", 21: "raises", 8: "lossy", 18: "lossy"}
+    history: List[Any] = [numbered(v, revert=downs.get(v, "clean")) for v in range(1, 27)
+                          if v != 10]
+    history.insert(9, SeedIrreversible())
+    results = {r.name: r for r in run_checks(
+        MigrationRunner(db, history, seed={1: {"users": [{"keep": 1}]}}))}
+    consistency = results["up_down_consistency"]
+    assert [f.version for f in consistency.failures] == [4, 10, 15, 21]
+    assert [f.version for f in results["downgrade_leaves_no_trace"].failures] == [8, 18]
+    assert results["upgrade_from_empty"].passed and results["idempotent"].passed
