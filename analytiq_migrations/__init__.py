@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 
 from .errors import (
     ChecksumDriftError,
+    CommitUnknownError,
     ConfigurationError,
     ConnectionFailedError,
     CorruptRecordError,
@@ -88,6 +89,7 @@ def __dir__() -> List[str]:
 
 __all__ = [
     "ChecksumDriftError",
+    "CommitUnknownError",
     "ConfigurationError",
     "ConnectionFailedError",
     "CorruptRecordError",

@@ -12,27 +12,32 @@ transaction, so a run killed at any instant resumes with every document updated
 exactly once. Without transactions they are two steps: a crash between them re-applies
 that one batch (at-least-once per batch). A resumed run (or a cursor the server lost)
 reopens the walk after the checkpoint's last ``_id``, across ``_id`` types.
+
+Each checkpoint is written only if the stored one is still the previous batch's
+(compare-and-set on its last ``_id``): a batch run again after a commit whose reply was
+lost (a retried commit answered ``NoSuchTransaction`` after a server restart) conflicts,
+is rolled back, and the walk carries on from the checkpoint that did commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import logging
-import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 import bson
-from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import MaxKey, MinKey
 from pymongo import ASCENDING, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound, PyMongoError
 
+from . import checkpoints
 from .errors import MigrationDefinitionError
+from .idorder import after, bracket
+from .lifecycle import RecordConflict
 from .records import ProgressEvent
 from .retry import is_transient
 
@@ -43,9 +48,6 @@ log = logging.getLogger("analytiq_migrations")
 
 #: A static update document, an update pipeline, or ``doc -> update document | None``.
 UpdateSpec = Union[Dict[str, Any], List[Dict[str, Any]], Callable[[Dict[str, Any]], Any]]
-
-#: Key of this helper's checkpoints inside a record's ``progress``.
-PROGRESS_KEY = "batch_update"
 
 #: Times the walk reopens its cursor after losing it (failover, idle timeout) before
 #: giving up. Each reopen waits for a primary through server selection, so three cover
@@ -67,25 +69,6 @@ IDS_PER_PIPELINE_STATEMENT = 20
 INDEX_STAGES = frozenset({"IXSCAN", "IDHACK", "EXPRESS_IXSCAN", "EXPRESS_CLUSTERED_IXSCAN",
                           "CLUSTERED_IXSCAN"})
 
-#: ``$type`` aliases in BSON comparison order, one group per bracket. Documents whose
-#: ``_id`` is of a later bracket sort after every ``_id`` of an earlier one, but
-#: ``{_id: {$gt: x}}`` only matches ``_id``s of ``x``'s own bracket; resuming after
-#: ``x`` therefore also asks for the later brackets by type. (Arrays cannot be ``_id``s.)
-TYPE_BRACKETS: tuple[tuple[str, ...], ...] = (
-    ("minKey",),
-    ("null",),
-    ("double", "int", "long", "decimal"),
-    ("string", "symbol"),
-    ("object",),
-    ("binData",),
-    ("objectId",),
-    ("bool",),
-    ("date",),
-    ("timestamp",),
-    ("regex",),
-    ("maxKey",),
-)
-
 
 def batch_update(
     ctx: RunContext,
@@ -99,9 +82,19 @@ def batch_update(
     """Apply ``update`` to documents matching ``filter``; returns how many were modified."""
     coll = ctx.db[collection] if isinstance(collection, str) else collection
     _check_arguments(ctx, coll, filter, update, batch_size, pause)
+    try:
+        return _batch_update(ctx, coll, filter, update, batch_size, pause)
+    except Exception as exc:
+        ctx.batch_error = exc  # stopped at a checkpoint: the plan may resume from it
+        raise
+
+
+def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update: UpdateSpec,
+                  batch_size: int, pause: float) -> int:
+    """``batch_update`` after its arguments were checked."""
     query = dict(filter)
     call = ctx.next_call()
-    state = _checkpoint(ctx, call, coll.name)
+    state = checkpoints.load(ctx, call, coll.name)
     if state.get("done"):
         return int(state.get("modified", 0))
     if ctx.wants_progress and (state.get("total") is None or "last_id" in state):
@@ -109,7 +102,8 @@ def batch_update(
     if not state.get("started"):
         # Saved before the first batch: an interruption from here on is resumable.
         state.update(collection=coll.name, started=True, done=False)
-        ctx.save_progress(_progress(ctx, call, state), None)
+        ctx.save_progress(checkpoints.progress(ctx, call, state), None,
+                          {checkpoints.path(call): {"$exists": False}})
     clock = time.monotonic() - float(state.get("elapsed_s", 0.0))
     walk = _Walk(ctx, coll, query, None if callable(update) else {"_id": 1}, batch_size,
                  state)
@@ -127,7 +121,8 @@ def batch_update(
             "batches": int(state.get("batches", 0)) + 1,
             "elapsed_s": round(time.monotonic() - clock, 3),
         }
-        ctx.save_progress(_progress(ctx, call, new_state), session)
+        ctx.save_progress(checkpoints.progress(ctx, call, new_state), session,
+                          checkpoints.follows(call, state))
         return new_state
 
     with walk:
@@ -135,13 +130,17 @@ def batch_update(
             docs = walk.next_batch()
             if not docs:
                 break
-            state = ctx.run_in_transaction(functools.partial(one_batch, docs))
+            try:
+                state = ctx.run_in_transaction(functools.partial(one_batch, docs))
+            except RecordConflict:
+                state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
             walk.done_with(state["last_id"])
             _report(ctx, coll.name, state, done=False)
             if pause > 0:
                 time.sleep(pause)
-    state = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
-    ctx.save_progress(_progress(ctx, call, state), None)
+    done = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
+    ctx.save_progress(checkpoints.progress(ctx, call, done), None, checkpoints.follows(call, state))
+    state = done
     _report(ctx, coll.name, state, done=True)
     return int(state.get("modified", 0))
 
@@ -206,36 +205,11 @@ class _Walk:
         """A cursor from the start, or after the last committed ``_id``."""
         query = self.query
         if self.started:
-            after = _after(self.last_id)
-            query = {"$and": [query, after]} if query else after
+            later = after(self.last_id)
+            query = {"$and": [query, later]} if query else later
         return (self.coll.find(query, self.projection, session=self.session)
                 .sort("_id", ASCENDING).hint([("_id", ASCENDING)])
                 .batch_size(self.batch_size))
-
-
-def _after(last_id: Any) -> dict[str, Any]:
-    """A filter for ``_id``s sorting after ``last_id``, whatever their BSON type."""
-    later: list[dict[str, Any]] = [{"_id": {"$gt": last_id}}]
-    bracket = _bracket(last_id)
-    if bracket is not None:
-        later += [{"_id": {"$type": alias}}
-                  for group in TYPE_BRACKETS[bracket + 1:] for alias in group]
-    return later[0] if len(later) == 1 else {"$or": later}
-
-
-def _bracket(value: Any) -> Optional[int]:
-    """Index of ``value``'s type in ``TYPE_BRACKETS`` (``None`` if unknown)."""
-    kinds: tuple[tuple[Any, int], ...] = (
-        (MinKey, 0), (MaxKey, 11), (bool, 7), (int, 2), (float, 2), (Int64, 2),
-        (Decimal128, 2), (str, 3), (Mapping, 4), (Binary, 5), (bytes, 5), (uuid.UUID, 5),
-        (ObjectId, 6), (datetime.datetime, 8), (Timestamp, 9), (Regex, 10), (re.Pattern, 10),
-    )
-    if value is None:
-        return 1
-    for kind, bracket in kinds:  # bool before int: True is an int to Python, not to BSON
-        if isinstance(value, kind):
-            return bracket
-    return None
 
 
 def _check_arguments(ctx: RunContext, coll: Any, filter: Any, update: UpdateSpec,
@@ -339,7 +313,7 @@ def _operations(ctx: RunContext, docs: list[dict[str, Any]], query: dict[str, An
     statement, the others one each."""
     if not callable(update):
         first, last = docs[0]["_id"], docs[-1]["_id"]
-        if ranges and _bracket(first) is not None and _bracket(first) == _bracket(last):
+        if ranges and bracket(first) is not None and bracket(first) == bracket(last):
             # Every document of the range that still matches is this batch's: the walk
             # read them all (in _id order) and is past them.
             return [(_by_range(first, last, query), update, True)]
@@ -413,23 +387,6 @@ def _by_ids(ids: list[Any], query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": selector, **query}
 
 
-def _checkpoint(ctx: RunContext, call: int, name: str) -> dict[str, Any]:
-    """The saved state of the ``call``-th batch_update of this migration, if resuming."""
-    saved = (ctx.progress or {}).get(PROGRESS_KEY) or []
-    state: dict[str, Any] = {}
-    if call < len(saved) and isinstance(saved[call], dict) and \
-            saved[call].get("collection") in (None, name):
-        state = dict(saved[call])
-    ctx.checkpoints.append(state)
-    return state
-
-
-def _progress(ctx: RunContext, call: int, state: dict[str, Any]) -> dict[str, Any]:
-    """The record's whole ``progress`` value with this call's state in it."""
-    ctx.checkpoints[call] = state
-    return {PROGRESS_KEY: list(ctx.checkpoints)}
-
-
 def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
     """How many documents the call walks (for the ETA; costs one count, once per call).
 
@@ -438,8 +395,8 @@ def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
     made them stop matching: "38,500 of 32,500").
     """
     if "last_id" in state:
-        after = _after(state["last_id"])
-        remaining = coll.count_documents({"$and": [query, after]} if query else after)
+        later = after(state["last_id"])
+        remaining = coll.count_documents({"$and": [query, later]} if query else later)
         return int(state.get("scanned", 0)) + int(remaining)
     if not query:
         return int(coll.estimated_document_count())

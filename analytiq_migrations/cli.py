@@ -118,7 +118,10 @@ def _common_options() -> argparse.ArgumentParser:
     group.add_argument("--lock-wait", metavar="SECONDS",
                        help="wait this long for a busy lock instead of exiting 3 (default 0)")
     group.add_argument("--lock-ttl", metavar="SECONDS",
-                       help="lease length, renewed while running (default 60)")
+                       help="how long the lock outlives a run that stops renewing it (a "
+                       "killed or frozen process) before another run may take it over; a "
+                       "live run renews it every third of it, and a migration's transaction "
+                       "holds it for as long as the transaction can live (default 60)")
     group.add_argument("--on-drift", choices=("error", "warn", "ignore"),
                        help="what an edited applied migration does to `up` (default error)")
     group.add_argument("--allow-out-of-order", action="store_true",

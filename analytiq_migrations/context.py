@@ -23,16 +23,21 @@ class RunContext:
     in_transaction: bool
     #: Checkpoint left by an earlier, interrupted attempt (``None`` on a fresh start).
     progress: Optional[dict[str, Any]]
-    #: Persist a checkpoint in the record's ``progress`` (within ``session`` if given).
-    save_progress: Callable[[dict[str, Any], Optional[ClientSession]], None]
+    #: Persist a checkpoint in the record's ``progress`` (within ``session`` if given),
+    #: only while the record matches the guard (extra filter fields: compare-and-set).
+    save_progress: Callable[..., None]
     #: Run ``fn(session)`` in its own short transaction (or plainly, without one).
     run_in_transaction: Callable[[Callable[[Optional[ClientSession]], Any]], Any]
     #: Progress hook for long operations (CLI progress bar, logs).
     report: Callable[[ProgressEvent], None] = field(default=lambda event: None)
     #: True when someone listens to ``report`` (worth counting documents for an ETA).
     wants_progress: bool = False
+    #: The checkpoint as stored now on this run's ``running`` record (``None`` otherwise).
+    load_progress: Callable[[], Optional[dict[str, Any]]] = field(default=lambda: None)
     #: State of each ``batch_update`` call made so far in this step, in call order.
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    #: The error a ``batch_update`` call raised, if any (such a failure may be resumed).
+    batch_error: Optional[BaseException] = None
 
     def next_call(self) -> int:
         """Index of the next ``batch_update`` call in this step (for its checkpoint)."""

@@ -72,6 +72,13 @@ class MigrationFailedError(MigrationError):
     exit_code = 1
 
 
+class CommitUnknownError(MigrationError):
+    """A commit's reply was lost and its outcome could not be read back: it may have
+    succeeded. Nothing that could contradict a commit was written."""
+
+    exit_code = 1
+
+
 class ValidationProblemError(MigrationError):
     """The database and the code disagree; ``validate()`` lists the details."""
 

@@ -22,7 +22,10 @@
   holder. Where that cannot be read (not Linux), the lease is left to expire.
 * While one of the run's transactions is open the heartbeat does not renew: the
   transaction wrote the lease (its re-check), so a renewal would make it fail with a
-  WriteConflict. The transaction's own write renews the lease when it commits.
+  WriteConflict. The transaction's own write renews the lease when it commits. A
+  migration's transaction therefore extends the lease, when it begins, by the longest
+  a transaction can live (``TRANSACTION_LIFETIME``): a live holder in a long
+  transaction is never taken for dead.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ BREAK_ATTEMPTS = 5
 #: How often the heartbeat looks again while renewal waits for a transaction to end
 #: (seconds; a local check, no round trip).
 PAUSED_POLL = 0.05
+
+#: How long a transaction can live on the server (mongod's default
+#: ``transactionLifetimeLimitSeconds``): a run's lease is extended by this much when its
+#: migration's transaction begins, because the heartbeat cannot renew the lease while the
+#: transaction holds the lock document. A live holder so keeps its lease for as long as
+#: its transaction can live; a server that raises the limit should raise the TTL too.
+TRANSACTION_LIFETIME = 60.0
 
 #: Linux's view of processes: ``PROC/PID/stat``, the boot id, this process's pid namespace.
 PROC = "/proc"
@@ -438,7 +448,8 @@ class Lease:
 
     # -- while held ----------------------------------------------------------------------
 
-    def check(self, session: Any = None, next_step: Optional[dict[str, Any]] = None) -> None:
+    def check(self, session: Any = None, next_step: Optional[dict[str, Any]] = None,
+              hold: float = 0.0) -> None:
         """Prove we still hold the lease (and extend it) by writing it; raises ``LockLostError``.
 
         Outside a transaction this renews the lease, so whatever comes next starts with a
@@ -447,13 +458,14 @@ class Lease:
         transaction's first statement: it waits for a renewal in flight to finish, and
         the heartbeat then leaves the lease alone until the transaction ends (a renewal
         committed after the transaction's snapshot would fail it with a WriteConflict).
+        ``hold``: seconds the lease must outlast the TTL (the transaction's whole life).
         """
         if self.lost_reason:
             raise self._lost()
         if session is None or not session.in_transaction:
             self.renew()
             return
-        ttl = timedelta(seconds=self.ttl)
+        ttl = timedelta(seconds=self.ttl + hold)
         with self._writing:
             self._txn_session = session
             now = self.clock.now()

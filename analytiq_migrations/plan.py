@@ -7,7 +7,7 @@ refused can be read (and tested) in one place.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import (
     ConfigurationError,
@@ -15,6 +15,7 @@ from .errors import (
     FailedMigrationError,
     InterruptedMigrationError,
     IrreversibleMigrationError,
+    MigrationError,
     OutOfOrderError,
 )
 from .hints import spell
@@ -128,15 +129,66 @@ def _check_target(target: int, migrations: Sequence[Migration],
         )
 
 
-def _resumable(migration: Migration, record: MigrationRecord) -> bool:
-    """May an unfinished attempt be run again without an operator deciding?"""
-    return record.transactional or migration.idempotent or bool(record.progress)
+def interrupted(record: MigrationRecord) -> bool:
+    """The attempt was killed (still ``running``, or settled as interrupted), not failed."""
+    return record.status == "running" or (record.error is not None and
+                                          record.error.type == "Interrupted")
+
+
+def resume_checkpoint(record: Optional[MigrationRecord],
+                      direction: str) -> Optional[dict[str, Any]]:
+    """The checkpoint a step in ``direction`` resumes from (``None``: it starts afresh).
+    Only an unfinished attempt in the same direction leaves one to resume."""
+    if record is None or not record.progress or record.direction != direction or \
+            record.status not in ("running", "failed"):
+        return None
+    return dict(record.progress)
+
+
+def refusal(migration: Migration, record: MigrationRecord, direction: str,
+            below: int = 0) -> Optional[MigrationError]:
+    """May a step in ``direction`` run over this unfinished attempt (``running`` or
+    ``failed``)? ``None``: yes; else the error that refuses it. Plan, status, validate
+    and the run all ask here. ``below``: the version under this one (for the command
+    that finishes a revert).
+
+    Yes when nothing of it was kept (transactional), when re-running is declared safe
+    (idempotent), or when it resumes its own checkpoint: the attempt was killed, or
+    failed inside ``batch_update`` (which stops exactly at a checkpoint). A checkpoint
+    of the other direction is never resumed by this one."""
+    if record.transactional or migration.idempotent:
+        return None
+    version = record.version
+    if record.progress and record.direction != direction:
+        finish = (f"`analytiq-migrations up {version}`" if record.direction == "up"
+                  else f"`analytiq-migrations down {below}`")
+        return InterruptedMigrationError(
+            f"Migration {version} ({record.description}) stopped during "
+            f"'{record.direction}' at a checkpoint ({describe_checkpoint(record.progress)}); "
+            f"'{direction}' now would run over a half-{_done(record.direction)} change.",
+            version=version,
+            hint=f"Finish the '{record.direction}' first: {finish} resumes it from its "
+            f"checkpoint; then run '{direction}' again.",
+        )
+    if record.progress and (interrupted(record) or
+                            getattr(record.error, "at", None) == "batch_update"):
+        return None
+    try:
+        _refuse_unfinished(migration, record)
+    except (InterruptedMigrationError, FailedMigrationError) as exc:
+        return exc
+    return None  # pragma: no cover - _refuse_unfinished always raises
+
+
+def _done(direction: str) -> str:
+    """What a direction does to the change, as a past participle."""
+    return "applied" if direction == "up" else "reverted"
 
 
 def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
     """Raise the error for an attempt that stopped halfway and cannot be re-run."""
     version = record.version
-    if record.status == "running" or (record.error and record.error.type == "Interrupted"):
+    if interrupted(record):
         raise InterruptedMigrationError(
             f"Migration {version} ({record.description}) was interrupted during "
             f"'{record.direction}' (run {record.run_id} on {record.host}, pid {record.pid}); "
@@ -156,15 +208,23 @@ def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
     )
 
 
-def _note(record: Optional[MigrationRecord]) -> Optional[str]:
+def _note(record: Optional[MigrationRecord], direction: str) -> Optional[str]:
     """Why a step re-runs an earlier attempt."""
     if record is None or record.status in ("rolled_back",):
         return None
+    resumes = resume_checkpoint(record, direction) is not None
     if record.status == "running":
-        return "resume from checkpoint" if record.progress else "re-run after interruption"
+        return "resume from checkpoint" if resumes else "re-run after interruption"
     if record.status == "failed":
-        return "resume from checkpoint" if record.progress else "retry after failure"
+        return "resume from checkpoint" if resumes else "retry after failure"
     return None
+
+
+def below(version: int, migrations: Sequence[Migration],
+          records: dict[int, MigrationRecord]) -> int:
+    """The highest version under ``version`` that the code or the database knows (0)."""
+    known = {int(m.version or 0) for m in migrations} | set(records)
+    return max((v for v in known if v < version), default=0)
 
 
 def plan_upgrade(
@@ -195,8 +255,9 @@ def plan_upgrade(
         if record is not None and record.status in ("running", "failed"):
             if record.direction == "down" and record.transactional and record.status == "failed":
                 continue  # a failed transactional revert left the migration applied
-            if not _resumable(migration, record):
-                _refuse_unfinished(migration, record)
+            refused = refusal(migration, record, "up", below(version, migrations, records))
+            if refused is not None:
+                raise refused
         if version < current and not allow_out_of_order:
             raise OutOfOrderError(
                 f"Migration {version} ({migration.summary()}) is pending but version "
@@ -211,7 +272,7 @@ def plan_upgrade(
                 direction="up",
                 description=migration.summary(),
                 transactional=use_transaction(migration),
-                note=_note(record),
+                note=_note(record, "up"),
             )
         )
     return Plan(direction="up", current_version=current, target_version=target, steps=steps)
@@ -244,15 +305,17 @@ def plan_downgrade(
             why = "its code is gone" if migration is None else "it has no down()"
             blocked.append(f"{version} ({record.description}: {why})")
             continue
-        if record.status in ("running", "failed") and not _resumable(migration, record):
-            _refuse_unfinished(migration, record)
+        if record.status in ("running", "failed"):
+            refused = refusal(migration, record, "down", below(version, migrations, records))
+            if refused is not None:
+                raise refused
         steps.append(
             PlanStep(
                 version=version,
                 direction="down",
                 description=migration.summary(),
                 transactional=use_transaction(migration),
-                note=_note(record),
+                note=_note(record, "down"),
             )
         )
     if blocked:
@@ -380,7 +443,8 @@ def find_problems(
                     kind="interrupted", version=version,
                     message=f"{label} was interrupted during '{record.direction}' (run "
                     f"{record.run_id} on {record.host}, pid {record.pid}).",
-                    hint=_unfinished_hint(migration, record),
+                    hint=_unfinished_hint(migration, record, below(version, migrations,
+                                                                    records)),
                 ))
         elif record.status == "failed":
             interrupted = record.error is not None and record.error.type == "Interrupted"
@@ -388,12 +452,13 @@ def find_problems(
                 kind="interrupted" if interrupted else "failed", version=version,
                 message=f"{label} {'was interrupted' if interrupted else 'failed'} during "
                 f"'{record.direction}': {record.error.message if record.error else '?'}",
-                hint=_unfinished_hint(migration, record),
+                hint=_unfinished_hint(migration, record, below(version, migrations, records)),
             ))
     return problems
 
 
-def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) -> str:
+def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,
+                     under: int = 0) -> str:
     """What to do about an unfinished attempt."""
     if record.transactional and migration is None:
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
@@ -405,8 +470,10 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) ->
         # first, or the next run is refused the same way.
         return ("Nothing of it was written. Change the migration as the error says, then "
                 "run it again: unchanged, it is refused again.")
-    if migration is not None and _resumable(migration, record):
-        return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
+    if migration is not None and refusal(migration, record, record.direction, under) is None:
+        how = "runs it again safely (transactional or idempotent)" \
+            if record.transactional or migration.idempotent else "resumes it from its checkpoint"
+        return f"The next `{record.direction}` {how}."
     return ("It may be half applied: inspect the data, then " + clear_failed_hint()
             + " so the next run starts it afresh.")
 

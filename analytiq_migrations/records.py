@@ -139,8 +139,9 @@ def field_names(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(cast(Dict[str, Any], model.__fields__))
 
 
-class ErrorInfo(_Model, extra="ignore"):
-    """The error stored with a failed attempt: exception type and message."""
+class ErrorInfo(_Model, extra="allow"):
+    """The error stored with a failed attempt: exception type and message (and ``at:
+    "batch_update"`` when raised inside it: the attempt stopped at a checkpoint)."""
 
     type: str
     message: str

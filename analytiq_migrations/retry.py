@@ -155,8 +155,10 @@ def run_transaction(
     what: str,
     *,
     options: Optional[dict[str, Any]] = None,
+    retry_on: Callable[[BaseException], bool] = lambda exc: is_transient_transaction(exc),
 ) -> T:
-    """Run ``body(session)`` in a transaction and commit; retry transient failures."""
+    """Run ``body(session)`` in a transaction and commit; retry transient failures
+    (``retry_on``: which errors run the whole transaction again)."""
 
     def attempt() -> T:
         session.start_transaction(**(options or {}))
@@ -173,7 +175,7 @@ def run_transaction(
             raise
         return result
 
-    return policy.retrying(what, is_transient_transaction)(attempt)
+    return policy.retrying(what, retry_on)(attempt)
 
 
 def _unknown_commit(exc: BaseException) -> bool:

@@ -37,8 +37,9 @@ from .errors import (
     redact,
 )
 from .hints import spell
+from .lifecycle import Lifecycle
 from .loader import MigrationSource, load_migrations
-from .lock import Lease, ServerClock, break_lock, read_lock
+from .lock import Lease, ServerClock, break_lock, dead_holder, read_lock
 from .migration import Migration
 from .plan import (
     Target,
@@ -52,7 +53,6 @@ from .plan import (
     virtual_records,
 )
 from .records import (
-    ErrorInfo,
     HistoryEntry,
     LockInfo,
     MigrationRecord,
@@ -451,11 +451,12 @@ class Migrator:
         run = self._new_run()
         started = utcnow()
         steps: list[StepResult] = []
-        with self._locked(run):
+        with self._locked(run) as (lease, session):
+            book = self._book(lease, session, run)
             state = self._load()
             self._raise_corrupt(state)
             if state.adoptable:
-                self._adopt(state, run)
+                self._adopt(state, run, book)
                 state = self._load()
             records = self._records(state)
             start = current_version(records)
@@ -485,7 +486,7 @@ class Migrator:
                     if record is not None and record.status in APPLIED_STATUSES:
                         continue
                     migration = self._by_version.get(v)
-                    self._write_baselined(v, migration, run, "baseline")
+                    self._write_baselined(v, migration, run, "baseline", book)
                     records[v] = MigrationRecord(version=v, status="baselined")
                     steps.append(StepResult(
                         version=v, direction="up", status="baselined", transactional=False,
@@ -497,7 +498,7 @@ class Migrator:
                     if v <= resolved or record.status not in APPLIED_STATUSES | {"failed",
                                                                                  "running"}:
                         continue
-                    self._write_faked_revert(v, record, run)
+                    self._write_faked_revert(v, record, run, book)
                     records[v] = record.model_copy(update={"status": "rolled_back"})
                     steps.append(StepResult(
                         version=v, direction="down", status="rolled_back",
@@ -511,7 +512,8 @@ class Migrator:
         return RunReport(run_id=run.run_id, direction=way, start_version=start,  # type: ignore[arg-type]
                          end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
 
-    def _write_faked_revert(self, version: int, record: MigrationRecord, run: RunInfo) -> None:
+    def _write_faked_revert(self, version: int, record: MigrationRecord, run: RunInfo,
+                            book: Lifecycle) -> None:
         """Record ``version`` as ``rolled_back`` (``faked: true``) and say so in the history."""
         now = utcnow()
         fields: dict[str, Any] = {
@@ -519,8 +521,7 @@ class Migrator:
             "finished_at": now, "duration_ms": 0, "transactional": False, "attempts": 0,
             "error": None, "progress": None, "faked": True, **run.model_dump(),
         }
-        self.store.finish(version, fields, unset=["applied_at"])
-        self.store.append_history(HistoryEntry(
+        book.put(version, {"$set": fields, "$unset": {"applied_at": ""}}, HistoryEntry(
             version=version, description=record.description, checksum=record.checksum,
             status="rolled_back", direction="down", started_at=now, finished_at=now,
             duration_ms=0, transactional=False, attempt=0,
@@ -548,12 +549,13 @@ class Migrator:
         # The lock says which transactional step runs: the first one goes with acquiring it.
         first = step_marker(plan.steps[0]) if plan is not None else None
         with self._locked(run, first) as (lease, session):
+            book = self._book(lease, session, run)
             state = self._load()
             self._raise_corrupt(state)
             if state.adoptable:
-                self._adopt(state, run)
+                self._adopt(state, run, book)
                 state = self._load()
-            self._settle_interrupted(state.records, run)
+            book.settle(state.records)
             self._settle_dead_step(lease, state.records)
             records = state.records
             start = current_version(records)
@@ -563,9 +565,9 @@ class Migrator:
                 db=self.db, store=self.store, lease=lease, session=session, run=run,
                 retry=self.retry, legacy=state.legacy_version is not None,
                 # Batches bring their own small transactions wherever transactions are possible.
-                batch_transactions=session is not None and self.transactions != "never"
-                and self._transactions_available(),
+                batch_transactions=book.transactions,
                 wire_version=self._wire_version() if real else 0, progress=self.progress,
+                lifecycle=book,
             )
             for step, after in zip(plan.steps, [*plan.steps[1:], None]):
                 result = run_step(env, step, self._by_version[step.version].loaded(),
@@ -640,6 +642,12 @@ class Migrator:
             if session is not None:
                 session.end_session()
 
+    def _book(self, lease: Lease, session: Any, run: RunInfo) -> Lifecycle:
+        """The run's bookkeeping: in small fenced transactions wherever they are possible."""
+        return Lifecycle(store=self.store, lease=lease, run=run, retry=self.retry,
+                         session=session, transactions=session is not None and
+                         self.transactions != "never" and self._transactions_available())
+
     def _wire_version(self) -> int:
         """The server's wire version; refuses servers older than MongoDB 4.0 up front."""
         description = self._server_description()
@@ -700,9 +708,13 @@ class Migrator:
         if record is not None and record.run_id == previous.get("run_id") and \
                 record.direction == step.get("direction") and record.status != "running":
             return  # it did commit
-        log.warning("Run %s on %s (pid %s) died at migration %d (%s) before committing it: "
+        # Dead only when its process is known to be gone: an expired lease alone may belong
+        # to a live holder whose transaction outlived the server's limit.
+        how = "died" if dead_holder(previous, lease.run.host) else "let its lease run out"
+        log.warning("Run %s on %s (pid %s) %s at migration %d (%s) before committing it: "
                     "nothing of it was written; it runs again", previous.get("run_id"),
-                    previous.get("host"), previous.get("pid"), version, step.get("direction"))
+                    previous.get("host"), previous.get("pid"), how, version,
+                    step.get("direction"))
 
     def _check_drift(self, records: dict[int, MigrationRecord], *,
                      remember: bool = True) -> None:
@@ -746,17 +758,17 @@ class Migrator:
         if stale:
             self.store.remember_raw_checksums(stale)
 
-    def _adopt(self, state: DatabaseState, run: RunInfo) -> None:
+    def _adopt(self, state: DatabaseState, run: RunInfo, book: Lifecycle) -> None:
         """Turn the seed's ``schema_version`` into baselined per-version records."""
         legacy = int(state.legacy_version or 0)
         log.warning("Adopting a database at legacy schema_version %d: versions up to it are "
                     "marked baselined", legacy)
         for version, record in sorted(virtual_records(self.migrations, {}, legacy).items()):
             self._write_baselined(version, self._by_version.get(version), run,
-                                  record.description or "adopted from schema_version")
+                                  record.description or "adopted from schema_version", book)
 
     def _write_baselined(self, version: int, migration: Optional[Migration], run: RunInfo,
-                         description: str) -> None:
+                         description: str, book: Lifecycle) -> None:
         """A ``baselined`` record and its history entry."""
         now = utcnow()
         record = MigrationRecord(
@@ -768,28 +780,9 @@ class Migrator:
             finished_at=now, duration_ms=0, transactional=False, attempts=0,
             **{**run.model_dump(), "faked": True},
         )
-        self.store.put_record(record)
-        self.store.append_history(HistoryEntry(**{
+        book.put(version, {"_id": version, **record.model_dump()}, HistoryEntry(**{
             **record.model_dump(include=set(field_names(HistoryEntry))), "status": "baselined",
             "attempt": 0, "faked": True}))
-
-    def _settle_interrupted(self, records: dict[int, MigrationRecord], run: RunInfo) -> None:
-        """Under the lock, ``running`` records are dead runs: record them as interrupted."""
-        for version, record in sorted(records.items()):
-            if record.status != "running" or record.run_id == run.run_id:
-                continue
-            message = (f"interrupted: run {record.run_id} on {record.host} (pid {record.pid}) "
-                       f"stopped during '{record.direction}' without finishing")
-            error = ErrorInfo(type="Interrupted", message=message)
-            now = utcnow()
-            log.warning("Migration %d was %s", version, message)
-            self.store.append_history(HistoryEntry(**{
-                **record.model_dump(include=set(field_names(HistoryEntry))),
-                "status": "interrupted", "finished_at": now, "attempt": record.attempts,
-                "error": error}))
-            self.store.finish(version, {"status": "failed", "error": error.model_dump(),
-                                        "finished_at": now})
-            records[version] = record.model_copy(update={"status": "failed", "error": error})
 
     # -- transactions --------------------------------------------------------------------------
 

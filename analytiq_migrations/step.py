@@ -6,8 +6,15 @@ Bookkeeping, per step:
 * transactional: lease fence, record, history entry, all inside the step's transaction, then
   the commit. Nothing is written before the transaction: an aborted or killed one leaves the
   record exactly as it was (an applied version whose ``down`` failed is still applied; the
-  failure goes to ``last_error`` and the history);
-* non-transactional: record ``running``, call, lease check, record the outcome, history.
+  failure goes to ``last_error`` and the history). The record write is conditional on the
+  record the step started from, so a body run again after a commit whose outcome was lost
+  conflicts instead of committing twice;
+* non-transactional: record ``running``, call, record the outcome with its history entry
+  (each write fenced by the lease: see ``lifecycle.py``).
+
+A commit whose reply is lost is checked by reading the record back (under the retry
+budget); when that cannot be read either, the run stops with ``CommitUnknownError`` and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -24,15 +31,17 @@ from pymongo.errors import InvalidOperation, PyMongoError
 from .context import RunContext
 from .dbproxy import StepWatch, joined
 from .errors import (
+    CommitUnknownError,
     LockLostError,
     MigrationError,
     MigrationFailedError,
     first_line,
     redact,
 )
-from .lock import Lease
+from .lifecycle import Lifecycle, RecordConflict, expected_state
+from .lock import TRANSACTION_LIFETIME, Lease
 from .migration import Migration
-from .plan import clear_failed_hint, current_version
+from .plan import clear_failed_hint, current_version, refusal, resume_checkpoint
 from .records import (
     ErrorInfo,
     HistoryEntry,
@@ -71,6 +80,17 @@ class StepEnv:
     #: The collections, read once per run on first need and kept current by transactional
     #: steps; dropped after a non-transactional step (which may change anything).
     catalog: Optional[Catalog] = None
+    #: Every bookkeeping write of the run (set by ``run_step`` when not given).
+    lifecycle: Optional[Lifecycle] = None
+
+    @property
+    def book(self) -> Lifecycle:
+        """The run's bookkeeping."""
+        if self.lifecycle is None:
+            self.lifecycle = Lifecycle(store=self.store, lease=self.lease, run=self.run,
+                                       retry=self.retry, session=self.session,
+                                       transactions=self.batch_transactions)
+        return self.lifecycle
 
 
 def run_step(env: StepEnv, step: PlanStep, migration: Migration,
@@ -102,8 +122,11 @@ class _Step:
         unfinished = previous is not None and (previous.status in ("failed", "running") or
                                                previous.last_error is not None)
         self.attempts = (previous.attempts if previous and unfinished else 0) + 1
-        self.resume = previous.progress \
-            if previous and previous.direction == step.direction else None
+        self.resume = resume_checkpoint(previous, step.direction)
+        self.expected = expected_state(previous)
+        #: A commit of this step was sent: from then on its outcome is only known by reading.
+        self.commit_tried = False
+        self.ctx: Optional[RunContext] = None
         self.success = "applied" if step.direction == "up" else "rolled_back"
         self.started = utcnow()
         self.clock = time.monotonic()
@@ -129,7 +152,7 @@ class _Step:
             env.lease.refresh()
         log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
                  " in a transaction" if step.transactional else "")
-        migration._context = self._context()
+        self.ctx = migration._context = self._context()
         migration.session = env.session
         try:
             if step.transactional:
@@ -139,20 +162,13 @@ class _Step:
                 if env.catalog is not None:
                     env.catalog.next_step()  # committed: what it created exists now
             else:
-                env.store.start(self.start)
+                env.book.start(step.version, self.start, self.previous)
                 self._call(env.session)
-                env.lease.check()  # a run that lost the lock must not write over the new holder's
                 fields = self._record_success(None)
         except LockLostError:
             raise  # someone else owns the run now: writing our record could clobber theirs
         except Exception as exc:
-            _confirm_lease(env.lease, exc)
-            committed = self._committed_anyway() if step.transactional else None
-            if committed is None:
-                self._record_failure(exc)
-            log.warning("Migration %d: the commit reported %s, but the transaction did commit",
-                        step.version, first_line(exc))
-            fields = committed
+            fields = self._after_error(exc)
         finally:
             migration._context = None
             migration.session = None
@@ -165,9 +181,13 @@ class _Step:
 
     def _in_transaction(self, txn_session: Any) -> Dict[str, Any]:
         """The transaction's body (run again by the retry loop on transient errors)."""
-        self.env.lease.check(txn_session, next_step=self.next_marker)
+        # The lease is extended over the transaction's whole possible life: the heartbeat
+        # cannot renew it while the transaction holds the lock document.
+        self.env.lease.check(txn_session, next_step=self.next_marker, hold=TRANSACTION_LIFETIME)
         self._call(txn_session)
-        return self._record_success(txn_session)
+        fields = self._record_success(txn_session)
+        self.commit_tried = True  # what follows is the commit
+        return fields
 
     def _call(self, session: Any) -> None:
         """Run ``up``/``down`` (in a transaction: on a watched, session-bound ``db``)."""
@@ -190,6 +210,16 @@ class _Step:
         try:
             with handle as db:
                 result = fn(db)
+        except SystemExit as exc:
+            # sys.exit() in migration code is that migration failing, not the run being
+            # stopped (Ctrl-C and SIGTERM still stop it: KeyboardInterrupt is left alone).
+            failure = MigrationFailedError(
+                f"Migration {step.version} {step.direction}() called sys.exit({exc.code!r}).",
+                version=step.version,
+                hint="Raise an exception (or return False) to fail a migration; sys.exit() "
+                "inside one is treated as a failure.")
+            self._raise_hidden(failure)
+            raise failure from exc
         except Exception as exc:
             self._raise_hidden(exc)
             raise
@@ -255,12 +285,14 @@ class _Step:
             return run_transaction(env.session, body, env.retry,
                                    f"migration {step.version} batch")
 
-        def save(progress: Dict[str, Any], txn_session: Any = None) -> None:
-            env.store.save_progress(step.version, progress, txn_session)
+        def save(progress: Dict[str, Any], txn_session: Any = None,
+                 guard: Optional[Dict[str, Any]] = None) -> None:
+            env.book.checkpoint(step.version, progress, guard or {}, txn_session)
 
         return RunContext(
             version=step.version, direction=step.direction, db=env.db, session=env.session,
             in_transaction=step.transactional, progress=self.resume, save_progress=save,
+            load_progress=lambda: env.book.saved_progress(step.version),
             run_in_transaction=in_own_transaction,
             report=env.progress or (lambda event: None),
             wants_progress=env.progress is not None,
@@ -293,26 +325,50 @@ class _Step:
         return fields, entry
 
     def _record_success(self, txn_session: Any) -> Dict[str, Any]:
-        """Record the success (in ``txn_session``'s transaction when given)."""
+        """Record the success (in ``txn_session``'s transaction when given): conditional on
+        the record the step started from (transactional) or on this run's ``running``."""
         env, step = self.env, self.step
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
         unset = ["faked", "last_error"] + (["applied_at"] if self.success == "rolled_back" else [])
-        env.store.finish(step.version, fields, session=txn_session, unset=unset)
-        env.store.append_history(entry, session=txn_session)
+        legacy = None
         if env.legacy:
             after = dict(self.records)
             after[step.version] = MigrationRecord(version=step.version,
                                                   status=self.success)  # type: ignore[arg-type]
-            env.store.set_legacy(current_version(after), session=txn_session)
-        return fields
+            legacy = current_version(after)
+        expected = self.expected if step.transactional else env.book.mine()
+        done = env.book.finish(step.version, step.direction, expected,
+                               {"$set": fields, "$unset": {name: "" for name in unset}},
+                               entry, session=txn_session, legacy=legacy)
+        return done or fields
+
+    def _after_error(self, exc: Exception) -> Dict[str, Any]:
+        """After ``exc``: the fields of a commit that did land, else record the failure and
+        raise (``CommitUnknownError`` when the commit's outcome cannot be read)."""
+        env, step = self.env, self.step
+        if not env.book.transactions:
+            _confirm_lease(env.lease, exc)  # (with transactions the writes below are fenced)
+        if step.transactional:
+            committed = self._committed_anyway(exc)
+            if committed is not None:
+                log.warning("Migration %d: the commit reported %s, but the transaction did "
+                            "commit", step.version, first_line(exc))
+                return committed
+            if isinstance(exc, RecordConflict):
+                raise env.book.lost(exc) from None
+        self._record_failure(exc)
 
     def _record_failure(self, exc: Exception) -> NoReturn:
-        """Store a failed attempt (record and history) and raise the error for it."""
+        """Store a failed attempt (record and history, conditionally: never over a record
+        this run's transaction committed) and raise the error for it."""
         env, step, previous = self.env, self.step, self.previous
         exc = self._foreign_client_error(exc) or exc
-        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
+        in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
+            self.ctx.batch_error is exc
+        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000],
+                          **({"at": "batch_update"} if in_batch else {}))
         fields, entry = self._outcome("failed", error)
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
         unchanged = step.transactional and previous is not None and \
@@ -325,8 +381,8 @@ class _Step:
                       "attempts": self.attempts}
         elif step.transactional:
             fields = {**self.start, **fields}
-        env.store.finish(step.version, fields)
-        env.store.append_history(entry)
+        expected = self.expected if step.transactional else env.book.mine()
+        env.book.finish(step.version, step.direction, expected, {"$set": fields}, entry)
         self.records[step.version] = self._merge(fields) if not unchanged else \
             previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
                                         "attempts": self.attempts})
@@ -338,10 +394,17 @@ class _Step:
                     f"{step.direction}() and run the same command again.")
         elif step.transactional:
             hint = f"{rolled_back}. Fix the migration and run again."
+        elif refusal(self.migration, self.records[step.version], step.direction) is None:
+            # What the next plan does with it, decided where the plan decides it.
+            hint = ("It stopped at a checkpoint of batch_update: fix the cause and run the "
+                    "same command again; the next run resumes after the checkpoint."
+                    if not self.migration.idempotent else
+                    "It is idempotent: fix the cause and run the same command again; the "
+                    "next run runs it again.")
         else:
             hint = ("It ran without a transaction and may be half applied: inspect the data, "
                     f"fix the migration, then {clear_failed_hint()} (or make it idempotent) "
-                    "and run again.")
+                    "and run again; until then the next run refuses it.")
         raise MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
             f"'{step.direction}': {error.type}: {error.message}",
@@ -369,17 +432,24 @@ class _Step:
             "writes then commit one by one).",
         )
 
-    def _committed_anyway(self) -> Optional[Dict[str, Any]]:
-        """After a failed commit: the record's fields if this run's transaction committed."""
+    def _committed_anyway(self, cause: Exception) -> Optional[Dict[str, Any]]:
+        """After an error: the record's fields if this run's transaction committed (read
+        under the retry budget). Unreadable after a commit was sent: ``CommitUnknownError``."""
+        step = self.step
         try:
-            doc = self.env.store.records.find_one({"_id": self.step.version})
-        except PyMongoError:
-            return None
-        if doc and doc.get("status") == self.success and \
-                doc.get("run_id") == self.env.run.run_id and \
-                doc.get("direction") == self.step.direction:
-            return {k: v for k, v in doc.items() if k != "_id"}
-        return None
+            return self.env.book.ours(step.version, self.success, step.direction)
+        except PyMongoError as exc:
+            if not self.commit_tried:
+                return None  # the body failed before any commit: nothing was committed
+            raise CommitUnknownError(
+                f"The commit of version {step.version} ({step.direction}) may have "
+                f"succeeded: its reply was lost ({first_line(cause)}) and the record could "
+                f"not be read back ({first_line(exc)}). Nothing more was written.",
+                version=step.version,
+                hint="Run `analytiq-migrations status` once the server answers: it says "
+                f"whether version {step.version} is {self.success}. Then run the same "
+                "command again; a committed step is not run twice.",
+            ) from exc
 
     def _merge(self, fields: Dict[str, Any]) -> MigrationRecord:
         """The in-memory record after the step (saves re-reading it)."""

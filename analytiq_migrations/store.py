@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional
 
-from bson import ObjectId
 from pydantic import ValidationError
 from pymongo import DESCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -134,16 +133,35 @@ class Store:
             **run.model_dump(),
         }
 
-    def start(self, fields: dict[str, Any]) -> None:
-        """Mark a version as running (creating its record if needed); ``fields`` from
-        :meth:`start_fields`."""
-        version = fields["version"]
-        # A real run replaces a record written by --fake/baseline: it is no longer faked.
-        update = {"$set": fields, "$unset": {"faked": "", "last_error": ""}}
-        self.policy.call(
-            f"record version {version} as running",
-            lambda: self.records.update_one({"_id": version}, update, upsert=True),
-        )
+    def transition(self, version: int, expected: Optional[dict[str, Any]],
+                   update: dict[str, Any], *, session: Any = None) -> bool:
+        """Apply ``update`` to the record only while it still matches ``expected`` (``None``:
+        while there is no record, which it then creates); False when it did not match."""
+        if expected is None:
+            # Only a missing record matches: any record (it always has a version) makes the
+            # upsert collide on _id, and nothing is written.
+            query: dict[str, Any] = {"_id": version, "version": {"$exists": False}}
+        else:
+            query = {"_id": version, **expected}
+
+        def write(s: Any) -> bool:
+            try:
+                result = self.records.update_one(query, update, upsert=expected is None,
+                                                 session=s)
+            except DuplicateKeyError:
+                return False
+            return bool(result.matched_count or result.upserted_id is not None)
+
+        if session is not None and session.in_transaction:
+            return write(session)
+        return self.policy.call(f"record version {version}", lambda: write(None))
+
+    def read_record(self, version: int) -> Optional[dict[str, Any]]:
+        """One record as stored (``None`` when there is none), under the retry budget."""
+        doc: Optional[dict[str, Any]] = self.policy.call(
+            f"read the record of version {version}",
+            lambda: self.records.find_one({"_id": version}))
+        return doc
 
     def finish(
         self,
@@ -164,14 +182,15 @@ class Store:
         )
 
     def append_history(self, entry: HistoryEntry, *, session: Any = None) -> None:
-        """Append one attempt to the history (never rewrites an entry)."""
-        doc = {"_id": ObjectId(), **entry.model_dump()}
+        """Append one attempt to the history (never rewrites an entry). Its ``_id`` names
+        the run, version, direction, attempt and outcome: the same entry written twice (a
+        retry whose reply was lost, a dead run settled twice) is there once."""
+        doc = {"_id": history_id(entry), **entry.model_dump()}
 
         def insert(s: Any) -> None:
             if s is not None:
                 self.history.insert_one(doc, session=s)
                 return
-            # DuplicateKeyError: an earlier try of this same insert landed; it is there.
             with contextlib.suppress(DuplicateKeyError):
                 self.history.insert_one(doc)
 
@@ -232,6 +251,13 @@ class Store:
             f"repair record of version {version}",
             lambda: self.records.update_one({"_id": version}, update),
         )
+
+
+def history_id(entry: HistoryEntry) -> str:
+    """The deterministic ``_id`` of a history entry (run, version, direction, attempt,
+    outcome)."""
+    return (f"{entry.run_id or '-'}:{entry.version}:{entry.direction}:{entry.attempt}:"
+            f"{entry.status}")
 
 
 def _legacy_version(doc: dict[str, Any], collection: str) -> int:

@@ -5,7 +5,10 @@ A child tells the test where it is by printing a line (``READY``, ``PARKED <poin
 ``RESULT {...}``); the test reads those lines instead of sleeping. A child can be told
 to *park* (block until killed) at a point inside a migration (``park_at``, see
 ``PARK``) or right after the library logs a message (``park_on_log``), so a SIGKILL
-lands exactly there.
+lands exactly there. ``signal_at`` sends the child a signal of its own at an exact
+command: ``"SIGKILL update migrations 2"`` kills it as its driver is about to send its
+second ``update`` on ``migrations``; ``SIGSTOP`` freezes it there (a GC pause, a frozen
+VM) after it prints ``SIGNALLED``, until the test sends ``SIGCONT``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,29 @@ import json, logging, os, sys, threading
 from analytiq_migrations import MigrationError, Migrator
 
 park_on = os.environ.get("PARK_ON_LOG")
+signal_at = os.environ.get("SIGNAL_AT", "").split()
+
+
+class SignalAt(__import__("pymongo").monitoring.CommandListener):
+    """Send ``signal_at``'s signal to this process at its ``nth`` ``command`` on ``coll``."""
+
+    seen = 0
+
+    def started(self, event):
+        import signal
+        name, coll, nth = signal_at[1], signal_at[2], int(signal_at[3])
+        if event.command_name != name or event.command.get(name) != coll:
+            return
+        type(self).seen += 1
+        if type(self).seen == nth:
+            print("SIGNALLED", flush=True)
+            os.kill(os.getpid(), getattr(signal, signal_at[0]))
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
 
 
 class ParkOnLog(logging.Handler):
@@ -71,6 +97,10 @@ log.addHandler(shown)
 
 migrator = Migrator(
     os.environ["TEST_URI"], os.environ["TEST_SOURCE"], database=os.environ["TEST_DB"],
+    lock_ttl=float(os.environ["TEST_LOCK_TTL"]), lock_wait=float(os.environ["TEST_LOCK_WAIT"]),
+) if not signal_at else Migrator(
+    __import__("pymongo").MongoClient(os.environ["TEST_URI"], event_listeners=[SignalAt()]),
+    os.environ["TEST_SOURCE"], database=os.environ["TEST_DB"],
     lock_ttl=float(os.environ["TEST_LOCK_TTL"]), lock_wait=float(os.environ["TEST_LOCK_WAIT"]),
 )
 if os.environ.get("TEST_GATE"):
@@ -178,13 +208,14 @@ class Children:
         park_at: Optional[str] = None,
         park_on_log: Optional[str] = None,
         gate: bool = False,
+        signal_at: Optional[str] = None,
     ) -> Child:
         """Start a child running ``Migrator(...).upgrade()`` on this test's database."""
         env = {
             "TEST_URI": self.uri, "TEST_DB": self.database, "TEST_SOURCE": str(source),
             "TEST_LOCK_TTL": str(lock_ttl), "TEST_LOCK_WAIT": str(lock_wait),
             "PARK_AT": park_at or "", "PARK_ON_LOG": park_on_log or "",
-            "TEST_GATE": "1" if gate else "",
+            "TEST_GATE": "1" if gate else "", "SIGNAL_AT": signal_at or "",
         }
         proc = subprocess.Popen(
             [sys.executable, "-c", UPGRADE_CHILD], env=child_env(env), text=True,

@@ -157,7 +157,7 @@ def test_failed_non_transactional_migration_needs_a_decision(db: Any) -> None:
     assert calls == ["up", "up"]
     record = db.migrations.find_one({"_id": 1})
     assert record["status"] == "applied" and record["repairs"][0]["was"] == "failed"
-    assert [h["status"] for h in db.migrations_history.find().sort("_id", 1)] == [
+    assert [h["status"] for h in db.migrations_history.find().sort("finished_at", 1)] == [
         "failed", "applied"]
 
 
