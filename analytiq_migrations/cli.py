@@ -557,7 +557,7 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
-    from .lock import describe
+    from .lock import describe, lease_live
 
     m = cmd.open()
     rows = m.status()
@@ -570,8 +570,7 @@ def cmd_status(cmd: Command) -> int:
     pending = [r.version for r in rows if r.status == "pending" or
                (r.status in ("failed", "interrupted", "running") and r.version in code)]
     head = max(code, default=0)
-    lock_live = lock is not None and lock.expires_at is not None and \
-        lock.expires_at > datetime.now(timezone.utc)
+    lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
         "pending": pending, "healthy": not problems,

@@ -214,14 +214,25 @@ def _short(doc: dict[str, Any]) -> str:
     return text if len(text) <= 200 else text[:200] + "...}"
 
 
+def lease_live(expires_at: Any, now: datetime) -> bool:
+    """Whether a lease is still live: the one rule every reader (the run, ``status``,
+    ``validate``, ``show``, ``unlock``) applies. ``expires_at`` was written with ``$$NOW``
+    (the server's clock) and ``now`` is the server's time from ``ServerClock``, never
+    this machine's clock. A lease without a valid expiry (a foreign document) never runs
+    out on its own."""
+    if not isinstance(expires_at, datetime):
+        return True
+    return _aware(expires_at) > _aware(now)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A datetime as aware UTC (BSON's are naive UTC unless the codec says otherwise)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def _expired(doc: dict[str, Any], now: datetime) -> bool:
-    """True when a lock document's lease ran out (a lease without a valid expiry never does)."""
-    expires = doc.get("expires_at")
-    if not isinstance(expires, datetime):
-        return False
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires <= now
+    """True when a lock document's lease ran out (see ``lease_live``)."""
+    return not lease_live(doc.get("expires_at"), now)
 
 
 class Lease:

@@ -11,6 +11,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
+from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
 
 import pymongo
@@ -38,7 +39,7 @@ from .errors import (
 )
 from .hints import spell
 from .loader import MigrationSource, load_migrations
-from .lock import Lease, ServerClock, break_lock, read_lock
+from .lock import Lease, ServerClock, break_lock, lease_live, read_lock
 from .migration import Migration
 from .plan import (
     Target,
@@ -246,6 +247,11 @@ class Migrator:
     def lock_info(self) -> Optional[LockInfo]:
         """The lock document as stored (live or expired), or ``None`` when unlocked."""
         return read_lock(self.lock_collection)
+
+    @_translate_errors
+    def server_now(self) -> datetime:
+        """The server's current time (from ``hello.localTime``): what leases are judged by."""
+        return ServerClock(self.db).now()
 
     @_translate_errors
     def validate(self) -> list[Problem]:
@@ -614,7 +620,7 @@ class Migrator:
     def _live_lock(self) -> Optional[LockInfo]:
         """The lock, if it is held and its lease has not run out."""
         info = self.lock_info()
-        if info is None or info.expires_at is None or info.expires_at > utcnow():
+        if info is None or lease_live(info.expires_at, self.server_now()):
             return info
         return None
 
