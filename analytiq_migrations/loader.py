@@ -241,10 +241,13 @@ def _syntax_error(path: Path, version: int, exc: SyntaxError) -> MigrationDefini
 def _from_file(path: Path, version: int, package: str | None, source: str) -> Migration:
     """Import one migration file (whose text is ``source``) and adapt it."""
     try:
-        compile(source, str(path), "exec")
+        # The text that was checksummed is the code that runs: compiled here, never read
+        # again from disk nor from a bytecode cache (a same-size edit within the same
+        # second would otherwise run the old .pyc under the new checksum).
+        code = compile(source, str(path), "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise _syntax_error(path, version, exc) from exc
-    module = _import_file(path, package)
+    module = _import_file(path, package, code)
     classes = [
         obj
         for obj in vars(module).values()
@@ -303,23 +306,22 @@ def _class_from_file(
     return migration
 
 
-def _import_file(path: Path, package: str | None) -> types.ModuleType:
-    """Import a migration file (as a submodule of ``package`` when there is one)."""
+def _import_file(path: Path, package: str | None, code: types.CodeType) -> types.ModuleType:
+    """Run a migration file's compiled ``code`` as a module (a submodule of ``package``
+    when there is one, so its relative imports work); each load runs it afresh."""
     if package is not None:
         name = f"{package}.{path.stem}"
-        try:
-            return importlib.import_module(name)
-        except Exception as exc:
-            raise _import_error(str(path), exc) from exc
-    digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
-    name = f"_analytiq_migrations_{digest}.{path.stem}"
+    else:
+        digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
+        name = f"_analytiq_migrations_{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")
     module = importlib.util.module_from_spec(spec)
+    module.__cached__ = None  # type: ignore[attr-defined]  # no bytecode cache is used
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)  # the migration's own code, as checksummed
     except Exception as exc:
         sys.modules.pop(name, None)
         raise _import_error(str(path), exc) from exc
