@@ -32,7 +32,9 @@ from .stored import APPLIED_STATUSES
 Target = Union[int, str, None]
 UseTransaction = Callable[[Migration], bool]
 
-_RELATIVE = re.compile(r"^([+-])(\d+)$")
+#: ASCII digits only: ``\d`` also matches other scripts' digits ("²"), which ``int`` refuses.
+_RELATIVE = re.compile(r"^([+-])([0-9]+)$")
+_VERSION = re.compile(r"^[0-9]+$")
 
 
 def virtual_records(
@@ -95,7 +97,7 @@ def resolve_target(
         return head
     if text == "base":
         return 0
-    if text.isdigit():
+    if _VERSION.match(text):
         return int(text)
     match = _RELATIVE.match(text)
     if match:

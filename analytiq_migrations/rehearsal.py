@@ -128,6 +128,7 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
         m._raise_corrupt(state)
         records = _settled(m._records(state), run.run_id)
         start = current_version(records)
+        resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
         plan = m._plan(direction, records, resolved, remember=False)
         rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
         steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)

@@ -494,6 +494,9 @@ class Migrator:
             self._settle_dead_step(lease, state.records)
             records = state.records
             start = current_version(records)
+            # Resolved again from the records read under the lock: `-1` queued behind
+            # another run's `-1` means one below where that run left the database.
+            resolved = self._resolve(target, start, direction)
             plan = self._plan(direction, records, resolved)
             real = self._is_real_client()
             env = StepEnv(

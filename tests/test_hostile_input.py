@@ -28,6 +28,7 @@ from analytiq_migrations import (
     Migrator,
     OutOfOrderError,
 )
+from analytiq_migrations.cli import main
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -378,3 +379,21 @@ def test_every_error_is_a_migration_error(db: Any) -> None:
                     lambda: Migrator(db, [CreatePlans], lock_ttl=0)):
         with pytest.raises(MigrationError):
             failure()
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["²", "+²", "+\u0661", "\u0663"])
+def test_a_target_in_other_digits_is_a_usage_error(
+    db: Any, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--uri", "mongodb://127.0.0.1:1/x", "down", target])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{target!r} is not a target" in err and "ASCII digits" in err
+    with pytest.raises(ConfigurationError, match="Bad target"):
+        Migrator(db, [CreatePlans]).downgrade(target)
+    assert main(["--uri", "mongodb://127.0.0.1:1/x", "show", target.lstrip("+")]) == 2
+    assert main(["--uri", "mongodb://127.0.0.1:1/x", "down", "-" + target.lstrip("+")]) == 2
