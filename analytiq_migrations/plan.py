@@ -135,27 +135,46 @@ def _resumable(migration: Migration, record: MigrationRecord) -> bool:
     return record.transactional or migration.idempotent or bool(record.progress)
 
 
-def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
+def _refuse_unfinished(migration: Migration, record: MigrationRecord,
+                       records: dict[int, MigrationRecord]) -> None:
     """Raise the error for an attempt that stopped halfway and cannot be re-run."""
     version = record.version
+    ways = by_hand_hint(version, record.direction, records) + \
+        " Or mark the migration idempotent if re-running it is safe."
     if record.status == "running" or (record.error and record.error.type == "Interrupted"):
         raise InterruptedMigrationError(
             f"Migration {version} ({record.description}) was interrupted during "
             f"'{record.direction}' (run {record.run_id} on {record.host}, pid {record.pid}); "
             "it is not transactional and not idempotent, so it may be half applied.",
-            version=version,
-            hint="Inspect the data, finish or undo the change by hand, then run "
-            + clear_failed_hint() + " so the next run starts it afresh; or mark the migration "
-            "idempotent if re-running is safe.",
+            version=version, hint=ways,
         )
     message = record.error.message if record.error else "unknown error"
     raise FailedMigrationError(
         f"Migration {version} ({record.description}) failed during '{record.direction}' "
         f"and is not transactional, so it may be half applied: {message}",
-        version=version,
-        hint="Inspect the data and fix the migration, then run " + clear_failed_hint()
-        + " to let the next run start it afresh; or mark it idempotent if re-running is safe.",
+        version=version, hint=ways,
     )
+
+
+def by_hand_hint(version: int, direction: str, records: dict[int, MigrationRecord]) -> str:
+    """Both ways out of a non-transactional attempt that may be half done: it was
+    finished by hand (record it as done, without running it again), or undone by hand
+    (forget the attempt, so the next run starts it afresh)."""
+    if direction == "down":
+        below = current_version({v: r for v, r in records.items() if v < version})
+        done = spell(f"`analytiq-migrations down --fake {below}` "
+                     f"(downgrade({below}, fake=True))",
+                     cli=f"`analytiq-migrations down --fake {below}`")
+        return (f"Inspect the data. If you finished reverting version {version} by hand, "
+                f"record it as reverted: {done}. If you undid the revert by hand (the "
+                f"change is in place again), record it as applied again: "
+                f"{clear_failed_hint()}.")
+    done = spell(f"`analytiq-migrations up --fake {version}` (upgrade({version}, fake=True))",
+                 cli=f"`analytiq-migrations up --fake {version}`")
+    return (f"Inspect the data. If you finished the change of version {version} by hand, "
+            f"record it as applied without running it again: {done}. If you undid it by "
+            f"hand, forget the attempt so the next `up` runs it afresh: "
+            f"{clear_failed_hint()}.")
 
 
 def _note(record: Optional[MigrationRecord]) -> Optional[str]:
@@ -198,7 +217,7 @@ def plan_upgrade(
             if record.direction == "down" and record.transactional and record.status == "failed":
                 continue  # a failed transactional revert left the migration applied
             if not _resumable(migration, record):
-                _refuse_unfinished(migration, record)
+                _refuse_unfinished(migration, record, records)
         if version < current and not allow_out_of_order:
             raise OutOfOrderError(
                 f"Migration {version} ({migration.summary()}) is pending but version "
@@ -247,7 +266,7 @@ def plan_downgrade(
             blocked.append(f"{version} ({record.description}: {why})")
             continue
         if record.status in ("running", "failed") and not _resumable(migration, record):
-            _refuse_unfinished(migration, record)
+            _refuse_unfinished(migration, record, records)
         steps.append(
             PlanStep(
                 version=version,
@@ -382,7 +401,7 @@ def find_problems(
                     kind="interrupted", version=version,
                     message=f"{label} was interrupted during '{record.direction}' (run "
                     f"{record.run_id} on {record.host}, pid {record.pid}).",
-                    hint=_unfinished_hint(migration, record),
+                    hint=_unfinished_hint(migration, record, records),
                 ))
         elif record.status == "failed":
             interrupted = record.error is not None and record.error.type == "Interrupted"
@@ -390,12 +409,13 @@ def find_problems(
                 kind="interrupted" if interrupted else "failed", version=version,
                 message=f"{label} {'was interrupted' if interrupted else 'failed'} during "
                 f"'{record.direction}': {record.error.message if record.error else '?'}",
-                hint=_unfinished_hint(migration, record),
+                hint=_unfinished_hint(migration, record, records),
             ))
     return problems
 
 
-def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) -> str:
+def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,
+                     records: dict[int, MigrationRecord]) -> str:
     """What to do about an unfinished attempt."""
     if record.transactional and migration is None:
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
@@ -409,8 +429,7 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord) ->
                 "run it again: unchanged, it is refused again.")
     if migration is not None and _resumable(migration, record):
         return "The next `up` runs it again safely (transactional, idempotent or checkpointed)."
-    return ("It may be half applied: inspect the data, then " + clear_failed_hint()
-            + " so the next run starts it afresh.")
+    return "It may be half applied. " + by_hand_hint(record.version, record.direction, records)
 
 
 def clear_failed_hint() -> str:

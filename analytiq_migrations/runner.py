@@ -394,6 +394,9 @@ class Migrator:
             if state.adoptable:
                 self._adopt(state, run)
                 state = self._load()
+            # A dead run's attempt recorded as "finished by hand" is first recorded as
+            # interrupted: the history tells both.
+            self._settle_interrupted(state.records, run)
             records = self._records(state)
             start = current_version(records)
             if direction is None:

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .lock import Lease
 from .migration import Migration
-from .plan import clear_failed_hint, current_version
+from .plan import by_hand_hint, current_version
 from .records import (
     ErrorInfo,
     HistoryEntry,
@@ -339,9 +339,8 @@ class _Step:
         elif step.transactional:
             hint = f"{rolled_back}. Fix the migration and run again."
         else:
-            hint = ("It ran without a transaction and may be half applied: inspect the data, "
-                    f"fix the migration, then {clear_failed_hint()} (or make it idempotent) "
-                    "and run again.")
+            hint = ("It ran without a transaction and may be half applied. "
+                    + by_hand_hint(step.version, step.direction, self.records))
         raise MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
             f"'{step.direction}': {error.type}: {error.message}",
