@@ -22,9 +22,13 @@ from .checksum import source_checksum
 from .errors import MigrationDefinitionError
 from .migration import Migration, ModuleMigration
 
-#: ``0003_add_index.py``: leading digits are the version, the rest a slug.
-FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<slug>[A-Za-z0-9_]+)\.py$")
-_LOOKS_LIKE_MIGRATION = re.compile(r"^\d+.*\.py$")
+#: ``0003_add_index.py``: leading ASCII digits are the version, the rest a slug.
+FILE_PATTERN = re.compile(r"^(?P<version>[0-9]+)_(?P<slug>[A-Za-z0-9_]+)\.py$")
+_LOOKS_LIKE_MIGRATION = re.compile(r"^[0-9]+.*\.py$")
+
+#: Longest description (characters): a one-line summary, stored on every record and
+#: history entry; far below MongoDB's 16 MB document limit, far above any real summary.
+MAX_DESCRIPTION = 1000
 
 MigrationSource = Union[str, "os.PathLike[str]", Iterable[Any], types.ModuleType]
 
@@ -61,6 +65,12 @@ def _from_name_or_path(text: str) -> list[Migration]:
     path = Path(text)
     if path.is_dir():
         return _from_directory(path)
+    if path.is_symlink() and not path.exists():
+        raise MigrationDefinitionError(
+            f"Migrations directory '{text}' is a symbolic link that leads nowhere (a loop, "
+            "or a missing target).",
+            hint="Point the link at the real directory, or pass the directory itself.",
+        )
     if path.suffix == ".py" or os.sep in text or (os.altsep and os.altsep in text):
         raise MigrationDefinitionError(
             f"Migrations directory '{text}' does not exist.",
@@ -131,8 +141,14 @@ def _from_list(items: list[Any]) -> list[Migration]:
 def _from_directory(directory: Path, package: str | None = None) -> list[Migration]:
     """Every ``NNNN_slug.py`` in ``directory``; other ``.py`` files are helpers."""
     migrations: list[Migration] = []
-    with os.scandir(directory) as listing:  # file types come with the listing: no stat
-        names = sorted(e.name for e in listing if e.name.endswith(".py") and e.is_file())
+    try:
+        with os.scandir(directory) as listing:  # file types come with the listing: no stat
+            names = sorted(e.name for e in listing if e.name.endswith(".py") and _is_file(e))
+    except OSError as exc:
+        raise MigrationDefinitionError(
+            f"Cannot list the migrations directory '{directory}': {exc.strerror or exc}.",
+            hint="Check that it exists and that this user may read it.",
+        ) from None
     for name in names:
         path = directory / name
         match = FILE_PATTERN.match(path.name)
@@ -146,6 +162,24 @@ def _from_directory(directory: Path, package: str | None = None) -> list[Migrati
             continue
         migrations.append(FileMigration(path, int(match.group("version")), package))
     return migrations
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A directory entry that is (or links to) a file; a link that cannot be followed
+    (a loop, or a missing target) is an error naming it, where it looks like a
+    migration, and is skipped otherwise."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if FILE_PATTERN.match(entry.name) or _LOOKS_LIKE_MIGRATION.match(entry.name):
+            raise MigrationDefinitionError(
+                f"Migration file '{entry.path}' cannot be opened: {exc.strerror or exc} "
+                "(a symbolic link that points back at itself, or a chain of links that "
+                "never reaches a file).",
+                hint="Replace the link with the migration file, or point it at the real "
+                "file; nothing was run.",
+            ) from None
+        return False
 
 
 class FileMigration(Migration):
@@ -165,11 +199,23 @@ class FileMigration(Migration):
         self._package = package
         try:
             raw = path.read_bytes()
-            self._source = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise MigrationDefinitionError(
-                f"Cannot read migration file '{path}': {exc}", version=version
-            ) from exc
+                f"Cannot read migration file '{path}': {exc.strerror or exc}.",
+                version=version, hint="Check the file exists and this user may read it; "
+                "nothing was run.",
+            ) from None
+        try:
+            self._source = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise MigrationDefinitionError(
+                f"Migration file '{path}' is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                f"on line {line} cannot be decoded.",
+                version=version,
+                hint="Save the file as UTF-8 (in most editors: 'Save with encoding', "
+                "UTF-8); nothing was run.",
+            ) from None
         self.source_bytes = raw
         self._loaded: Optional[Migration] = None
 
@@ -383,7 +429,18 @@ def _checked(migrations: list[Migration]) -> list[Migration]:
 
 
 def _check_definition(migration: Migration) -> None:
-    """``transactional`` is None/True/False; a class implements a synchronous ``up``."""
+    """``transactional`` is None/True/False; a class implements a synchronous ``up``; the
+    description fits on a record."""
+    description = migration.summary()
+    if len(description) > MAX_DESCRIPTION:
+        raise MigrationDefinitionError(
+            f"{migration.name}: its description is {len(description):,} characters long; "
+            f"a description is one line of at most {MAX_DESCRIPTION:,} (it is stored on "
+            "every record and history entry).",
+            version=migration.version,
+            hint="Shorten the first line of its docstring (or its description); the rest "
+            "of the docstring may be as long as you like. Nothing was run.",
+        )
     if migration.transactional not in (None, True, False):
         raise MigrationDefinitionError(
             f"{migration.name}: transactional must be None, True or False, not "

@@ -197,6 +197,7 @@ def read_lock(collection: Any) -> Optional[LockInfo]:
 def lock_info(doc: dict[str, Any]) -> LockInfo:
     """A lock document as ``LockInfo``; a foreign or damaged one shows as its text."""
     body = {k: v for k, v in doc.items() if k != "_id"}
+    body["session_ids"] = recorded_sessions(doc)
     try:
         info = LockInfo.model_validate(body)
     except ValueError:
@@ -206,6 +207,15 @@ def lock_info(doc: dict[str, Any]) -> LockInfo:
         return LockInfo(holder=f"an unrecognised lock document {_short(doc)}",
                         expires_at=info.expires_at if info else None)
     return info
+
+
+def recorded_sessions(doc: dict[str, Any]) -> list[Any]:
+    """The session ids a lease recorded (``{"id": UUID}`` each); whatever else a damaged
+    or foreign document holds there (a string, a number, a dict) is ignored."""
+    ids = doc.get("session_ids")
+    if not isinstance(ids, list):
+        return []
+    return [sid for sid in ids if isinstance(sid, dict) and "id" in sid]
 
 
 def _short(doc: dict[str, Any]) -> str:
@@ -374,7 +384,7 @@ class Lease:
             # End the dead holder's sessions *before* writing: a transaction it left open
             # holds the lock document (it re-checks its lease by writing it), and our
             # write would wait on that transaction until the server reaps it.
-            killed = list(current.get("session_ids") or [])
+            killed = recorded_sessions(current)
             kill_sessions(self.collection, killed)
         started = time.monotonic()
         takeable: list[dict[str, Any]] = [{"expires_at": {"$lte": self.clock.now()}},
@@ -424,7 +434,7 @@ class Lease:
                 previous.get("expires_at"),
             )
         # Normally ended just before; a lease that changed hands in between is ended now.
-        remaining = [sid for sid in previous.get("session_ids") or [] if sid not in killed]
+        remaining = [sid for sid in recorded_sessions(previous) if sid not in killed]
         kill_sessions(self.collection, remaining)
 
     def release(self) -> None:
@@ -603,8 +613,7 @@ def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: Se
         if not mine:
             # First end its sessions: a transaction it left open holds the lock document,
             # and the delete below would wait on it.
-            sessions = doc.get("session_ids")
-            kill_sessions(collection, sessions if isinstance(sessions, list) else [])
+            kill_sessions(collection, recorded_sessions(doc))
         # Delete exactly the document we looked at: if it changed hands meanwhile, look again.
         if collection.delete_one(doc).deleted_count:
             if force and not (mine or expired):

@@ -45,8 +45,8 @@ from .errors import (
     MigrationDefinitionError,
     MigrationFailedError,
     TransactionsUnsupportedError,
+    error_message,
     first_line,
-    redact,
 )
 from .plan import Target, current_version
 from .records import (
@@ -256,7 +256,7 @@ class _Rehearsal:
         return StepResult(
             version=step.version, direction=step.direction, description=step.description,
             status="failed", transactional=True, duration_ms=duration, changes=counted,
-            error=ErrorInfo(type=type(error).__name__, message=redact(str(error))[:2000]),
+            error=ErrorInfo(type=type(error).__name__, message=error_message(error)),
             note="the rehearsal's one transaction hit a MongoDB limit (60 s, or 16 MB before "
             "4.2); the real run commits each step separately: rehearse fewer steps at a time"
             if limit else f"the real run would stop here: nothing after {step.version} "

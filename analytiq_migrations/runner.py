@@ -310,7 +310,8 @@ class Migrator:
                     self.store.note_repair(version, {
                         "checksum": migration.checksum,
                         "raw_checksum": migration.raw_checksum()}, {
-                        **note, "action": "accept_checksum", "old": record.checksum,
+                        **note, "id": f"{run.run_id}/accept_checksum",
+                        "action": "accept_checksum", "old": record.checksum,
                         "new": migration.checksum})
                     actions.append(RepairAction(version=version, action="accept_checksum",
                                                 detail=detail))
@@ -320,7 +321,8 @@ class Migrator:
                               f"{'applied' if back == 'applied' else 'pending'}")
                     self.store.note_repair(version, {
                         "status": back, "error": None, "progress": None}, {
-                        **note, "action": "clear_failed", "was": record.status,
+                        **note, "id": f"{run.run_id}/clear_failed",
+                        "action": "clear_failed", "was": record.status,
                         "direction": record.direction,
                         "error": record.error.model_dump() if record.error else None})
                     actions.append(RepairAction(version=version, action="clear_failed",

@@ -27,8 +27,8 @@ from .errors import (
     LockLostError,
     MigrationError,
     MigrationFailedError,
+    error_message,
     first_line,
-    redact,
 )
 from .lock import Lease
 from .migration import Migration
@@ -312,7 +312,7 @@ class _Step:
         """Store a failed attempt (record and history) and raise the error for it."""
         env, step, previous = self.env, self.step, self.previous
         exc = self._foreign_client_error(exc) or exc
-        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000])
+        error = ErrorInfo(type=type(exc).__name__, message=error_message(exc))
         fields, entry = self._outcome("failed", error)
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
         unchanged = step.transactional and previous is not None and \
