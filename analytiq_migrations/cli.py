@@ -185,7 +185,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     repair.add_argument("--accept-checksums", action="store_true",
                         help="record the current code's checksums for edited applied migrations")
     repair.add_argument("--clear-failed", action="store_true",
-                        help="forget failed/interrupted attempts so the next run starts afresh")
+                        help="forget failed/interrupted attempts you undid by hand, so the "
+                        "next run starts them afresh (finished by hand instead: `up --fake "
+                        "VERSION`, or `down --fake` to the version below, for a revert)")
     verb("baseline").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("unlock").add_argument("--force", action="store_true",
                                 help="break the lock even if its holder's lease is live")

@@ -226,10 +226,13 @@ class Migrator:
     @_translate_errors
     def status(self) -> list[StatusRow]:
         """One row per version in the code or the database, pending ones included."""
-        state = self._load()
+        return self._rows(self._records(self._load()))
+
+    def _rows(self, records: dict[int, MigrationRecord]) -> list[StatusRow]:
+        """Status rows, a live lease's run and step judged as ``lease_live`` says."""
         info = self._live_lock()
         step = info.step if info is not None and info.step else None
-        return status_rows(self.migrations, self._records(state),
+        return status_rows(self.migrations, records,
                            info.run_id if info is not None else None,
                            live_step=step.get("version") if step else None)
 
@@ -348,8 +351,7 @@ class Migrator:
             raise ConfigurationError(f"show needs a positive version, not {version!r}.")
         state = self._load()
         records = self._records(state)
-        rows = {row.version: row for row in status_rows(self.migrations, records,
-                                                        self._live_run_id())}
+        rows = {row.version: row for row in self._rows(records)}
         row = rows.get(version)
         if row is None:
             known = ", ".join(str(v) for v in sorted(rows)) or "none"
