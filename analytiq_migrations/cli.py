@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -34,6 +35,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PROBLEMS = 4
 EXIT_PENDING = 6
+#: What TARGET may be; ASCII digits only (``int`` refuses "²", and reads other scripts'
+#: digits as numbers nobody typed on purpose).
+_TARGET = re.compile(r"^\s*(head|base|[+-]?[0-9]+)\s*$", re.IGNORECASE)
+_VERSION = re.compile(r"^\s*[0-9]+\s*$")
+
 #: Conventional shell codes for death by SIGINT / SIGTERM (128 + signal number).
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -141,6 +147,7 @@ def _common_options() -> argparse.ArgumentParser:
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The full parser: common options, then one subcommand per verb."""
     common = _common_options()
+    target: dict[str, Any] = {"metavar": "TARGET", "type": _target_arg}
     parser = argparse.ArgumentParser(
         prog=prog, parents=[common], epilog=EPILOG,
         description="Versioned, lock-safe MongoDB migrations.",
@@ -158,22 +165,22 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--check", action="store_true",
         help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
     verb("current")
-    verb("show").add_argument("version", type=int, metavar="VERSION")
-    verb("plan").add_argument("target", nargs="?", metavar="TARGET")
+    verb("show").add_argument("version", type=_version_arg, metavar="VERSION")
+    verb("plan").add_argument("target", nargs="?", **target)
     fake_help = ("record the migrations as {} without running their code (faked: true "
                  "on the records and history), for changes made by other means")
     up = verb("up")
-    up.add_argument("target", nargs="?", metavar="TARGET")
+    up.add_argument("target", nargs="?", **target)
     up.add_argument("--fake", action="store_true", help=fake_help.format("applied (baselined)"))
     dry_help = ("rehearse: run the steps in one transaction that is aborted and report what "
                 "each would write, per collection; stores nothing (replica set or mongos only)")
     up.add_argument("--dry-run", action="store_true", help=dry_help)
     down = verb("down")
-    down.add_argument("target", metavar="TARGET")
+    down.add_argument("target", **target)
     down.add_argument("--fake", action="store_true", help=fake_help.format("reverted"))
     down.add_argument("--dry-run", action="store_true", help=dry_help)
     history = verb("history")
-    history.add_argument("version", nargs="?", type=int, metavar="VERSION")
+    history.add_argument("version", nargs="?", type=_version_arg, metavar="VERSION")
     history.add_argument("--limit", type=int, default=0, metavar="N",
                          help="newest N entries only (default: all)")
     verb("validate")
@@ -181,14 +188,33 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     repair.add_argument("--accept-checksums", action="store_true",
                         help="record the current code's checksums for edited applied migrations")
     repair.add_argument("--clear-failed", action="store_true",
-                        help="forget failed/interrupted attempts so the next run starts afresh")
-    verb("baseline").add_argument("version", type=int, metavar="VERSION")
+                        help="forget failed/interrupted attempts you undid by hand, so the "
+                        "next run starts them afresh (finished by hand instead: `up --fake "
+                        "VERSION`, or `down --fake` to the version below, for a revert)")
+    verb("baseline").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("unlock").add_argument("--force", action="store_true",
                                 help="break the lock even if its holder's lease is live")
     verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
     verb("verify").add_argument("--seed", metavar="MODULE:ATTR",
                                 help="{version: data} inserted before that version's up")
     return parser
+
+
+def _target_arg(text: str) -> str:
+    """TARGET as typed, once it is one (a usage error, exit 2, otherwise)."""
+    if not _TARGET.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a target: use a version number (ASCII digits), head, base, "
+            "+N or -N")
+    return text
+
+
+def _version_arg(text: str) -> int:
+    """VERSION as a number (a usage error, exit 2, unless it is ASCII digits)."""
+    if not _VERSION.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version: use a number in ASCII digits (0-9)")
+    return int(text)
 
 
 # -- output --------------------------------------------------------------------------------
@@ -560,7 +586,7 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
-    from .lock import describe
+    from .lock import describe, lease_live
 
     m = cmd.open()
     rows = m.status()
@@ -573,8 +599,7 @@ def cmd_status(cmd: Command) -> int:
     pending = [r.version for r in rows if r.status == "pending" or
                (r.status in ("failed", "interrupted", "running") and r.version in code)]
     head = max(code, default=0)
-    lock_live = lock is not None and lock.expires_at is not None and \
-        lock.expires_at > datetime.now(timezone.utc)
+    lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
         "pending": pending, "healthy": not problems,

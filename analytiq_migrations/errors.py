@@ -115,25 +115,85 @@ class IrreversibleMigrationError(MigrationError):
     exit_code = 1
 
 
-#: ``user:password@`` after any URI scheme (a MongoDB URI with a mistyped scheme still
-#: carries a real password). Not when it opens with ``[``: that is the
-#: ``mongodb://[user:password@]host`` placeholder of help texts, and a real user name
-#: cannot start with an unescaped bracket (RFC 3986).
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?!\[)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE
+#: A URI scheme and its ``://``. The scheme's length is bounded (RFC 3986 allows any,
+#: real ones are short), so trying it at every word start of a long text stays linear.
+_SCHEME = re.compile(r"\b[a-z][a-z0-9+.\-]{0,31}://", re.IGNORECASE)
+
+#: URI options whose values are secrets, and how far a value runs (to the next option).
+_SECRET_OPTION = re.compile(
+    r"\b(tlsCertificateKeyFilePassword|sslPEMKeyPassword|sslClientCertificateKeyPassword|"
+    r"authMechanismProperties|password|pwd)=[^&\s'\"]*",
+    re.IGNORECASE,
 )
+
+#: The key a duplicate-key error quotes: a value from the user's data.
+_DUP_KEY = re.compile(r"dup key: [^\n]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with the credentials of any URI in it replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+    """``text`` with the credentials of any URI in it, and the values of secret URI
+    options, replaced by ``***``.
+
+    The user information of a URI runs from its ``://`` to the *last* ``@`` of that
+    whitespace-delimited word, so a password with an unescaped ``/`` or ``@`` is hidden
+    whole (a word with more than one ``@`` may lose a little more than the password).
+    Not when it opens with ``[``: that is the ``mongodb://[user:password@]host``
+    placeholder of help texts. Each word is scanned a bounded number of times: linear
+    in the length of ``text``.
+    """
+    parts = re.split(r"(\s+)", text)
+    for index, word in enumerate(parts):
+        if "://" in word and "@" in word:
+            parts[index] = _redact_word(word)
+    return _SECRET_OPTION.sub(lambda m: f"{m.group(1)}=***", "".join(parts))
+
+
+def _redact_word(word: str) -> str:
+    """One word with its URIs' user information replaced (see ``redact``)."""
+    out, position = [], 0
+    while True:
+        scheme = _SCHEME.search(word, position)
+        if scheme is None:
+            break
+        start = scheme.end()
+        at = word.rfind("@", start)
+        if at < 0:
+            break
+        if word.startswith("[", start):  # the help texts' placeholder
+            out.append(word[position:start])
+            position = start
+            continue
+        out.append(word[position:start] + "***@")
+        position = at + 1
+    out.append(word[position:])
+    return "".join(out)
+
+
+def error_message(exc: BaseException, limit: int = 2000) -> str:
+    """What an error says, fit to store or print: for a server error its code and
+    message only, never the raw reply (``$clusterTime`` with its signature bytes,
+    ``keyValue``, the ``full error`` document); a duplicate key's value left out; no
+    credentials; at most ``limit`` characters."""
+    details = getattr(exc, "details", None)
+    text = scrub(str(exc))
+    if isinstance(details, dict):
+        errors = details.get("writeErrors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            details = errors[0]  # a bulk write: its first failure says what went wrong
+        errmsg = details.get("errmsg")
+        code = details.get("code", getattr(exc, "code", None))
+        text = scrub(str(errmsg)) if errmsg else text
+        if isinstance(code, int) and not isinstance(code, bool):
+            text = f"{text} (code {code})"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def scrub(text: str) -> str:
+    """A message without pymongo's ``full error`` document, a duplicate key's value or
+    credentials."""
+    return redact(_DUP_KEY.sub("dup key: {...}", text.split(", full error:")[0]))
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error message (the server's errmsg if any), no credentials."""
-    details = getattr(exc, "details", None)
-    errmsg = details.get("errmsg") if isinstance(details, dict) else None
-    text = str(errmsg or exc).split("\n")[0]
-    if len(text) > 300:
-        text = text[:300] + "..."
-    return redact(text)
+    """The first line of an error message (see ``error_message``), cut to a log line."""
+    return error_message(exc, limit=2000).split("\n")[0][:300]

@@ -22,9 +22,13 @@ from .checksum import source_checksum
 from .errors import MigrationDefinitionError
 from .migration import Migration, ModuleMigration
 
-#: ``0003_add_index.py``: leading digits are the version, the rest a slug.
-FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<slug>[A-Za-z0-9_]+)\.py$")
-_LOOKS_LIKE_MIGRATION = re.compile(r"^\d+.*\.py$")
+#: ``0003_add_index.py``: leading ASCII digits are the version, the rest a slug.
+FILE_PATTERN = re.compile(r"^(?P<version>[0-9]+)_(?P<slug>[A-Za-z0-9_]+)\.py$")
+_LOOKS_LIKE_MIGRATION = re.compile(r"^[0-9]+.*\.py$")
+
+#: Longest description (characters): a one-line summary, stored on every record and
+#: history entry; far below MongoDB's 16 MB document limit, far above any real summary.
+MAX_DESCRIPTION = 1000
 
 MigrationSource = Union[str, "os.PathLike[str]", Iterable[Any], types.ModuleType]
 
@@ -61,6 +65,12 @@ def _from_name_or_path(text: str) -> list[Migration]:
     path = Path(text)
     if path.is_dir():
         return _from_directory(path)
+    if path.is_symlink() and not path.exists():
+        raise MigrationDefinitionError(
+            f"Migrations directory '{text}' is a symbolic link that leads nowhere (a loop, "
+            "or a missing target).",
+            hint="Point the link at the real directory, or pass the directory itself.",
+        )
     if path.suffix == ".py" or os.sep in text or (os.altsep and os.altsep in text):
         raise MigrationDefinitionError(
             f"Migrations directory '{text}' does not exist.",
@@ -131,8 +141,14 @@ def _from_list(items: list[Any]) -> list[Migration]:
 def _from_directory(directory: Path, package: str | None = None) -> list[Migration]:
     """Every ``NNNN_slug.py`` in ``directory``; other ``.py`` files are helpers."""
     migrations: list[Migration] = []
-    with os.scandir(directory) as listing:  # file types come with the listing: no stat
-        names = sorted(e.name for e in listing if e.name.endswith(".py") and e.is_file())
+    try:
+        with os.scandir(directory) as listing:  # file types come with the listing: no stat
+            names = sorted(e.name for e in listing if e.name.endswith(".py") and _is_file(e))
+    except OSError as exc:
+        raise MigrationDefinitionError(
+            f"Cannot list the migrations directory '{directory}': {exc.strerror or exc}.",
+            hint="Check that it exists and that this user may read it.",
+        ) from None
     for name in names:
         path = directory / name
         match = FILE_PATTERN.match(path.name)
@@ -146,6 +162,24 @@ def _from_directory(directory: Path, package: str | None = None) -> list[Migrati
             continue
         migrations.append(FileMigration(path, int(match.group("version")), package))
     return migrations
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A directory entry that is (or links to) a file; a link that cannot be followed
+    (a loop, or a missing target) is an error naming it, where it looks like a
+    migration, and is skipped otherwise."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if FILE_PATTERN.match(entry.name) or _LOOKS_LIKE_MIGRATION.match(entry.name):
+            raise MigrationDefinitionError(
+                f"Migration file '{entry.path}' cannot be opened: {exc.strerror or exc} "
+                "(a symbolic link that points back at itself, or a chain of links that "
+                "never reaches a file).",
+                hint="Replace the link with the migration file, or point it at the real "
+                "file; nothing was run.",
+            ) from None
+        return False
 
 
 class FileMigration(Migration):
@@ -165,11 +199,23 @@ class FileMigration(Migration):
         self._package = package
         try:
             raw = path.read_bytes()
-            self._source = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise MigrationDefinitionError(
-                f"Cannot read migration file '{path}': {exc}", version=version
-            ) from exc
+                f"Cannot read migration file '{path}': {exc.strerror or exc}.",
+                version=version, hint="Check the file exists and this user may read it; "
+                "nothing was run.",
+            ) from None
+        try:
+            self._source = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise MigrationDefinitionError(
+                f"Migration file '{path}' is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                f"on line {line} cannot be decoded.",
+                version=version,
+                hint="Save the file as UTF-8 (in most editors: 'Save with encoding', "
+                "UTF-8); nothing was run.",
+            ) from None
         self.source_bytes = raw
         self._loaded: Optional[Migration] = None
 
@@ -241,10 +287,13 @@ def _syntax_error(path: Path, version: int, exc: SyntaxError) -> MigrationDefini
 def _from_file(path: Path, version: int, package: str | None, source: str) -> Migration:
     """Import one migration file (whose text is ``source``) and adapt it."""
     try:
-        compile(source, str(path), "exec")
+        # The text that was checksummed is the code that runs: compiled here, never read
+        # again from disk nor from a bytecode cache (a same-size edit within the same
+        # second would otherwise run the old .pyc under the new checksum).
+        code = compile(source, str(path), "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise _syntax_error(path, version, exc) from exc
-    module = _import_file(path, package)
+    module = _import_file(path, package, code)
     classes = [
         obj
         for obj in vars(module).values()
@@ -303,23 +352,22 @@ def _class_from_file(
     return migration
 
 
-def _import_file(path: Path, package: str | None) -> types.ModuleType:
-    """Import a migration file (as a submodule of ``package`` when there is one)."""
+def _import_file(path: Path, package: str | None, code: types.CodeType) -> types.ModuleType:
+    """Run a migration file's compiled ``code`` as a module (a submodule of ``package``
+    when there is one, so its relative imports work); each load runs it afresh."""
     if package is not None:
         name = f"{package}.{path.stem}"
-        try:
-            return importlib.import_module(name)
-        except Exception as exc:
-            raise _import_error(str(path), exc) from exc
-    digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
-    name = f"_analytiq_migrations_{digest}.{path.stem}"
+    else:
+        digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
+        name = f"_analytiq_migrations_{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")
     module = importlib.util.module_from_spec(spec)
+    module.__cached__ = None  # type: ignore[attr-defined]  # no bytecode cache is used
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)  # the migration's own code, as checksummed
     except Exception as exc:
         sys.modules.pop(name, None)
         raise _import_error(str(path), exc) from exc
@@ -381,7 +429,18 @@ def _checked(migrations: list[Migration]) -> list[Migration]:
 
 
 def _check_definition(migration: Migration) -> None:
-    """``transactional`` is None/True/False; a class implements a synchronous ``up``."""
+    """``transactional`` is None/True/False; a class implements a synchronous ``up``; the
+    description fits on a record."""
+    description = migration.summary()
+    if len(description) > MAX_DESCRIPTION:
+        raise MigrationDefinitionError(
+            f"{migration.name}: its description is {len(description):,} characters long; "
+            f"a description is one line of at most {MAX_DESCRIPTION:,} (it is stored on "
+            "every record and history entry).",
+            version=migration.version,
+            hint="Shorten the first line of its docstring (or its description); the rest "
+            "of the docstring may be as long as you like. Nothing was run.",
+        )
     if migration.transactional not in (None, True, False):
         raise MigrationDefinitionError(
             f"{migration.name}: transactional must be None, True or False, not "

@@ -207,6 +207,7 @@ def read_lock(collection: Any) -> Optional[LockInfo]:
 def lock_info(doc: dict[str, Any]) -> LockInfo:
     """A lock document as ``LockInfo``; a foreign or damaged one shows as its text."""
     body = {k: v for k, v in doc.items() if k != "_id"}
+    body["session_ids"] = recorded_sessions(doc)
     try:
         info = LockInfo.model_validate(body)
     except ValueError:
@@ -218,20 +219,40 @@ def lock_info(doc: dict[str, Any]) -> LockInfo:
     return info
 
 
+def recorded_sessions(doc: dict[str, Any]) -> list[Any]:
+    """The session ids a lease recorded (``{"id": UUID}`` each); whatever else a damaged
+    or foreign document holds there (a string, a number, a dict) is ignored."""
+    ids = doc.get("session_ids")
+    if not isinstance(ids, list):
+        return []
+    return [sid for sid in ids if isinstance(sid, dict) and "id" in sid]
+
+
 def _short(doc: dict[str, Any]) -> str:
     """A lock document as text for a message, cut to a readable length."""
     text = repr({k: v for k, v in doc.items() if k != "session_ids"})
     return text if len(text) <= 200 else text[:200] + "...}"
 
 
+def lease_live(expires_at: Any, now: datetime) -> bool:
+    """Whether a lease is still live: the one rule every reader (the run, ``status``,
+    ``validate``, ``show``, ``unlock``) applies. ``expires_at`` was written with ``$$NOW``
+    (the server's clock) and ``now`` is the server's time from ``ServerClock``, never
+    this machine's clock. A lease without a valid expiry (a foreign document) never runs
+    out on its own."""
+    if not isinstance(expires_at, datetime):
+        return True
+    return _aware(expires_at) > _aware(now)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A datetime as aware UTC (BSON's are naive UTC unless the codec says otherwise)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def _expired(doc: dict[str, Any], now: datetime) -> bool:
-    """True when a lock document's lease ran out (a lease without a valid expiry never does)."""
-    expires = doc.get("expires_at")
-    if not isinstance(expires, datetime):
-        return False
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires <= now
+    """True when a lock document's lease ran out (see ``lease_live``)."""
+    return not lease_live(doc.get("expires_at"), now)
 
 
 class Lease:
@@ -373,7 +394,7 @@ class Lease:
             # End the dead holder's sessions *before* writing: a transaction it left open
             # holds the lock document (it re-checks its lease by writing it), and our
             # write would wait on that transaction until the server reaps it.
-            killed = list(current.get("session_ids") or [])
+            killed = recorded_sessions(current)
             kill_sessions(self.collection, killed)
         started = time.monotonic()
         takeable: list[dict[str, Any]] = [{"expires_at": {"$lte": self.clock.now()}},
@@ -423,7 +444,7 @@ class Lease:
                 previous.get("expires_at"),
             )
         # Normally ended just before; a lease that changed hands in between is ended now.
-        remaining = [sid for sid in previous.get("session_ids") or [] if sid not in killed]
+        remaining = [sid for sid in recorded_sessions(previous) if sid not in killed]
         kill_sessions(self.collection, remaining)
 
     def release(self) -> None:
@@ -604,8 +625,7 @@ def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: Se
         if not mine:
             # First end its sessions: a transaction it left open holds the lock document,
             # and the delete below would wait on it.
-            sessions = doc.get("session_ids")
-            kill_sessions(collection, sessions if isinstance(sessions, list) else [])
+            kill_sessions(collection, recorded_sessions(doc))
         # Delete exactly the document we looked at: if it changed hands meanwhile, look again.
         if collection.delete_one(doc).deleted_count:
             if force and not (mine or expired):

@@ -33,7 +33,9 @@ from .stored import APPLIED_STATUSES
 Target = Union[int, str, None]
 UseTransaction = Callable[[Migration], bool]
 
-_RELATIVE = re.compile(r"^([+-])(\d+)$")
+#: ASCII digits only: ``\d`` also matches other scripts' digits ("²"), which ``int`` refuses.
+_RELATIVE = re.compile(r"^([+-])([0-9]+)$")
+_VERSION = re.compile(r"^[0-9]+$")
 
 
 def virtual_records(
@@ -96,7 +98,7 @@ def resolve_target(
         return head
     if text == "base":
         return 0
-    if text.isdigit():
+    if _VERSION.match(text):
         return int(text)
     match = _RELATIVE.match(text)
     if match:
@@ -174,7 +176,7 @@ def refusal(migration: Migration, record: MigrationRecord, direction: str,
                             getattr(record.error, "at", None) == "batch_update"):
         return None
     try:
-        _refuse_unfinished(migration, record)
+        _refuse_unfinished(migration, record, below)
     except (InterruptedMigrationError, FailedMigrationError) as exc:
         return exc
     return None  # pragma: no cover - _refuse_unfinished always raises
@@ -185,27 +187,45 @@ def _done(direction: str) -> str:
     return "applied" if direction == "up" else "reverted"
 
 
-def _refuse_unfinished(migration: Migration, record: MigrationRecord) -> None:
+def _refuse_unfinished(migration: Migration, record: MigrationRecord, below: int) -> None:
     """Raise the error for an attempt that stopped halfway and cannot be re-run."""
     version = record.version
+    ways = by_hand_hint(version, record.direction, below) + \
+        " Or mark the migration idempotent if re-running it is safe."
     if interrupted(record):
         raise InterruptedMigrationError(
             f"Migration {version} ({record.description}) was interrupted during "
             f"'{record.direction}' (run {record.run_id} on {record.host}, pid {record.pid}); "
             "it is not transactional and not idempotent, so it may be half applied.",
-            version=version,
-            hint="Inspect the data, finish or undo the change by hand, then run "
-            + clear_failed_hint() + " so the next run starts it afresh; or mark the migration "
-            "idempotent if re-running is safe.",
+            version=version, hint=ways,
         )
     message = record.error.message if record.error else "unknown error"
     raise FailedMigrationError(
         f"Migration {version} ({record.description}) failed during '{record.direction}' "
         f"and is not transactional, so it may be half applied: {message}",
-        version=version,
-        hint="Inspect the data and fix the migration, then run " + clear_failed_hint()
-        + " to let the next run start it afresh; or mark it idempotent if re-running is safe.",
+        version=version, hint=ways,
     )
+
+
+def by_hand_hint(version: int, direction: str, below: int) -> str:
+    """Both ways out of a non-transactional attempt that may be half done: it was
+    finished by hand (record it as done, without running it again), or undone by hand
+    (forget the attempt, so the next run starts it afresh). ``below``: the version under
+    this one (where a finished revert leaves the database)."""
+    if direction == "down":
+        done = spell(f"`analytiq-migrations down --fake {below}` "
+                     f"(downgrade({below}, fake=True))",
+                     cli=f"`analytiq-migrations down --fake {below}`")
+        return (f"Inspect the data. If you finished reverting version {version} by hand, "
+                f"record it as reverted: {done}. If you undid the revert by hand (the "
+                f"change is in place again), record it as applied again: "
+                f"{clear_failed_hint()}.")
+    done = spell(f"`analytiq-migrations up --fake {version}` (upgrade({version}, fake=True))",
+                 cli=f"`analytiq-migrations up --fake {version}`")
+    return (f"Inspect the data. If you finished the change of version {version} by hand, "
+            f"record it as applied without running it again: {done}. If you undid it by "
+            f"hand, forget the attempt so the next `up` runs it afresh: "
+            f"{clear_failed_hint()}.")
 
 
 def _note(record: Optional[MigrationRecord], direction: str) -> Optional[str]:
@@ -474,8 +494,7 @@ def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,
         how = "runs it again safely (transactional or idempotent)" \
             if record.transactional or migration.idempotent else "resumes it from its checkpoint"
         return f"The next `{record.direction}` {how}."
-    return ("It may be half applied: inspect the data, then " + clear_failed_hint()
-            + " so the next run starts it afresh.")
+    return "It may be half applied. " + by_hand_hint(record.version, record.direction, under)
 
 
 def clear_failed_hint() -> str:

@@ -45,8 +45,8 @@ from .errors import (
     MigrationDefinitionError,
     MigrationFailedError,
     TransactionsUnsupportedError,
+    error_message,
     first_line,
-    redact,
 )
 from .plan import Target, current_version
 from .records import (
@@ -128,6 +128,7 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
         m._raise_corrupt(state)
         records = _settled(m._records(state), run.run_id)
         start = current_version(records)
+        resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
         plan = m._plan(direction, records, resolved, remember=False)
         rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
         steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
@@ -255,7 +256,7 @@ class _Rehearsal:
         return StepResult(
             version=step.version, direction=step.direction, description=step.description,
             status="failed", transactional=True, duration_ms=duration, changes=counted,
-            error=ErrorInfo(type=type(error).__name__, message=redact(str(error))[:2000]),
+            error=ErrorInfo(type=type(error).__name__, message=error_message(error)),
             note="the rehearsal's one transaction hit a MongoDB limit (60 s, or 16 MB before "
             "4.2); the real run commits each step separately: rehearse fewer steps at a time"
             if limit else f"the real run would stop here: nothing after {step.version} "

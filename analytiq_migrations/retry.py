@@ -30,7 +30,7 @@ from tenacity import (
     wait_random,
 )
 
-from .errors import redact
+from .errors import scrub
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -122,7 +122,7 @@ def describe_error(exc: BaseException) -> str:
     text = " ".join(text.split("\n")[0].split())
     if len(text) > ERROR_TEXT_LIMIT:
         text = text[:ERROR_TEXT_LIMIT] + "..."
-    return redact(f"{name}: {text}" if text else name)
+    return scrub(f"{name}: {text}" if text else name)
 
 
 def has_label(exc: BaseException, label: str) -> bool:

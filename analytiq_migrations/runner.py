@@ -11,6 +11,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
+from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
 
 import pymongo
@@ -39,7 +40,7 @@ from .errors import (
 from .hints import spell
 from .lifecycle import Lifecycle
 from .loader import MigrationSource, load_migrations
-from .lock import Lease, ServerClock, break_lock, dead_holder, read_lock
+from .lock import Lease, ServerClock, break_lock, dead_holder, lease_live, read_lock
 from .migration import Migration
 from .plan import (
     Target,
@@ -247,10 +248,13 @@ class Migrator:
     @_translate_errors
     def status(self) -> list[StatusRow]:
         """One row per version in the code or the database, pending ones included."""
-        state = self._load()
+        return self._rows(self._records(self._load()))
+
+    def _rows(self, records: dict[int, MigrationRecord]) -> list[StatusRow]:
+        """Status rows, a live lease's run and step judged as ``lease_live`` says."""
         info = self._live_lock()
         step = info.step if info is not None and info.step else None
-        return status_rows(self.migrations, self._records(state),
+        return status_rows(self.migrations, records,
                            info.run_id if info is not None else None,
                            live_step=step.get("version") if step else None)
 
@@ -268,6 +272,11 @@ class Migrator:
     def lock_info(self) -> Optional[LockInfo]:
         """The lock document as stored (live or expired), or ``None`` when unlocked."""
         return read_lock(self.lock_collection)
+
+    @_translate_errors
+    def server_now(self) -> datetime:
+        """The server's current time (from ``hello.localTime``): what leases are judged by."""
+        return ServerClock(self.db).now()
 
     @_translate_errors
     def validate(self) -> list[Problem]:
@@ -373,7 +382,8 @@ class Migrator:
                     self.store.note_repair(version, {
                         "checksum": migration.checksum,
                         "raw_checksum": migration.raw_checksum()}, {
-                        **note, "action": "accept_checksum", "old": record.checksum,
+                        **note, "id": f"{run.run_id}/accept_checksum",
+                        "action": "accept_checksum", "old": record.checksum,
                         "new": migration.checksum})
                     actions.append(RepairAction(version=version, action="accept_checksum",
                                                 detail=detail))
@@ -383,7 +393,8 @@ class Migrator:
                               f"{'applied' if back == 'applied' else 'pending'}")
                     self.store.note_repair(version, {
                         "status": back, "error": None, "progress": None}, {
-                        **note, "action": "clear_failed", "was": record.status,
+                        **note, "id": f"{run.run_id}/clear_failed",
+                        "action": "clear_failed", "was": record.status,
                         "direction": record.direction,
                         "error": record.error.model_dump() if record.error else None})
                     actions.append(RepairAction(version=version, action="clear_failed",
@@ -409,8 +420,7 @@ class Migrator:
             raise ConfigurationError(f"show needs a positive version, not {version!r}.")
         state = self._load()
         records = self._records(state)
-        rows = {row.version: row for row in status_rows(self.migrations, records,
-                                                        self._live_run_id())}
+        rows = {row.version: row for row in self._rows(records)}
         row = rows.get(version)
         if row is None:
             known = ", ".join(str(v) for v in sorted(rows)) or "none"
@@ -458,6 +468,9 @@ class Migrator:
             if state.adoptable:
                 self._adopt(state, run, book)
                 state = self._load()
+            # A dead run's attempt recorded as "finished by hand" is first recorded as
+            # interrupted: the history tells both.
+            book.settle(state.records)
             records = self._records(state)
             start = current_version(records)
             if direction is None:
@@ -559,6 +572,9 @@ class Migrator:
             self._settle_dead_step(lease, state.records)
             records = state.records
             start = current_version(records)
+            # Resolved again from the records read under the lock: `-1` queued behind
+            # another run's `-1` means one below where that run left the database.
+            resolved = self._resolve(target, start, direction)
             plan = self._plan(direction, records, resolved)
             real = self._is_real_client()
             env = StepEnv(
@@ -691,7 +707,7 @@ class Migrator:
     def _live_lock(self) -> Optional[LockInfo]:
         """The lock, if it is held and its lease has not run out."""
         info = self.lock_info()
-        if info is None or info.expires_at is None or info.expires_at > utcnow():
+        if info is None or lease_live(info.expires_at, self.server_now()):
             return info
         return None
 

@@ -35,13 +35,13 @@ from .errors import (
     LockLostError,
     MigrationError,
     MigrationFailedError,
+    error_message,
     first_line,
-    redact,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
 from .lock import TRANSACTION_LIFETIME, Lease
 from .migration import Migration
-from .plan import clear_failed_hint, current_version, refusal, resume_checkpoint
+from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
 from .records import (
     ErrorInfo,
     HistoryEntry,
@@ -367,7 +367,7 @@ class _Step:
         exc = self._foreign_client_error(exc) or exc
         in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
             self.ctx.batch_error is exc
-        error = ErrorInfo(type=type(exc).__name__, message=redact(str(exc))[:2000],
+        error = ErrorInfo(type=type(exc).__name__, message=error_message(exc),
                           **({"at": "batch_update"} if in_batch else {}))
         fields, entry = self._outcome("failed", error)
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
@@ -402,9 +402,11 @@ class _Step:
                     "It is idempotent: fix the cause and run the same command again; the "
                     "next run runs it again.")
         else:
-            hint = ("It ran without a transaction and may be half applied: inspect the data, "
-                    f"fix the migration, then {clear_failed_hint()} (or make it idempotent) "
-                    "and run again; until then the next run refuses it.")
+            hint = ("It ran without a transaction and may be half applied; until it is "
+                    "settled the next run refuses it. "
+                    + by_hand_hint(step.version, step.direction,
+                                   max((v for v in self.records if v < step.version),
+                                       default=0)))
         raise MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
             f"'{step.direction}': {error.type}: {error.message}",

@@ -492,9 +492,9 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
         (["migrate"], "invalid choice: 'migrate'"),
         (["up", "--lock-wait", "soon"], "--lock-wait must be a number of seconds"),
         (["up", "--transactions", "sometimes"], "invalid choice: 'sometimes'"),
-        (["history", "two"], "invalid int value: 'two'"),
+        (["history", "two"], "'two' is not a version"),
         (["-v", "status", "-q"], "-v and -q contradict each other"),
-        (["up", "sideways"], "Bad target 'sideways'"),
+        (["up", "sideways"], "'sideways' is not a target"),
         (["status", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ]:
         result = cli(*args)

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from children import write_migrations
 from pymongo import MongoClient
-from support import free_port
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect
+from support import free_port, run_python
 
 from analytiq_migrations import (
     ChecksumDriftError,
@@ -28,6 +30,8 @@ from analytiq_migrations import (
     Migrator,
     OutOfOrderError,
 )
+from analytiq_migrations.cli import main
+from analytiq_migrations.errors import redact
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -378,3 +382,202 @@ def test_every_error_is_a_migration_error(db: Any) -> None:
                     lambda: Migrator(db, [CreatePlans], lock_ttl=0)):
         with pytest.raises(MigrationError):
             failure()
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["²", "+²", "+\u0661", "\u0663"])
+def test_a_target_in_other_digits_is_a_usage_error(
+    db: Any, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--uri", "mongodb://127.0.0.1:1/x", "down", target])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{target!r} is not a target" in err and "ASCII digits" in err
+    with pytest.raises(ConfigurationError, match="Bad target"):
+        Migrator(db, [CreatePlans]).downgrade(target)
+    assert main(["--uri", "mongodb://127.0.0.1:1/x", "show", target.lstrip("+")]) == 2
+    assert main(["--uri", "mongodb://127.0.0.1:1/x", "down", "-" + target.lstrip("+")]) == 2
+
+
+# -- hostile files in the migrations directory -----------------------------------------------
+
+
+def test_a_huge_docstring_is_refused_at_load_and_nothing_is_recorded(
+    db: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "migrations"
+    source.mkdir()
+    (source / "0001_huge.py").write_text(
+        '"""' + "Backfill " * (17 * 1024 * 1024 // 9) + '"""\n\n\ndef up(db):\n'
+        '    db.plans.insert_one({"_id": "free"})\n')
+
+    with pytest.raises(MigrationDefinitionError) as refused:
+        Migrator(db, source).upgrade()
+
+    message = str(refused.value)
+    assert "0001_huge.py" in message and "description is 17,825,7" in message
+    assert "Shorten the first line of its docstring" in message
+    assert len(message) < 2000
+    assert db.migrations.count_documents({}) == 0
+    assert db.migrations_history.count_documents({}) == 0
+    assert db.plans.count_documents({}) == 0
+
+
+def test_a_symlink_loop_among_the_migrations_is_named(db: Any, tmp_path: Path) -> None:
+    source = write_migrations(tmp_path / "migrations", {
+        "0001_create_plans.py": 'def up(db):\n    db.plans.insert_one({"_id": "free"})\n'})
+    (source / "0002_loop.py").symlink_to("0002_loop.py")
+    (source / "helpers_loop.py").symlink_to("helpers_loop.py")  # not a migration: skipped
+    looped_dir = tmp_path / "looped"
+    looped_dir.symlink_to(looped_dir)
+
+    with pytest.raises(MigrationDefinitionError) as loop:
+        Migrator(db, source).upgrade()
+    assert "0002_loop.py" in str(loop.value) and "symbolic link" in str(loop.value)
+    with pytest.raises(MigrationDefinitionError, match="symbolic link that leads nowhere"):
+        Migrator(db, looped_dir)
+    assert main(["--uri", "mongodb://127.0.0.1:1/x", "--migrations", str(source),
+                 "plan"]) == 2
+
+
+def test_a_file_that_is_not_utf8_says_to_save_it_as_utf8(db: Any, tmp_path: Path) -> None:
+    source = tmp_path / "migrations"
+    source.mkdir()
+    (source / "0001_prices.py").write_bytes(
+        '"""Prices in €"""\n\n\ndef up(db):\n    pass\n'.encode("cp1252"))
+
+    with pytest.raises(MigrationDefinitionError) as encoding:
+        Migrator(db, source)
+
+    message = str(encoding.value)
+    assert "0001_prices.py' is not UTF-8 text: byte 0x80 on line 1" in message
+    assert "Save the file as UTF-8" in message
+
+
+# -- a damaged lock ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session_ids", [7, "abc", {"id": 1}])
+def test_an_expired_lock_with_damaged_session_ids_is_taken_over(
+    db: Any, session_ids: Any
+) -> None:
+    now = db.client.admin.command("hello")["localTime"]
+    db.migration_lock.insert_one({
+        "_id": "migration_lock", "holder": "old@host:1/r1", "run_id": "r1", "host": "elsewhere",
+        "locked_at": now, "expires_at": now.replace(year=now.year - 1),
+        "session_ids": session_ids})
+    migrator = Migrator(db, [CreatePlans])
+
+    assert migrator.lock_info().holder == "old@host:1/r1"  # shown as the lease it is
+    assert migrator.upgrade().versions == [1]
+    assert db.migration_lock.count_documents({}) == 0
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["pa/ss-W0rd-9", "pa@ss-W0rd-9"])
+def test_a_password_with_an_unescaped_slash_or_at_is_never_printed(
+    password: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"mongodb://app:{password}@127.0.0.1:1/shop?serverSelectionTimeoutMS=100"
+
+    with pytest.raises(MigrationError) as bad:
+        Migrator(uri, [CreatePlans])
+    code = main(["--uri", uri, "-v", "status"])
+    printed = capsys.readouterr()
+
+    assert code in (2, 5)
+    for text in (str(bad.value), printed.out, printed.err,
+                 redact(f"copy failed for {uri}: timed out")):
+        assert "ss-W0rd-9" not in text, text
+
+
+def test_secret_uri_options_are_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    uri = ("mongodb://127.0.0.1:1/shop?serverSelectionTimeoutMS=100&tls=true"
+           "&tlsCertificateKeyFilePassword=K3y-Pa55&authMechanism=MONGODB-AWS"
+           "&authMechanismProperties=AWS_SESSION_TOKEN:T0ken-S3cret")
+
+    code = main(["--uri", uri, "-v", "status"])
+    printed = capsys.readouterr()
+
+    assert code in (2, 5)
+    shown = redact(f"cannot reach {uri}") + printed.out + printed.err
+    assert "K3y-Pa55" not in shown and "T0ken-S3cret" not in shown
+    assert "tlsCertificateKeyFilePassword=***" in redact(uri)
+
+
+def test_redaction_is_linear_in_a_huge_host_name() -> None:
+    # 1 MB of dotted host name: the old expression needed about half an hour for this.
+    done = run_python('''
+        from analytiq_migrations.errors import redact
+        host = "a." * 512 * 1024
+        text = redact("mongodb://app:pw@" + host + ":27017/db " + "mongodb://" + host)
+        assert "pw" not in text and text.count("***") == 1
+        print("ok")
+    ''', timeout=30)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+class TripsOnAKey(Migration):
+    """Inserts a key that is already there: the server's reply quotes it."""
+
+    version = 1
+    description = "Import customers"
+    transactional = False
+
+    def up(self, db: Any) -> None:
+        db.customers.insert_one({"_id": "ssn-078-05-1120"})
+        db.customers.insert_one({"_id": "ssn-078-05-1120"})
+
+
+class AsksForNothing(Migration):
+    """A command the server refuses: its reply carries ``$clusterTime``."""
+
+    version = 1
+    description = "Resize a capped collection"
+    transactional = False
+
+    def up(self, db: Any) -> None:
+        db.command("collMod", "no_such_collection", cappedSize=1024)
+
+
+@pytest.mark.parametrize("migration", [TripsOnAKey, AsksForNothing])
+def test_raw_server_replies_are_never_stored_or_printed(
+    db: Any, migration: type, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="analytiq_migrations")
+    with pytest.raises(MigrationFailedError) as failed:
+        Migrator(db, [migration]).upgrade()
+
+    stored = [str(doc) for name in ("migrations", "migrations_history")
+              for doc in db[name].find()]
+    everything = " ".join([str(failed.value), caplog.text, *stored])
+    for raw in ("$clusterTime", "signature", "keyValue", "full error", "078-05-1120"):
+        assert raw not in everything, raw
+    assert "(code " in " ".join(stored)  # the code and the message are kept
+
+
+def test_a_retried_repair_note_is_pushed_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(MigrationFailedError):
+        Migrator(db, [Explodes]).upgrade()
+    real = Collection.update_one
+    lost: list[Any] = []
+
+    def reply_lost_once(self: Any, query: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, query, update, *args, **kwargs)
+        if isinstance(update, dict) and "repairs" in update.get("$push", {}) and not lost:
+            lost.append(query)
+            raise AutoReconnect("connection closed before the reply")  # applied, reply lost
+        return result
+
+    monkeypatch.setattr(Collection, "update_one", reply_lost_once)
+    [action] = Migrator(db, [Explodes]).repair(clear_failed=True)
+
+    assert lost and action.action == "clear_failed"
+    assert len(db.migrations.find_one({"_id": 1})["repairs"]) == 1
