@@ -115,10 +115,6 @@ class IrreversibleMigrationError(MigrationError):
     exit_code = 1
 
 
-#: A URI scheme and its ``://``. The scheme's length is bounded (RFC 3986 allows any,
-#: real ones are short), so trying it at every word start of a long text stays linear.
-_SCHEME = re.compile(r"\b[a-z][a-z0-9+.\-]{0,31}://", re.IGNORECASE)
-
 #: URI options whose values are secrets, and how far a value runs (to the next option).
 _SECRET_OPTION = re.compile(
     r"\b(tlsCertificateKeyFilePassword|sslPEMKeyPassword|sslClientCertificateKeyPassword|"
@@ -138,8 +134,8 @@ def redact(text: str) -> str:
     whitespace-delimited word, so a password with an unescaped ``/`` or ``@`` is hidden
     whole (a word with more than one ``@`` may lose a little more than the password).
     Not when it opens with ``[``: that is the ``mongodb://[user:password@]host``
-    placeholder of help texts. Each word is scanned a bounded number of times: linear
-    in the length of ``text``.
+    placeholder of help texts. Each ``://`` is looked at once, and each word's last
+    ``@`` found from it: linear in the length of ``text``.
     """
     parts = re.split(r"(\s+)", text)
     for index, word in enumerate(parts):
@@ -149,22 +145,20 @@ def redact(text: str) -> str:
 
 
 def _redact_word(word: str) -> str:
-    """One word with its URIs' user information replaced (see ``redact``)."""
-    out, position = [], 0
+    """One word with its URIs' user information replaced (see ``redact``): whatever
+    lies between a ``://`` and the word's last ``@`` after it."""
+    out, position, last_at = [], 0, word.rfind("@")
     while True:
-        scheme = _SCHEME.search(word, position)
-        if scheme is None:
+        start = word.find("://", position) + 3
+        if start < 3 or last_at < start:
             break
-        start = scheme.end()
-        at = word.rfind("@", start)
-        if at < 0:
-            break
+        at = last_at
         if word.startswith("[", start):  # the help texts' placeholder
             out.append(word[position:start])
-            position = start
-            continue
-        out.append(word[position:start] + "***@")
-        position = at + 1
+        else:
+            out.append(word[position:start] + "***@")
+            start = at + 1
+        position = start
     out.append(word[position:])
     return "".join(out)
 

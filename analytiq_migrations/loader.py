@@ -171,7 +171,7 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_file()
     except OSError as exc:
-        if FILE_PATTERN.match(entry.name) or _LOOKS_LIKE_MIGRATION.match(entry.name):
+        if _LOOKS_LIKE_MIGRATION.match(entry.name):
             raise MigrationDefinitionError(
                 f"Migration file '{entry.path}' cannot be opened: {exc.strerror or exc} "
                 "(a symbolic link that points back at itself, or a chain of links that "
