@@ -25,6 +25,7 @@ from pymongo.errors import (
 )
 
 from . import __version__
+from .dbproxy import HAS_BIND
 from .errors import (
     ChecksumDriftError,
     ConfigurationError,
@@ -40,6 +41,7 @@ from .hints import spell
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, read_lock
 from .migration import Migration
+from .outside import note_joining
 from .plan import (
     Target,
     current_version,
@@ -489,6 +491,7 @@ class Migrator:
             records = state.records
             start = current_version(records)
             plan = self._plan(direction, records, resolved)
+            note_joining([s.transactional for s in plan.steps], HAS_BIND)
             real = self._is_real_client()
             env = StepEnv(
                 db=self.db, store=self.store, lease=lease, session=session, run=run,
