@@ -37,6 +37,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
+from .appddl import guarding
 from .errors import MigrationDefinitionError, first_line
 from .outside import OutsideWrites
 from .txnrules import NOT_IN_TRANSACTION_CODE, Catalog, refusal, way_out
@@ -338,8 +339,10 @@ def joined(db: Database[Any], session: ClientSession,
     """The ``db`` for a migration step in ``session``'s transaction (see the module rule)."""
     proxy = session_database(db, session, watch)
     with contextlib.ExitStack() as stack:
-        if watch is not None and watch.outside is not None:
-            stack.enter_context(watch.outside.watching(db.client, session))
+        if watch is not None:
+            stack.enter_context(guarding(watch, HAS_BIND))  # the app's DDL (appddl)
+            if watch.outside is not None:
+                stack.enter_context(watch.outside.watching(db.client, session))
         if HAS_BIND:
             stack.enter_context(session.bind(end_session=False))  # type: ignore[attr-defined,unused-ignore]
         yield proxy
