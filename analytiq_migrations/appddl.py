@@ -35,6 +35,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from .errors import MigrationDefinitionError
+from .outside import occupying
 from .txnrules import refusal
 
 log = logging.getLogger("analytiq_migrations")
@@ -170,10 +171,8 @@ def guarding(watch: Any, has_bind: bool) -> Iterator[None]:
     """Apply this module's rules to the app's DDL while a transactional step's body runs."""
     _install()
     guard = _Guard(watch, has_bind)
-    previous = getattr(_ACTIVE, "guard", None)
-    _ACTIVE.guard = guard
     try:
-        yield
+        with occupying(_ACTIVE, "guard", guard):
+            yield
     finally:
-        _ACTIVE.guard = previous
         guard.ended()

@@ -109,12 +109,8 @@ class OutsideWrites:
         """Count, while the body runs in this thread, writes without ``session``."""
         _attach(client)
         self._lsid = session.session_id
-        previous = getattr(_ACTIVE, "writes", None)
-        _ACTIVE.writes = self
-        try:
+        with occupying(_ACTIVE, "writes", self):
             yield
-        finally:
-            _ACTIVE.writes = previous
 
     def saw(self, event: Any) -> None:
         """One command started in the step's thread."""
@@ -218,6 +214,17 @@ def note_joining(transactional: Sequence[bool], has_bind: bool) -> None:
         import pymongo
 
         log.info(JOINS_BEFORE_BIND, pymongo.version)
+
+
+@contextlib.contextmanager
+def occupying(slot: threading.local, name: str, value: Any) -> Iterator[None]:
+    """``slot.name = value`` while the body runs (then what it was before)."""
+    previous = getattr(slot, name, None)
+    setattr(slot, name, value)
+    try:
+        yield
+    finally:
+        setattr(slot, name, previous)
 
 
 class _Listener(monitoring.CommandListener):
