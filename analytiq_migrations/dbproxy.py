@@ -1,20 +1,32 @@
-"""The ``db`` a transactional migration receives: every call on it joins the run's session.
+"""The ``db`` a transactional migration receives: every call on it joins the run's session,
+or is refused before anything is sent.
 
-The rule, on every pymongo this library supports:
+The rule, on every pymongo this library supports (the table: docs/compatibility.md):
 
 * ``db`` handed to ``up(db)``/``down(db)`` inside a transaction is a :class:`SessionDatabase`:
   a real ``pymongo.database.Database`` subclass (``isinstance(db, Database)`` holds) that adds
-  ``session=`` to every call that takes one, unless the call passes its own. The databases
-  and collections it hands out (``db.users``, ``db["users"]``, ``db.get_collection(...)``,
-  ``db.with_options(...)``, ``db.users.archive``, ``coll.with_options(...)``,
+  ``session=`` to every call that takes one, unless the call passes its own (``session=None``
+  counts as not given: ODMs pass it). The databases and collections it hands out
+  (``db.users``, ``db["users"]``, ``db.get_collection(...)``, ``db.with_options(...)``,
+  ``db.create_collection(...)``'s result, ``db.users.archive``, ``coll.with_options(...)``,
   ``coll.database``) are wrapped the same way, and cursors they open carry the session.
+* Every other public method of the installed pymongo's ``Database``/``Collection`` takes no
+  session (pymongo 3's legacy ``insert``, ``update``, ``save``, ``remove``,
+  ``find_and_modify``, ``initialize_ordered_bulk_op``/``initialize_unordered_bulk_op``,
+  ``ensure_index``, ``group``, ``eval``...): sent, it would commit on its own outside the
+  transaction, so it raises ``MigrationDefinitionError`` naming the call and the modern
+  method to use (or ``transactional = False``) before anything is sent.
 * On pymongo releases with ``ClientSession.bind()`` (4.17+) the session is also bound for
   the duration of the call, so handles *not* obtained from ``db`` (the app's
   ``mongo.db.users``, MongoEngine documents, ``db.client["other"]``) join it as well,
   provided they use the same ``MongoClient``.
-* On older releases (3.12 to 4.16) only handles obtained from ``db`` join: code that reaches
-  the database another way (``db.client["x"]``, a module-level collection, an ODM) runs
-  outside the transaction. Get every handle from ``db`` there.
+* On older releases (3.12 to 4.16) only handles obtained from ``db`` join. Writes sent
+  another way (``db.client["x"]``, a module-level collection, an ODM, a second client)
+  commit on their own; ``outside`` watches for them while the step runs and the step
+  reports them (error, record, ``status``) and does not retry after them.
+* On every release the app's own index builds and DDL during the step follow the
+  transaction's rules (``appddl``): MongoEngine's automatic index creation is held back,
+  anything else that cannot be part of the transaction is refused before sending.
 
 Outside a transaction the migration gets the plain ``Database``: no session is added.
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator
 
 import pytest
 from pymongo import MongoClient
-from support import client_options
+from support import client_options, failpoint
 
 from analytiq_migrations import Migration, MigrationFailedError, Migrator
 from analytiq_migrations.dbproxy import HAS_BIND
@@ -263,3 +263,43 @@ def test_writes_in_other_threads_and_reads_are_not_counted(db: Any) -> None:
         Migrator(db, [ReadsOutside]).upgrade()
     assert not isinstance(caught.value, OutsideWritesError)
     assert "outside_writes" not in db.migrations.find_one({"_id": 1})
+
+
+class BumpsOutsideThenDeletes(Migration):
+    """An app write, then a ``db`` write that meets a transient error."""
+
+    version = 1
+    description = "Count, then clean"
+
+    def up(self, db: Any) -> None:
+        db.client[db.name].counters.update_one({"_id": "plans"}, {"$inc": {"n": 1}})
+        db.users.delete_one({"_id": "gone"})
+
+
+def test_a_transient_error_after_an_outside_write_is_not_retried(db: Any) -> None:
+    db.counters.insert_one({"_id": "plans", "n": 0})
+    transient = {"failCommands": ["delete"], "errorCode": 112,
+                 "errorLabels": ["TransientTransactionError"]}
+    with failpoint(db.client, {"times": 1}, transient):
+        if HAS_BIND:  # everything joined: retried, and the counter moved in the one commit
+            Migrator(db, [BumpsOutsideThenDeletes]).upgrade()
+        else:
+            with pytest.raises(OutsideWritesError, match="not run again"):
+                Migrator(db, [BumpsOutsideThenDeletes]).upgrade()
+    assert db.counters.find_one({"_id": "plans"})["n"] == 1
+
+
+def test_a_transient_commit_failure_after_an_outside_write_is_not_retried(db: Any) -> None:
+    db.counters.insert_one({"_id": "plans", "n": 0})
+    transient = {"failCommands": ["commitTransaction"], "errorCode": 251,
+                 "errorLabels": ["TransientTransactionError"]}
+    with failpoint(db.client, {"times": 1}, transient):
+        if HAS_BIND:
+            Migrator(db, [BumpsOutsideThenDeletes]).upgrade()
+        else:
+            with pytest.raises(OutsideWritesError) as caught:
+                Migrator(db, [BumpsOutsideThenDeletes]).upgrade()
+            assert "its transaction failed with a transient error and would run again, but " \
+                "writes it sent outside the transaction were kept: " \
+                f"{db.name}.counters (1 write command). Not run again" in str(caught.value)
+    assert db.counters.find_one({"_id": "plans"})["n"] == 1
