@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from pymongo import monitoring
 from pymongo.errors import OperationFailure, PyMongoError
 
-from .errors import MigrationFailedError, first_line
+from .errors import MigrationError, MigrationFailedError, first_line
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -154,12 +154,17 @@ class OutsideWrites:
         """``exc``, or, when writes went outside the transaction, the error that says so."""
         if not self.seen or isinstance(exc, OutsideWritesError):
             return exc
-        return OutsideWritesError(
-            f"{self._where()} failed: {type(exc).__name__}: {first_line(exc)}. Its "
+        first = getattr(exc, "message", None) if isinstance(exc, MigrationError) else None
+        hint = getattr(exc, "hint", None) if isinstance(exc, MigrationError) else None
+        text = (first or first_line(exc)).rstrip(".")
+        error = OutsideWritesError(
+            f"{self._where()} failed: {type(exc).__name__}: {text}. Its "
             f"transaction was rolled back, but writes it sent outside the transaction were "
             f"kept: {self.summary()}.",
-            version=self.version, hint=self._hint(),
+            version=self.version, hint=f"{hint} {self._hint()}" if hint else self._hint(),
         )
+        error.exit_code = getattr(exc, "exit_code", error.exit_code)  # a refusal stays one
+        return error
 
     def no_retry(self, body: Callable[[Any], T]) -> Callable[[Any], T]:
         """``body`` for the transaction loop, never run again once writes went outside it."""

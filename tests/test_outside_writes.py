@@ -14,7 +14,7 @@ import pytest
 from pymongo import MongoClient
 from support import client_options, failpoint
 
-from analytiq_migrations import Migration, MigrationFailedError, Migrator
+from analytiq_migrations import Migration, MigrationError, MigrationFailedError, Migrator
 from analytiq_migrations.dbproxy import HAS_BIND
 from analytiq_migrations.outside import LISTENER, OutsideWritesError
 
@@ -303,3 +303,25 @@ def test_a_transient_commit_failure_after_an_outside_write_is_not_retried(db: An
                 "writes it sent outside the transaction were kept: " \
                 f"{db.name}.counters (1 write command). Not run again" in str(caught.value)
     assert db.counters.find_one({"_id": "plans"})["n"] == 1
+
+
+def test_a_refusal_after_an_outside_write_keeps_its_way_out_and_exit_code(db: Any) -> None:
+    class WritesThenDrops(Migration):
+        version = 1
+        description = "Audit, then drop"
+
+        def up(self, db: Any) -> None:
+            db.client[db.name].audit.insert_one({"_id": 1})
+            db.users.drop()  # refused before sending: a transaction cannot drop
+
+    with pytest.raises(MigrationError) as caught:
+        Migrator(db, [WritesThenDrops]).upgrade()
+    message = str(caught.value)
+    assert "drop() on 'users' sends drop, which cannot run in a transaction" in message
+    assert "Declare the migration `transactional = False`" in message
+    assert caught.value.exit_code == 2  # still a definition problem
+    if HAS_BIND:
+        assert db.audit.count_documents({}) == 0
+    else:
+        assert f"were kept: {db.name}.audit (1 write command)" in message
+        assert db.audit.count_documents({}) == 1
