@@ -42,10 +42,14 @@ class Lane:
 
 
 LANES = [
-    Lane("3.8", {"pymongo==3.12.*": "3.12", "pydantic==1.10.*": "1.10", "tenacity==8.0.*": "8.0"}),
-    Lane("3.9", {"pymongo==4.10.*": "4.10", "pydantic==1.10.*": "1.10"}),
-    Lane("3.11", {"pymongo==4.16.*": "4.16", "pydantic>=2,<3": "2."}),
-    Lane("3.13", {"pymongo": "", "pydantic": "", "tenacity": ""}),  # newest of each
+    Lane("3.8", {"pymongo==3.12.*": "3.12", "pydantic==1.10.*": "1.10", "tenacity==8.0.*": "8.0",
+                 "mongoengine==0.27.*": "", "flask-pymongo==2.3.*": ""}),
+    Lane("3.9", {"pymongo==4.10.*": "4.10", "pydantic==1.10.*": "1.10",
+                 "mongoengine==0.28.*": "", "flask-pymongo==3.0.*": ""}),
+    Lane("3.11", {"pymongo==4.16.*": "4.16", "pydantic>=2,<3": "2.",
+                  "mongoengine==0.29.*": "", "flask-pymongo==3.0.*": ""}),
+    Lane("3.13", {"pymongo": "", "pydantic": "", "tenacity": "", "mongoengine": "",
+                  "flask-pymongo": ""}),  # newest of each
 ]
 
 TEST_TOOLS = ["pytest>=7.4", "mongomock>=4.1", "tomli>=1.1"]

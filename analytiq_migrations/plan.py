@@ -480,6 +480,10 @@ def find_problems(
 def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,
                      under: int = 0) -> str:
     """What to do about an unfinished attempt."""
+    if record.transactional and getattr(record, "outside_writes", None):
+        return ("Its transaction was rolled back, but writes it sent outside the transaction "
+                "were kept (the error names them): check those collections first; the next "
+                "`up` runs the whole migration again, those writes included.")
     if record.transactional and migration is None:
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
                 "its file is gone: restore the file, or " + clear_failed_hint()

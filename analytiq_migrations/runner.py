@@ -26,6 +26,7 @@ from pymongo.errors import (
 )
 
 from . import __version__
+from .dbproxy import HAS_BIND
 from .errors import (
     ChecksumDriftError,
     ConfigurationError,
@@ -42,6 +43,7 @@ from .lifecycle import Lifecycle
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, dead_holder, lease_live, read_lock
 from .migration import Migration
+from .outside import note_joining
 from .plan import (
     Target,
     current_version,
@@ -576,6 +578,7 @@ class Migrator:
             # another run's `-1` means one below where that run left the database.
             resolved = self._resolve(target, start, direction)
             plan = self._plan(direction, records, resolved)
+            note_joining([s.transactional for s in plan.steps], HAS_BIND)
             real = self._is_real_client()
             env = StepEnv(
                 db=self.db, store=self.store, lease=lease, session=session, run=run,

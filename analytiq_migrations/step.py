@@ -41,6 +41,7 @@ from .errors import (
 from .lifecycle import Lifecycle, RecordConflict, expected_state
 from .lock import TRANSACTION_LIFETIME, Lease
 from .migration import Migration
+from .outside import OutsideWrites
 from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
 from .records import (
     ErrorInfo,
@@ -131,6 +132,7 @@ class _Step:
         self.started = utcnow()
         self.clock = time.monotonic()
         self.watch: Optional[StepWatch] = None
+        self.outside = OutsideWrites(step.version, step.description, step.direction)
         self.start = Store.start_fields(
             version=step.version, description=step.description, checksum=migration.checksum,
             raw_checksum=migration.raw_checksum(), direction=step.direction, run=env.run,
@@ -156,8 +158,9 @@ class _Step:
         migration.session = env.session
         try:
             if step.transactional:
-                fields = run_transaction(env.session, self._in_transaction, env.retry,
-                                         f"migration {step.version} ({step.direction})")
+                fields = run_transaction(env.session, self.outside.no_retry(self._in_transaction),
+                                         env.retry, f"migration {step.version} ({step.direction})")
+                self.outside.committed()
                 env.lease.step = self.next_marker  # committed with it
                 if env.catalog is not None:
                     env.catalog.next_step()  # committed: what it created exists now
@@ -202,7 +205,7 @@ class _Step:
                 self.env.catalog = Catalog(loader=self._read_catalog,
                                            wire_version=self.env.wire_version)
             self.env.catalog.new_attempt()  # a retry: the last try's creations rolled back
-            self.watch = StepWatch(step.version, step.direction, self.env.catalog)
+            self.watch = StepWatch(step.version, step.direction, self.env.catalog, self.outside)
             handle: Any = joined(self.env.db, session, self.watch)
         else:
             self.env.catalog = None
@@ -331,7 +334,8 @@ class _Step:
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
-        unset = ["faked", "last_error"] + (["applied_at"] if self.success == "rolled_back" else [])
+        unset = ["faked", "last_error", "outside_writes"] + \
+            (["applied_at"] if self.success == "rolled_back" else [])
         legacy = None
         if env.legacy:
             after = dict(self.records)
@@ -364,12 +368,14 @@ class _Step:
         """Store a failed attempt (record and history, conditionally: never over a record
         this run's transaction committed) and raise the error for it."""
         env, step, previous = self.env, self.step, self.previous
-        exc = self._foreign_client_error(exc) or exc
         in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
             self.ctx.batch_error is exc
+        exc = self.outside.explain(self._foreign_client_error(exc) or exc)
         error = ErrorInfo(type=type(exc).__name__, message=error_message(exc),
                           **({"at": "batch_update"} if in_batch else {}))
         fields, entry = self._outcome("failed", error)
+        outside = self.outside.fields()  # writes kept although the transaction rolled back
+        entry = entry.model_copy(update=outside) if outside else entry
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
         unchanged = step.transactional and previous is not None and \
             previous.status in APPLIED_STATUSES
@@ -381,6 +387,7 @@ class _Step:
                       "attempts": self.attempts}
         elif step.transactional:
             fields = {**self.start, **fields}
+        fields.update(outside)
         expected = self.expected if step.transactional else env.book.mine()
         env.book.finish(step.version, step.direction, expected, {"$set": fields}, entry)
         self.records[step.version] = self._merge(fields) if not unchanged else \

@@ -37,6 +37,11 @@ TEMPLATE = '''\
 #     such as collMod;
 # and no transaction holds more than 60 s of work or 16 MB of changes (for large
 # updates use self.batch_update in a Migration class, see the docs).
+# What joins it: every call on `db` and on the collections it hands out (pymongo 3's
+# insert/update/save/remove/find_and_modify are refused: use insert_one, update_many...).
+# Your app's own data layer (MongoEngine documents, Flask-PyMongo's mongo.db,
+# db.client[...]) joins it on pymongo 4.17+ only; before, its writes commit on their own
+# and a failure names them (docs/compatibility.md).
 # For any of these set transactional = False (with idempotent = True if re-running is
 # harmless), or split the migration: the DDL in one, the data change in the next.
 # transactional = False
@@ -49,7 +54,7 @@ TEMPLATE = '''\
 
 def up(db):
     """Apply the change. ``db`` is a pymongo Database; in a transaction, every call on
-    it joins the transaction automatically."""
+    it (and on the collections it hands out) joins the transaction automatically."""
     # db.users.update_many({{"status": {{"$exists": False}}}}, {{"$set": {{"status": "active"}}}})
     raise NotImplementedError("write this migration: {filename}")
 

@@ -85,7 +85,11 @@ def clear_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def invoke(app: Any, *args: str, group: str = "migrations") -> Any:
-    return app.test_cli_runner().invoke(args=[group, *args])
+    try:  # click before 8.2 (Python 3.8, 3.9) mixes stderr into output unless told not to
+        runner = app.test_cli_runner(mix_stderr=False)
+    except TypeError:
+        runner = app.test_cli_runner()
+    return runner.invoke(args=[group, *args])
 
 
 def hold_lock(db: Any) -> None:
@@ -567,7 +571,10 @@ def test_a_failing_start_up_upgrade_leaves_other_commands_alone(pymongo_shop: Sh
     assert "Traceback" not in served.stderr
     logged, shown = served.stderr.split("Error: Start-up upgrade failed: ", 1)
     assert shown.startswith("Migration 2 (Give every user a plan")
-    assert shown.rstrip().endswith("Fix the migration and run again.")
+    if hasattr(ClientSession, "bind"):
+        assert shown.rstrip().endswith("Fix the migration and run again.")
+    else:  # mongo.db's writes committed on their own and are named (docs/compatibility.md)
+        assert "writes it sent outside the transaction were kept" in shown
     assert logged.count("the start-up upgrade failed; not starting") == 1
     assert db.migrations.find_one({"_id": 2})["status"] == "failed"
 
