@@ -74,6 +74,7 @@ from .server import (
     hosts,
     mongodb_release,
     own_collection,
+    topology,
 )
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
@@ -746,7 +747,7 @@ class Migrator:
     def _server_description(self) -> Any:
         """The primary's (or mongos') description, from its ``hello``; connects if needed."""
         for _ in range(2):
-            known = [d for d in self.client.topology_description.server_descriptions().values()
+            known = [d for d in topology(self.client).server_descriptions().values()
                      if d.is_server_type_known]
             # Writes (and so transactions) go to the writable server: a secondary that
             # happens to be listed first says nothing about them.
