@@ -76,6 +76,7 @@ from .server import (
     own_collection,
     topology,
 )
+from .startonce import refuse_repeated_failure
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
@@ -490,6 +491,7 @@ class Migrator:
             records = state.records
             start = current_version(records)
             plan = self._plan(direction, records, resolved)
+            refuse_repeated_failure(plan.steps, records, self._by_version)
             real = self._is_real_client()
             env = StepEnv(
                 db=self.db, store=self.store, lease=lease, session=session, run=run,
