@@ -237,6 +237,9 @@ class CheckItem(pytest.Function):
 class ChecksGroup(pytest.Collector):
     """The built-in checks, one test each."""
 
+    #: No module object: pytest before 8 (its nose plugin) looks for a ``setup`` on it.
+    obj: Any = None
+
     def collect(self) -> List[pytest.Item]:
         items: List[pytest.Item] = []
         for name, function in _check_functions().items():
