@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
-from .server import client_options
+from .server import client_options, topology
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -411,7 +411,7 @@ def ping(client: Any) -> None:
 
 def _hosts(client: Any) -> str:
     """``host:port, ...`` of a client's seeds (never credentials)."""
-    addresses = client.topology_description.server_descriptions()
+    addresses = topology(client).server_descriptions()
     return ", ".join(f"{host}:{port}" for host, port in addresses) or "?"
 
 

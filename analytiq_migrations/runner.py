@@ -77,7 +77,9 @@ from .server import (
     hosts,
     mongodb_release,
     own_collection,
+    topology,
 )
+from .startonce import refuse_repeated_failure
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
@@ -579,6 +581,7 @@ class Migrator:
             resolved = self._resolve(target, start, direction)
             plan = self._plan(direction, records, resolved)
             note_joining([s.transactional for s in plan.steps], HAS_BIND)
+            refuse_repeated_failure(plan.steps, records, self._by_version)
             real = self._is_real_client()
             env = StepEnv(
                 db=self.db, store=self.store, lease=lease, session=session, run=run,
@@ -827,7 +830,7 @@ class Migrator:
     def _server_description(self) -> Any:
         """The primary's (or mongos') description, from its ``hello``; connects if needed."""
         for _ in range(2):
-            known = [d for d in self.client.topology_description.server_descriptions().values()
+            known = [d for d in topology(self.client).server_descriptions().values()
                      if d.is_server_type_known]
             # Writes (and so transactions) go to the writable server: a secondary that
             # happens to be listed first says nothing about them.

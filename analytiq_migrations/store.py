@@ -21,7 +21,7 @@ from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
 from .server import RECORDS_BATCH, own_collection
-from .stored import LEGACY_ID
+from .stored import LEGACY_ID, is_foreign
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -40,6 +40,10 @@ class DatabaseState:
     #: ``version`` of the seed's ``{_id: "schema_version"}`` document, if it exists.
     legacy_version: Optional[int] = None
     corrupt: list[CorruptRecordError] = field(default_factory=list)
+    #: How many documents of another tool share the collection (see ``is_foreign``), and
+    #: their field names: ignored, never changed.
+    foreign: int = 0
+    foreign_fields: set[str] = field(default_factory=set)
 
     @property
     def adoptable(self) -> bool:
@@ -57,6 +61,7 @@ class Store:
         self.records = own_collection(db, collection)
         self.history = own_collection(db, self.history_name)
         self.policy = policy
+        self._foreign_noted = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -66,6 +71,10 @@ class Store:
         docs = self.policy.call("read migration records", lambda: list(
             self.records.find({}, batch_size=RECORDS_BATCH)))
         for doc in docs:
+            if is_foreign(doc):
+                state.foreign += 1
+                state.foreign_fields.update(k for k in doc if k != "_id")
+                continue
             if doc.get("_id") == LEGACY_ID:
                 try:
                     state.legacy_version = _legacy_version(doc, self.collection_name)
@@ -78,6 +87,12 @@ class Store:
                 state.corrupt.append(exc)
                 continue
             state.records[record.version] = record
+        if state.foreign and not self._foreign_noted:
+            self._foreign_noted = True
+            log.info("'%s' also holds %d document(s) of another tool (fields: %s); they are "
+                     "left alone: this library's records are the ones whose _id is a version "
+                     "number", self.collection_name, state.foreign,
+                     ", ".join(sorted(state.foreign_fields)[:8]))
         return state
 
     def read_history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:

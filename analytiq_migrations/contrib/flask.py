@@ -26,6 +26,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import cli
 from ..config import OPTIONS, Layer, Option, describe_client, load, parse_bool
 from ..errors import ConfigurationError, MigrationError
+from ..hints import command_line
+from ..startonce import no_repeat_of_failures
+from . import startup
 
 #: How long a start-up upgrade waits for the lock when nothing says otherwise: pods that
 #: start together queue behind the first one (which migrates) and then find nothing to
@@ -93,10 +96,12 @@ def init_app(app: Any, client: Any = None, database: Optional[str] = None,
         raise ConfigurationError(
             f"{_where(app, 'on_start_failure')} must be one of "
             f"{', '.join(START_FAILURE_MODES)}, not {mode!r}.")
-    command = _flask_command()
+    command = startup.click_command() or startup.flask_script_command()
     if command is not None:
-        log.debug("UPGRADE_ON_START: not upgrading for `%s` (only before serving: a WSGI "
-                  "server or `flask run`)", command)
+        app.logger.info(
+            "analytiq_migrations: UPGRADE_ON_START: not upgrading for `%s` (only before "
+            "serving: a WSGI server, `flask run`, Flask-Script's runserver; a serve command "
+            "of your own calls analytiq_migrations.contrib.flask.upgrade(app))", command)
         return
     _upgrade_on_start(app, state, mode)
 
@@ -122,34 +127,6 @@ def _text(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _flask_command() -> Optional[str]:
-    """The ``flask`` command being run when it is not a server (``flask migrations``,
-    ``flask shell``, ``flask routes``...); ``None`` when the app is about to serve: no
-    ``flask`` command at all (a WSGI server, a script, the tests) or ``flask run``."""
-    click = sys.modules.get("click")
-    if click is None:
-        return None
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    from flask.cli import ScriptInfo
-
-    if ctx.find_object(ScriptInfo) is None:
-        return None  # another click program that builds the app
-    if ctx.command.name == "run":
-        reload = ctx.params.get("reload")
-        if reload is None:
-            from flask.helpers import get_debug_flag
-
-            reload = get_debug_flag()
-        from werkzeug.serving import is_running_from_reloader
-
-        if reload and not is_running_from_reloader():
-            return "flask run (the reloader's watcher; its server process upgrades)"
-        return None
-    return str(ctx.command_path)
-
-
 def _in_flask_run() -> bool:
     """Inside ``flask run``."""
     click = sys.modules.get("click")
@@ -159,8 +136,10 @@ def _in_flask_run() -> bool:
 
 def _upgrade_on_start(app: Any, state: State, mode: str) -> None:
     """Upgrade now; a failure logs one error and refuses to start or starts degraded."""
+    app.logger.info("analytiq_migrations: UPGRADE_ON_START: upgrading before serving")
     try:
-        state.start_report = upgrade(app)
+        with command_line(program(app)), no_repeat_of_failures():
+            state.start_report = upgrade(app)
     except MigrationError as exc:
         what = f"{exc.message}" + (f" -> {exc.hint}" if exc.hint else "")
         if mode == "degraded":
@@ -298,6 +277,16 @@ def upgrade(app: Any) -> Any:
     return report
 
 
+def program(app: Any) -> str:
+    """How the user runs this app's command group: ``flask migrations``, or the app's own
+    program (``portal migrations``) when one is running."""
+    group = str(_hook_setting(app, "group") or "migrations").strip()
+    click = sys.modules.get("click")
+    ctx = click.get_current_context(silent=True) if click is not None else None
+    root = ctx.find_root().info_name if ctx is not None else None
+    return f"{root or 'flask'} {group}"
+
+
 def _group(app: Any, name: str) -> Any:
     """``flask <name> <command> [options]``: each command runs the CLI's."""
     import click
@@ -322,7 +311,10 @@ def _group(app: Any, name: str) -> Any:
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def command(args: Tuple[str, ...]) -> None:
             argv = ([verb] if verb else []) + list(args)
-            code = cli.run(argv, prog=f"flask {name}",
+            # Hints name the program the user typed (`portal migrations`, `flask migrations`).
+            parent = click.get_current_context().parent
+            prog = parent.command_path if parent is not None else f"flask {name}"
+            code = cli.run(argv, prog=prog,
                            framework=lambda: settings_layer(app),
                            stdout=sys.stdout, stderr=sys.stderr)
             click.get_current_context().exit(code)
