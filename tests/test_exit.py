@@ -223,3 +223,23 @@ def test_a_user_client_stays_open_for_its_own_atexit_handlers(tmp_path: Path, mo
     assert "APP client still open at exit: ping ok=1.0" in up.out
     assert "BYE from the migration's atexit handler" in up.out
     assert not up.waited_for_pymongo
+
+
+def test_threads_a_migration_leaves_running_are_joined_first(tmp_path: Path, mongo_uri: str,
+                                                             db: Any) -> None:
+    write_migrations(tmp_path / "migrations", {"0001_notify.py": '''\
+        """Notify the team in the background"""
+        import threading
+        import time
+
+        def notify():
+            time.sleep(0.3)
+            print("THREAD finished its work")
+
+        def up(db):
+            threading.Thread(target=notify).start()
+        '''})
+    up = console(tmp_path, "up", *where(mongo_uri, db))
+    assert up.code == 0, up.err
+    assert up.out.splitlines()[-1] == "THREAD finished its work"
+    assert not up.waited_for_pymongo
