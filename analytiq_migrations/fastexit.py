@@ -3,9 +3,10 @@
 A pymongo process spends about half a second *after* its work: pymongo's ``atexit``
 handler stops and joins every client's monitor threads, and each of them notices that
 it was stopped only when its current 0.5 s sleep ends (closing the client first does not
-help). Measured on a whole ``up`` that applies three small migrations: 684 ms with
-that join, of which it was ~400 ms, and ~40 ms more of interpreter teardown (freeing
-every module and object). The join protects nothing a finished command needs: the
+help). Measured on a whole ``up`` that applies three small migrations (median of 9
+interleaved runs, SecantusDB, bytecode cached): a normal exit 685 ms; without pymongo's
+join 276 ms; this module's exit 232 ms (the rest of a normal exit: interpreter teardown,
+freeing every module and object). The join protects nothing a finished command needs: the
 library has closed its own clients by then, and the threads only poll servers.
 
 :func:`leave` therefore ends the process as the interpreter would, in the same order,
