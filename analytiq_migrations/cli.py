@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 from . import __version__
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
+from .fastexit import exit_code, leave
 from .hints import command_line
 
 PROG = "analytiq-migrations"
@@ -79,17 +80,6 @@ DESCRIPTION_WIDTH = 44
 
 _AFTER_INTERRUPT = ("Any lock this run held was released; a migration cut short shows as "
                     "interrupted in `status`, and the next `up` re-runs it if that is safe.")
-
-
-@dataclass
-class _Teardown:
-    """Whether this process may end without the interpreter's teardown (see ``console``)."""
-
-    #: Set after a command that ran only this library's code and closed its client.
-    skippable: bool = False
-
-
-_TEARDOWN = _Teardown()
 
 
 class _Terminated(BaseException):
@@ -316,9 +306,6 @@ class Command:
     layers: list[Layer]
     out: Output
     migrator: Any = None
-    #: True once code outside this library may have run: migrations listed in a module
-    #: or a package's ``__init__`` (a directory's files are counted as they load).
-    imported_code: bool = False
     #: ``up``/``down``: when the run began and from which version (for the report of an
     #: interrupted run, which never returns its own).
     run_started: Optional[datetime] = None
@@ -339,7 +326,6 @@ class Command:
             progress = make_reporter(self.out.stderr)
         # history and unlock work without the code (and so despite a broken file)
         source: Optional[list[Any]] = self.loaded if need_code else []
-        self.imported_code = need_code and not os.path.isdir(str(self.settings.migrations))
         client, self.client = self.client, None
         self.migrator = open_migrator(self.settings, migrations=source, progress=progress,
                                       client=client)
@@ -352,25 +338,15 @@ class Command:
 
 
 def console() -> NoReturn:
-    """The ``analytiq-migrations`` executable: ``main()``, then exit.
-
-    When only this library ran (no migration's code was imported) and its client is
-    closed, nothing is left to clean up but pymongo's monitor threads, whose join at
-    interpreter exit costs about half a second (they wake every 0.5 s to notice they
-    were stopped). The process then flushes its output and leaves with ``os._exit``.
-    Anything else (a migration ran, or a module was imported) exits normally, so
-    ``atexit`` handlers of user code still run.
-    """
-    code = main()
-    if _TEARDOWN.skippable:
-        try:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: let the normal exit report it
-            sys.exit(code)
-        os._exit(code)
-    sys.exit(code)
+    """The ``analytiq-migrations`` executable (and ``python -m analytiq_migrations``):
+    ``main()``, which closes the library's own clients, then ``fastexit.leave``: every
+    ``atexit`` handler (user code's too) runs and the output is flushed, but the process
+    does not wait ~0.5 s for pymongo's monitor threads to wake and be joined."""
+    try:
+        code = main()
+    except SystemExit as exc:  # sys.exit() in a migration or in a --client module
+        code = exit_code(exc)
+    leave(code)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -404,7 +380,6 @@ def run(
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    _TEARDOWN.skippable = False
     parser = build_parser(prog)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -456,15 +431,6 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     finally:
         if command is not None and command.migrator is not None:
             command.migrator.close()  # a client of the user's own stays open: it is theirs
-            _TEARDOWN.skippable = _ran_library_code_only(command)
-
-
-def _ran_library_code_only(command: Command) -> bool:
-    """No code but this library's (and pymongo's) ran: no migration was imported, and the
-    client was not the user's (``--client`` imports their module; it may hold threads,
-    open clients or ``atexit`` handlers that a normal exit must run)."""
-    return not command.imported_code and getattr(command.settings, "client", None) is None \
-        and not any(m.is_loaded for m in command.migrator.migrations)
 
 
 def _interrupted_report(command: Optional[Command], signal_name: str, exit_code: int) -> None:
@@ -797,7 +763,6 @@ def _nothing_to_do(cmd: Command) -> bool:
         "run_id": uuid.uuid4().hex, "direction": "up", "start_version": version,
         "end_version": version, "started_at": now, "finished_at": now, "steps": [],
         "dry_run": False, "target_version": None, "notes": []})
-    _TEARDOWN.skippable = True  # only this library ran, and its client is closed
     return True
 
 
