@@ -583,3 +583,17 @@ def test_a_retried_repair_note_is_pushed_once(
 
     assert lost and action.action == "clear_failed"
     assert len(db.migrations.find_one({"_id": 1})["repairs"]) == 1
+
+
+def test_a_duplicate_keys_value_is_left_out_and_what_follows_it_kept() -> None:
+    """The value may be personal data (an email); our own words after it (the explanation
+    around an error a migration caught) must survive."""
+    from analytiq_migrations.errors import scrub
+
+    text = ('Migration 2 up() caught DuplicateKeyError from users.insert_one(): E11000 '
+            'duplicate key error index: email_1 dup key: { email: "ada@example.com", '
+            'org: { id: 7 } } and then returned False. Inside a transaction...')
+    assert scrub(text) == ('Migration 2 up() caught DuplicateKeyError from users.insert_one(): '
+                           'E11000 duplicate key error index: email_1 dup key: {...} and then '
+                           'returned False. Inside a transaction...')
+    assert scrub("dup key: { unterminated") == "dup key: {...}"
