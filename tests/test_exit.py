@@ -242,4 +242,5 @@ def test_threads_a_migration_leaves_running_are_joined_first(tmp_path: Path, mon
     up = console(tmp_path, "up", *where(mongo_uri, db))
     assert up.code == 0, up.err
     assert up.out.splitlines()[-1] == "THREAD finished its work"
-    assert not up.waited_for_pymongo
+    # (Not asserted here whether pymongo's threads were still there: while the user's thread
+    # is joined they may end on their own, the sooner the busier the machine.)
