@@ -303,6 +303,10 @@ def _class_from_file(
     return migration
 
 
+#: Module names of migration files loaded from a directory (``<prefix><hash>.<stem>``).
+FILE_MODULE_PREFIX = "_analytiq_migrations_"
+
+
 def _import_file(path: Path, package: str | None) -> types.ModuleType:
     """Import a migration file (as a submodule of ``package`` when there is one)."""
     if package is not None:
@@ -312,7 +316,7 @@ def _import_file(path: Path, package: str | None) -> types.ModuleType:
         except Exception as exc:
             raise _import_error(str(path), exc) from exc
     digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
-    name = f"_analytiq_migrations_{digest}.{path.stem}"
+    name = f"{FILE_MODULE_PREFIX}{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")
