@@ -89,6 +89,20 @@ def test_status_and_up_with_settings_from_django(configured: Any, db: Any) -> No
     assert db.users.count_documents({}) == 2
 
 
+def test_a_database_setting_that_disagrees_with_the_uri_is_warned_about(
+        migrations: Path, mongo_uri: str, db: Any) -> None:
+    from django.test import override_settings
+
+    base, _, query = mongo_uri.partition("?")
+    uri = f"{base.rstrip('/')}/other_db" + (f"?{query}" if query else "")
+    with override_settings(ANALYTIQ_MIGRATIONS={
+            "URI": uri, "DATABASE": db.name, "SOURCE": str(migrations)}):
+        out, err = call("status")
+    assert f"Database '{db.name}'" in out  # DATABASE wins, as before...
+    assert f"settings.ANALYTIQ_MIGRATIONS['DATABASE'] is '{db.name}' but its URI names the " \
+        "database 'other_db'" in err  # ...but not silently
+
+
 def test_options_before_the_command_and_the_command_lines_own_v(configured: Any) -> None:
     out, err = call("--json", "-v", "plan")
     assert [step["version"] for step in json.loads(out)["steps"]] == [1]
