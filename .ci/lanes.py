@@ -98,7 +98,8 @@ FRAMEWORK_LANES = [
     # The host suite runs under the app's own pytest 4.6, and so do these tests.
     Lane("3.8", FLASK_PINS, name="flask", extra="flask", frozen=True,
          tests=["tests/test_flask.py", "tests/test_flask_startup.py",
-                "tests/test_pytest_plugin.py", "tests/test_foreign_records.py"],
+                "tests/test_flask_discovery.py", "tests/test_pytest_plugin.py",
+                "tests/test_foreign_records.py"],
          tools=["mongomock>=4.1", "tomli>=1.1"]),
     Lane("3.8", DJANGO_PINS, name="django", extra="django", frozen=True,
          tests=["tests/test_django.py", "tests/test_foreign_records.py"],
