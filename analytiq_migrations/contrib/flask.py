@@ -258,7 +258,9 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
 
 def upgrade(app: Any) -> Any:
     """Apply pending migrations now (in an app context), waiting for the lock; returns
-    the ``RunReport``. The app's own client is used and left open."""
+    the ``RunReport``. The app's own client is used and left open. Call it where a serve
+    command of your own (``flask serve``, a Flask-Script command) starts serving: the
+    start-up upgrade only knows ``flask run``, Flask-Script's server and WSGI servers."""
     from ..config import open_migrator, require
 
     with app.app_context():
