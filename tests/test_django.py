@@ -166,6 +166,39 @@ def test_manage_py_as_a_real_process(migrations: Path, mongo_uri: str, db: Any) 
     assert json.loads(status.stdout)["current_version"] == 1
 
 
+SAVE_WITH_MONGOENGINE = '''\
+"""Create the first customer with the project's MongoEngine model"""
+
+import mongoengine
+
+
+class Customer(mongoengine.Document):
+    name = mongoengine.StringField()
+    meta = {"collection": "customers"}
+
+
+def up(db):
+    Customer(name="Ada").save()
+'''
+
+
+def test_a_django_mongoengine_project_migrates_on_its_connection(
+        migrations: Path, mongo_uri: str, db: Any) -> None:
+    pytest.importorskip("django_mongoengine")
+    (migrations / "0002_first_customer.py").write_text(SAVE_WITH_MONGOENGINE)
+    env = child_env({"TESTSITE_MONGO_URI": mongo_uri, "TESTSITE_MONGO_DATABASE": db.name,
+                     "TESTSITE_MIGRATIONS": str(migrations),
+                     "DJANGO_SETTINGS_MODULE": "testsite.settings_mongoengine"})
+    env.pop("MONGODB_URI", None)
+    up = subprocess.run([sys.executable, "manage.py", "mongo_migrations", "up", "-v"],
+                        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120,
+                        stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stderr
+    assert "mongoengine.connection.get_db" in up.stderr  # -v: the client it used
+    assert [c["name"] for c in db.customers.find()] == ["Ada"]
+    assert db.migrations.count_documents({"status": "applied"}) == 2
+
+
 # -- the project's own client ---------------------------------------------------------------
 
 #: A migration through the project's data layer that fails after writing.
