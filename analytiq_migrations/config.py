@@ -330,7 +330,7 @@ def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
     if settings.client is not None:  # the client is the connection (and may name the database)
         names = [n for n in names if n not in ("uri", "database")]
     missing = [BY_NAME[n] for n in names if getattr(settings, n) is None]
-    if database_from_uri and settings.uri and _uri_database(settings.uri):
+    if database_from_uri and settings.uri and uri_database(settings.uri):
         missing = [o for o in missing if o.name != "database"]
     if not missing:
         return
@@ -349,7 +349,7 @@ def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
     )
 
 
-def _uri_database(uri: str) -> Optional[str]:
+def uri_database(uri: str) -> Optional[str]:
     """The database named in a URI's path, if any (``mongodb://host/NAME?...``)."""
     rest = uri.split("://", 1)[-1]
     if "/" not in rest:

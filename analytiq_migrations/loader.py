@@ -352,6 +352,10 @@ def _class_from_file(
     return migration
 
 
+#: Module names of migration files loaded from a directory (``<prefix><hash>.<stem>``).
+FILE_MODULE_PREFIX = "_analytiq_migrations_"
+
+
 def _import_file(path: Path, package: str | None, code: types.CodeType) -> types.ModuleType:
     """Run a migration file's compiled ``code`` as a module (a submodule of ``package``
     when there is one, so its relative imports work); each load runs it afresh."""
@@ -359,7 +363,7 @@ def _import_file(path: Path, package: str | None, code: types.CodeType) -> types
         name = f"{package}.{path.stem}"
     else:
         digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
-        name = f"_analytiq_migrations_{digest}.{path.stem}"
+        name = f"{FILE_MODULE_PREFIX}{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
         raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")

@@ -691,8 +691,8 @@ def test_the_docs_examples_run(tmp_path: Path, mongo_uri: str, client: Any) -> N
     pytest.importorskip("flask_pymongo")
     pytest.importorskip("mongoengine")
     assert docs_files(DOCS, tmp_path) == [
-        "shop/__init__.py", "shop/migrations/0001_plans.py",
-        "blog/__init__.py", "blog/migrations/0001_admin.py"]
+        "shop/__init__.py", "shop/mongo_migrations/0001_plans.py",
+        "blog/__init__.py", "blog/mongo_migrations/0001_admin.py"]
     names = {app: f"docs_{app}_{uuid.uuid4().hex[:8]}" for app in ("shop", "blog")}
     try:
         shop_db = client[names["shop"]]

@@ -173,6 +173,13 @@ def test_a_failure_is_not_repeated_by_the_next_start(pymongo_shop: ShopApp, db: 
         Migrator(db, str(pymongo_shop.migrations)).upgrade()
     assert db.migrations_history.count_documents({"version": 2}) == 2
 
+    # After a repair, the next start tries it again.
+    Migrator(db, str(pymongo_shop.migrations)).repair(clear_failed=True)
+    with pytest.raises(MigrationFailedError) as again:
+        pymongo_shop.create(UPGRADE_ON_START="true")
+    assert "already failed" not in again.value.message
+    assert db.migrations_history.count_documents({"version": 2}) == 3
+
     # A changed file is tried at the next start.
     pymongo_shop.write("0002_plans.py", FAILS.replace('raise RuntimeError("plans table '
                                                       'not ready")', "pass"))

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 from children import write_migrations
 from pymongo import MongoClient
@@ -70,7 +71,8 @@ def test_an_unreachable_server_fails_in_bounded_time_naming_host_and_port(
 
     message = str(failed.value)
     assert f"Cannot reach MongoDB at 127.0.0.1:{port}" in message
-    assert "Timeout: 1.0s" in message  # the URI's own timeout, not the library's default
+    if pymongo.version_tuple >= (3, 12):  # older pymongo leaves the timeout out of it
+        assert "Timeout: 1.0s" in message  # the URI's own timeout, not the library's default
     assert "transient error" not in caplog.text  # a dead host is not waited for twice
     assert "Nothing was changed" in message
     assert PASSWORD not in message and PASSWORD not in caplog.text

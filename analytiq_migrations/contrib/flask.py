@@ -27,6 +27,7 @@ from .. import cli
 from ..config import OPTIONS, Layer, Option, describe_client, load, parse_bool
 from ..errors import ConfigurationError, MigrationError
 from ..hints import command_line
+from ..loader import FILE_MODULE_PREFIX
 from ..startonce import no_repeat_of_failures
 from . import startup
 
@@ -224,9 +225,9 @@ def discover_client(app: Any) -> Optional[Tuple[Any, str]]:
 
 def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
     """``flask_pymongo.PyMongo`` objects with a client, and a name for each: those in
-    ``app.extensions``, on the app, and in the modules of the app's package
-    (``mongo = PyMongo(app)`` in ``myapp/extensions.py``): Flask-PyMongo itself does not
-    register on the app."""
+    ``app.extensions``, on the app, and in any loaded module (``mongo = PyMongo(app)`` in
+    ``myapp/extensions.py``, or in ``svcapp.py`` for ``Flask("svc")``): Flask-PyMongo
+    itself does not register on the app, and the app's import name need not be a module."""
     kind = sys.modules["flask_pymongo"].PyMongo
     seen: Dict[int, Tuple[str, Any]] = {}
 
@@ -242,12 +243,13 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
                 consider(f"app.extensions[{key!r}][{inner!r}]", item)
     for attr, value in list(vars(app).items()):
         consider(f"app.{attr}", value)
-    # The app's own modules: its package (``Flask(__name__)`` names it) and the script.
+    # Modules: the app's package (``Flask(__name__)`` names it) first, for the names shown.
     package = str(app.import_name).split(".")[0]
-    for module_name, module in list(sys.modules.items()):
-        if module_name != "__main__" and module_name != package and \
-                not module_name.startswith(package + "."):
-            continue
+    modules = sorted(list(sys.modules.items()), key=lambda item: not (
+        item[0] == package or item[0].startswith(package + ".")))
+    for module_name, module in modules:
+        if module_name.startswith(FILE_MODULE_PREFIX):
+            continue  # migration files import the app's client; they do not own one
         namespace = getattr(module, "__dict__", None)
         for attr, value in list(namespace.items()) if isinstance(namespace, dict) else []:
             consider(f"{module_name}.{attr}", value)
@@ -256,7 +258,9 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
 
 def upgrade(app: Any) -> Any:
     """Apply pending migrations now (in an app context), waiting for the lock; returns
-    the ``RunReport``. The app's own client is used and left open."""
+    the ``RunReport``. The app's own client is used and left open. Call it where a serve
+    command of your own (``flask serve``, a Flask-Script command) starts serving: the
+    start-up upgrade only knows ``flask run``, Flask-Script's server and WSGI servers."""
     from ..config import open_migrator, require
 
     with app.app_context():

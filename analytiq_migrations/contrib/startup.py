@@ -52,8 +52,10 @@ def typed_command(ctx: Any) -> str:
     path = str(ctx.command_path)
     root = ctx.find_root().info_name or ""
     program = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if program not in (root, "__main__.py", "flask"):
-        return path
+    if program == "__main__.py":  # python -m flask
+        program = os.path.basename(os.path.dirname(sys.argv[0]))
+    if program not in (root, "flask"):
+        return path  # this process is another program (a test runner, say)
     words = _words(sys.argv[1:], takes_value=("--app", "-A", "--env-file", "-e"))
     return f"{path} {words[0]}" if words and ctx.command.name != words[0] else path
 
