@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 import pymongo
 from pymongo.errors import InvalidOperation, PyMongoError
 
+from .checkpoints import PROGRESS_KEY
 from .context import RunContext
 from .dbproxy import StepWatch, joined
 from .errors import (
@@ -39,7 +40,7 @@ from .errors import (
     redact,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
-from .lock import TRANSACTION_LIFETIME, Lease
+from .lock import Lease
 from .migration import Migration
 from .plan import clear_failed_hint, current_version, refusal, resume_checkpoint
 from .records import (
@@ -181,9 +182,7 @@ class _Step:
 
     def _in_transaction(self, txn_session: Any) -> Dict[str, Any]:
         """The transaction's body (run again by the retry loop on transient errors)."""
-        # The lease is extended over the transaction's whole possible life: the heartbeat
-        # cannot renew it while the transaction holds the lock document.
-        self.env.lease.check(txn_session, next_step=self.next_marker, hold=TRANSACTION_LIFETIME)
+        self.env.lease.check(txn_session, next_step=self.next_marker)
         self._call(txn_session)
         fields = self._record_success(txn_session)
         self.commit_tried = True  # what follows is the commit
@@ -383,7 +382,12 @@ class _Step:
             fields = {**self.start, **fields}
         expected = self.expected if step.transactional else env.book.mine()
         env.book.finish(step.version, step.direction, expected, {"$set": fields}, entry)
-        self.records[step.version] = self._merge(fields) if not unchanged else \
+        # The checkpoint stays as stored: the last one this attempt saved, else the one it
+        # resumed from.
+        kept = {PROGRESS_KEY: list(self.ctx.checkpoints)} \
+            if self.ctx is not None and self.ctx.checkpoints else self.resume
+        self.records[step.version] = self._merge({**fields, "progress": kept}) \
+            if not unchanged else \
             previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
                                         "attempts": self.attempts})
         if isinstance(exc, MigrationError):
