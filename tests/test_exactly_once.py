@@ -157,7 +157,7 @@ def test_a_batch_run_again_after_its_commit_landed_changes_nothing_twice(
 
 #: A backfill through ``self.batch_update``: 20 items, two batches. Its ``update``s on
 #: ``migrations``: 1 running, 2 started, 3-4 the batches, 5 done, 6 the outcome.
-BACKFILL_CLASS = {
+BACKFILL = {
     "0001_backfill.py": '''\
         from analytiq_migrations import Migration
 
@@ -175,17 +175,41 @@ BACKFILL_CLASS = {
 }
 
 
-@pytest.mark.parametrize("nth, what", [
+#: The holder's bookkeeping writes at which it is paused: its n-th ``update`` on
+#: ``migrations`` (see ``BACKFILL``).
+PAUSE_POINTS = [
     (1, "its running record"),
     (2, "batch_update's started checkpoint"),
     (5, "batch_update's done checkpoint"),
     (6, "the outcome"),
-])
+]
+
+
+@pytest.mark.parametrize("nth, what", PAUSE_POINTS)
 def test_a_holder_paused_past_its_lease_lands_none_of_its_writes(
     db: Any, children: Children, tmp_path: Path, nth: int, what: str
 ) -> None:
+    """Replica set: each write is in a small transaction that begins with the lease check;
+    the run taking over ends the paused holder's session, and with it that transaction."""
+    paused_past_its_lease(db, children, tmp_path, nth, what)
+
+
+@pytest.mark.parametrize("nth, what", PAUSE_POINTS)
+def test_without_transactions_a_paused_holder_lands_none_of_its_writes(
+    standalone_db: Any, standalone_uri: str, tmp_path: Path, nth: int, what: str
+) -> None:
+    """Standalone: each write names the record state it follows (this run's ``running``),
+    which the run taking over changed first."""
+    for registry in children_for(standalone_uri, standalone_db.name):
+        paused_past_its_lease(standalone_db, registry, tmp_path, nth, what)
+
+
+def paused_past_its_lease(db: Any, children: Children, tmp_path: Path, nth: int,
+                          what: str) -> None:
+    """Freeze a holder at its ``nth`` bookkeeping write, let another run take over and
+    finish, thaw the holder: it must stop, and nothing of it may land."""
     db.items.insert_many([{"_id": i, "n": 0} for i in range(20)])
-    source = write_migrations(tmp_path / "migrations", BACKFILL_CLASS)
+    source = write_migrations(tmp_path / "migrations", BACKFILL)
     paused = children.upgrade(source, lock_ttl=SHORT_TTL,
                               signal_at=f"SIGSTOP update migrations {nth}")
     paused.expect("SIGNALLED")
