@@ -352,8 +352,14 @@ class _Step:
         if step.transactional:
             committed = self._committed_anyway(exc)
             if committed is not None:
-                log.warning("Migration %d: the commit reported %s, but the transaction did "
-                            "commit", step.version, first_line(exc))
+                if isinstance(exc, RecordConflict):
+                    log.warning("Migration %d: its transaction was run again after a commit "
+                                "whose reply was lost; that commit had landed, so the second "
+                                "try conflicted and was rolled back (%s once)",
+                                step.version, self.success)
+                else:
+                    log.warning("Migration %d: the commit reported %s, but the transaction "
+                                "did commit", step.version, first_line(exc))
                 return committed
             if isinstance(exc, RecordConflict):
                 raise env.book.lost(exc) from None
