@@ -21,8 +21,9 @@ import bson
 import pytest
 from pymongo import MongoClient
 from support import Server, client_options, free_port
+from test_exactly_once import counting
 
-from analytiq_migrations import Migration, Migrator, RetryPolicy
+from analytiq_migrations import Migrator, RetryPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -156,16 +157,7 @@ def test_a_commit_durable_before_a_server_crash_is_not_applied_again_after_the_r
     client: MongoClient[Any] = MongoClient(proxy.uri, **client_options(proxy.uri))
     db = client["restart_commit"]
 
-    class Counted(Migration):
-        version = 1
-        transactional = True
-        runs = 0
-
-        def up(self, db: Any) -> None:
-            type(self).runs += 1
-            db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
-            if type(self).runs == 1:
-                proxy.armed.set()  # this transaction's commit is the one to lose
+    Counted = counting(proxy.armed.set)  # its first transaction's commit is the one to lose
 
     try:
         report = Migrator(db, [Counted], retry=PATIENT).upgrade()

@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from children import Children, children_for, write_migrations
@@ -104,9 +104,10 @@ def test_a_commit_whose_outcome_cannot_be_read_is_never_recorded_as_failed(
 # -- 10. a body or batch run again after a commit that did land ------------------------------
 
 
-def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_committing_twice(
-    faulty: Any,  # noqa: F811
-) -> None:
+def counting(first_run: Callable[[], None]) -> Any:
+    """A transactional migration that counts its runs in ``counters`` (what commits) and on
+    ``runs`` (how often its body ran), calling ``first_run`` during its first run."""
+
     class Counted(Migration):
         version = 1
         transactional = True
@@ -116,11 +117,19 @@ def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_co
             type(self).runs += 1
             db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
             if type(self).runs == 1:
-                # Every try of this commit lands, and each reply says the transaction is
-                # gone (as a retried commit is answered after a server restart): the loop
-                # runs the whole body again.
-                arm({"times": FAST.attempts}, failCommands=["commitTransaction"],
-                    writeConcernError=LOST_COMMIT, errorLabels=["TransientTransactionError"])
+                first_run()
+
+    return Counted
+
+
+def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_committing_twice(
+    faulty: Any,  # noqa: F811
+) -> None:
+    # Every try of the first commit lands, and each reply says the transaction is gone (as
+    # a retried commit is answered after a server restart): the loop runs the body again.
+    Counted = counting(lambda: arm({"times": FAST.attempts}, failCommands=["commitTransaction"],
+                                   writeConcernError=LOST_COMMIT,
+                                   errorLabels=["TransientTransactionError"]))
 
     report = Migrator(faulty, [Counted], retry=FAST).upgrade()
 
