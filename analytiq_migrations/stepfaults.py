@@ -41,7 +41,7 @@ def raise_hidden(watch: Optional[StepWatch], step: PlanStep, raised: Optional[Ba
 
 
 def foreign_client_error(step: PlanStep, ours: Any,
-                     exc: BaseException) -> Optional[MigrationFailedError]:
+                         exc: BaseException) -> Optional[MigrationFailedError]:
     """Ours, for pymongo's refusal of another client's operation in a transaction."""
     if not step.transactional or not isinstance(exc, InvalidOperation) or \
             "Only the client that created the bound session" not in str(exc):
