@@ -7,6 +7,7 @@ its lease. ``plan``, ``status``, ``validate`` and the run give one answer.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,8 +25,11 @@ from analytiq_migrations import (
     Migration,
     MigrationFailedError,
     Migrator,
+    RetryPolicy,
 )
 from analytiq_migrations.cli import main
+from analytiq_migrations.lock import TRANSACTION_LIFETIME, Lease, ServerClock
+from analytiq_migrations.records import RunInfo
 
 ITEMS = 20
 
@@ -278,6 +282,26 @@ def test_a_live_holder_keeps_its_lease_through_a_transaction_longer_than_the_ttl
     assert outcome["report"].versions == [1]
     assert counted(db) == 1
     assert "Took over" not in caplog.text and "died" not in caplog.text
+
+
+def test_while_a_transactional_step_runs_the_lease_covers_its_transaction(db: Any) -> None:
+    """What a waiting run sees: the lease as last written outside the transaction."""
+    run = RunInfo(run_id="r1", host="here", pid=os.getpid(), user="me", tool_version="0")
+    lease = Lease(db.migration_lock, run, TTL, ServerClock(db), RetryPolicy())
+
+    def lasts() -> float:
+        doc = db.migration_lock.find_one()
+        return float((doc["expires_at"] - doc["heartbeat_at"]).total_seconds())
+
+    lease.step = {"version": 1, "direction": "up"}  # a transactional step runs
+    lease.acquire()
+    try:
+        assert lasts() == TTL + TRANSACTION_LIFETIME
+        lease.step = None  # between steps, or a non-transactional one
+        lease.renew()
+        assert lasts() == TTL
+    finally:
+        lease.release()
 
 
 def test_the_lock_ttl_option_says_what_it_means(capsys: pytest.CaptureFixture[str]) -> None:
