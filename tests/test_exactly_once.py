@@ -283,11 +283,25 @@ def test_a_kill_between_record_and_history_never_leaves_an_applied_record_withou
 def test_a_dead_run_settled_twice_has_one_interrupted_entry(
     db: Any, children: Children, tmp_path: Path
 ) -> None:
+    """Replica set: the entry and the record change commit together."""
+    settled_twice(db, children, tmp_path)
+
+
+def test_without_transactions_a_dead_run_settled_twice_has_one_interrupted_entry(
+    standalone_db: Any, standalone_uri: str, tmp_path: Path
+) -> None:
+    """Standalone: the entry is written first; settling again writes the same ``_id``."""
+    for registry in children_for(standalone_uri, standalone_db.name):
+        settled_twice(standalone_db, registry, tmp_path)
+
+
+def settled_twice(db: Any, children: Children, tmp_path: Path) -> None:
+    """A run dies mid-migration; the run settling it dies as it writes the record (after
+    the history entry); a third run settles it again."""
     source = write_migrations(tmp_path / "migrations", NOT_IDEMPOTENT)
     dead = children.upgrade(source, lock_ttl=SHORT_TTL, park_at="tagging")
     dead.expect("PARKED ")
     dead.kill()
-    # The run settling it is killed as it writes the record (after the history entry).
     settler = children.upgrade(source, lock_ttl=SHORT_TTL, lock_wait=NEXT_WAIT,
                                signal_at="SIGKILL update migrations 1")
     settler.proc.wait(90)
