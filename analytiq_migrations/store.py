@@ -1,8 +1,9 @@
 """Per-version records, the append-only history, and the seed's legacy version document.
 
 All reads and writes of the ``migrations`` and ``migrations_history`` collections go
-through :class:`Store`. Writes take an optional session so the runner can put them in
-the same transaction as a migration's own writes.
+through :class:`Store`. Writes take an optional session so they can join a transaction
+(the migration's own, or a small bookkeeping one). Which write happens when, and under
+which condition, is decided by ``lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 from pymongo import DESCENDING, UpdateOne
@@ -178,24 +179,6 @@ class Store:
             lambda: self.records.find_one({"_id": version}))
         return doc
 
-    def finish(
-        self,
-        version: int,
-        fields: dict[str, Any],
-        *,
-        session: Any = None,
-        unset: Iterable[str] = (),
-    ) -> None:
-        """Write the outcome of an attempt onto the record (``unset``: fields to remove)."""
-        update: dict[str, Any] = {"$set": fields}
-        if unset:
-            update["$unset"] = {name: "" for name in unset}
-        self._write(
-            f"record the outcome of version {version}",
-            lambda s: self.records.update_one({"_id": version}, update, upsert=True, session=s),
-            session,
-        )
-
     def append_history(self, entry: HistoryEntry, *, session: Any = None) -> None:
         """Append one attempt to the history (never rewrites an entry). Its ``_id`` names
         the run, version, direction, attempt and outcome: the same entry written twice (a
@@ -219,15 +202,6 @@ class Store:
         else:
             self.policy.call(what, lambda: write(None))
 
-    def save_progress(self, version: int, progress: dict[str, Any], session: Any = None) -> None:
-        """Store a checkpoint in the record's ``progress``."""
-        self._write(
-            f"save checkpoint of version {version}",
-            lambda s: self.records.update_one(
-                {"_id": version}, {"$set": {"progress": progress}}, session=s),
-            session,
-        )
-
     def set_legacy(self, version: int, *, session: Any = None) -> None:
         """Keep the seed's ``schema_version`` document equal to the current version."""
         update = {"$set": {"version": version, "updated_at": utcnow()}}
@@ -235,14 +209,6 @@ class Store:
             "update the legacy schema_version document",
             lambda s: self.records.update_one({"_id": LEGACY_ID}, update, session=s),
             session,
-        )
-
-    def put_record(self, record: MigrationRecord) -> None:
-        """Write a whole record (baseline, adoption)."""
-        doc = {"_id": record.version, **record.model_dump()}
-        self.policy.call(
-            f"write record of version {record.version}",
-            lambda: self.records.replace_one({"_id": record.version}, doc, upsert=True),
         )
 
     def remember_raw_checksums(self, hashes: dict[int, tuple[str, str]]) -> None:
