@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,3 +412,19 @@ def _server_hygiene() -> Iterator[None]:
     yield
     for target in list(_TARGETS.values()):
         target.reset()
+
+
+# --------------------------------------------------------------------------------------
+# tenant databases (a fleet)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant_prefix(client: Client) -> Iterator[str]:
+    """A prefix no other test uses, for one test's tenant databases; each database whose
+    name starts with it is dropped after the test."""
+    prefix = f"f{uuid.uuid4().hex[:10]}_"
+    yield prefix
+    for name in client.list_database_names():
+        if name.startswith(prefix):
+            client.drop_database(name)
