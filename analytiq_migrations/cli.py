@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
+from .cli_fleet import FLEET_VERBS, add_fleet_options, run_fleet, wants_fleet
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
 from .hints import command_line
@@ -157,9 +158,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def verb(name: str) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, parents=[common], help=COMMANDS[name],
-                                description=COMMANDS[name], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = verbs.add_parser(name, parents=[common], help=COMMANDS[name],
+                                  description=COMMANDS[name], epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in FLEET_VERBS:
+            add_fleet_options(parser)
+        return parser
 
     verb("status").add_argument(
         "--check", action="store_true",
@@ -430,6 +434,8 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         settings, layers = load(flags, framework() if framework else None)
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
+        if wants_fleet(args):
+            return run_fleet(command)
         return HANDLERS[args.command](command)
     except MigrationError as exc:
         out.error(exc, prog)

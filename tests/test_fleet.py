@@ -4,14 +4,14 @@ the fleet between hosts; a rerun touches only the databases not at the target.""
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from support import CommandRecorder
+from pymongo import MongoClient
+from support import CommandRecorder, make_tenants
 
 from analytiq_migrations import (
     ConfigurationError,
@@ -23,56 +23,14 @@ from analytiq_migrations import (
 )
 from analytiq_migrations.fleet import DatabaseStatus, in_shard, parse_shard
 
-FILES = {
-    "0001_profile.py": '''
-        """Give every user a profile."""
-
-        def up(db):
-            db.users.update_many({}, {"$set": {"profile": {}}})
-
-        def down(db):
-            db.users.update_many({}, {"$unset": {"profile": ""}})
-        ''',
-    "0002_plan.py": '''
-        """Every user is on the free plan (refused while a tenant is on hold)."""
-
-        def up(db):
-            if db.hold.find_one():
-                raise RuntimeError("tenant on hold")
-            db.users.update_many({}, {"$set": {"plan": "free"}})
-
-        def down(db):
-            db.users.update_many({}, {"$unset": {"plan": ""}})
-        ''',
-}
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """Two module migrations; the second fails on a tenant with a ``hold`` document."""
-    directory = tmp_path / "migrations"
-    directory.mkdir()
-    for name, text in FILES.items():
-        (directory / name).write_text(textwrap.dedent(text))
-    return directory
-
-
-def make_tenants(client: Any, prefix: str, count: int, *, on_hold: tuple = ()) -> List[str]:
-    """``count`` tenant databases with a user each; those in ``on_hold`` cannot take v2."""
-    names = [f"{prefix}t{n:02d}" for n in range(count)]
-    for n, name in enumerate(names):
-        client[name].users.insert_one({"n": n})
-        if n in on_hold:
-            client[name].hold.insert_one({"why": "billing"})
-    return names
-
 
 def test_a_failing_tenant_is_isolated_and_a_rerun_touches_only_it(
-        client: Any, mongo_uri: str, project: Path, tenant_prefix: str) -> None:
+        client: Any, mongo_uri: str, fleet_project: Path, tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 5, on_hold=(2,))
     bystander = f"{tenant_prefix}other"
     client[bystander].users.insert_one({"n": -1})
-    fleet = Fleet(client, project, f"{tenant_prefix}t*", concurrency=3, continue_on_error=True)
+    fleet = Fleet(client, fleet_project, f"{tenant_prefix}t*", concurrency=3,
+                  continue_on_error=True)
 
     report = fleet.upgrade()
 
@@ -81,17 +39,16 @@ def test_a_failing_tenant_is_isolated_and_a_rerun_touches_only_it(
     assert isinstance(report[bad], MigrationError) and "tenant on hold" in str(report[bad])
     assert set(report.failed) == {bad} and report.exit_code == 1
     for name in names:
-        at = Migrator(client, project, database=name).current_version()
+        at = Migrator(client, fleet_project, database=name).current_version()
         assert at == (1 if name == bad else 2)
     assert client[bystander].list_collection_names() == ["users"]  # never touched
     assert report.summary()["at_version"] == {"2": 4}
 
     client[bad].hold.delete_many({})
     recorder = CommandRecorder()
-    from pymongo import MongoClient
-
     with MongoClient(mongo_uri, event_listeners=[recorder]) as watched:
-        again = Fleet(watched, project, f"{tenant_prefix}t*", continue_on_error=True).upgrade()
+        again = Fleet(watched, fleet_project, f"{tenant_prefix}t*",
+                      continue_on_error=True).upgrade()
     assert again.exit_code == 0 and not again.failed
     assert {version: n for version, n in again.at_version.items()} == {2: 5}
     writes = {c.database for c in recorder.commands
@@ -102,20 +59,20 @@ def test_a_failing_tenant_is_isolated_and_a_rerun_touches_only_it(
 
 
 def test_without_continue_on_error_no_new_database_starts_after_a_failure(
-        client: Any, project: Path, tenant_prefix: str) -> None:
+        client: Any, fleet_project: Path, tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 6, on_hold=(0,))
-    report = Fleet(client, project, names, concurrency=1).upgrade()
+    report = Fleet(client, fleet_project, names, concurrency=1).upgrade()
     assert list(report) == [names[0]]
     assert report.not_started == names[1:]
     assert report.exit_code == 1
     for name in names[1:]:
-        assert Migrator(client, project, database=name).current_version() == 0
+        assert Migrator(client, fleet_project, database=name).current_version() == 0
 
 
-def test_a_failing_canary_stops_the_rest(client: Any, project: Path,
+def test_a_failing_canary_stops_the_rest(client: Any, fleet_project: Path,
                                          tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 6, on_hold=(1,))
-    report = Fleet(client, project, f"{tenant_prefix}*", canary=2, concurrency=4,
+    report = Fleet(client, fleet_project, f"{tenant_prefix}*", canary=2, concurrency=4,
                    continue_on_error=True).upgrade()
     assert sorted(report) == names[:2]
     assert set(report.failed) == {names[1]}
@@ -123,21 +80,21 @@ def test_a_failing_canary_stops_the_rest(client: Any, project: Path,
     assert report.summary()["not_started"] == names[2:]
 
 
-def test_healthy_canaries_let_the_rest_run(client: Any, project: Path,
+def test_healthy_canaries_let_the_rest_run(client: Any, fleet_project: Path,
                                            tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 4)
     seen: List[str] = []
-    report = Fleet(client, project, f"{tenant_prefix}*", canary=2).upgrade(
+    report = Fleet(client, fleet_project, f"{tenant_prefix}*", canary=2).upgrade(
         on_result=lambda name, outcome: seen.append(name))
     assert set(seen[:2]) == set(names[:2]) and sorted(seen) == names
     assert report.exit_code == 0 and report.at_version == {2: 4}
 
 
-def test_two_shards_cover_the_fleet_exactly_once(client: Any, project: Path,
+def test_two_shards_cover_the_fleet_exactly_once(client: Any, fleet_project: Path,
                                                  tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 12)
-    first = Fleet(client, project, f"{tenant_prefix}*", shard=(1, 2)).upgrade()
-    second = Fleet(client, project, f"{tenant_prefix}*", shard=(2, 2)).upgrade()
+    first = Fleet(client, fleet_project, f"{tenant_prefix}*", shard=(1, 2)).upgrade()
+    second = Fleet(client, fleet_project, f"{tenant_prefix}*", shard=(2, 2)).upgrade()
     assert sorted([*first, *second]) == names
     assert not set(first) & set(second) and first and second
     for report in (first, second):
@@ -146,33 +103,33 @@ def test_two_shards_cover_the_fleet_exactly_once(client: Any, project: Path,
 
 
 def test_a_list_and_a_callable_name_databases_that_do_not_exist_yet(
-        client: Any, project: Path, tenant_prefix: str) -> None:
+        client: Any, fleet_project: Path, tenant_prefix: str) -> None:
     new = [f"{tenant_prefix}new{n}" for n in range(2)]
-    assert Fleet(client, project, new).upgrade().at_version == {2: 2}
-    statuses = Fleet(client, project, lambda: iter(new)).status()
+    assert Fleet(client, fleet_project, new).upgrade().at_version == {2: 2}
+    statuses = Fleet(client, fleet_project, lambda: iter(new)).status()
     assert all(isinstance(s, DatabaseStatus) and s.current_version == 2 and not s.pending
                for s in statuses.values())
-    assert Fleet(client, project, ",".join(new)).downgrade(0).at_version == {0: 2}
+    assert Fleet(client, fleet_project, ",".join(new)).downgrade(0).at_version == {0: 2}
 
 
-def test_status_lists_each_tenants_pending_migrations(client: Any, project: Path,
+def test_status_lists_each_tenants_pending_migrations(client: Any, fleet_project: Path,
                                                       tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 3)
-    Migrator(client, project, database=names[0]).upgrade()
-    Migrator(client, project, database=names[1]).upgrade(1)
-    status: Dict[str, Any] = dict(Fleet(client, project, f"{tenant_prefix}*").status())
+    Migrator(client, fleet_project, database=names[0]).upgrade()
+    Migrator(client, fleet_project, database=names[1]).upgrade(1)
+    status: Dict[str, Any] = dict(Fleet(client, fleet_project, f"{tenant_prefix}*").status())
     assert {n: s.pending for n, s in status.items()} == {
         names[0]: [], names[1]: [2], names[2]: [1, 2]}
     assert all(s.healthy and s.head_version == 2 for s in status.values())
 
 
 def test_a_busy_tenant_is_retried_within_lock_wait_then_reported_busy(
-        client: Any, project: Path, tenant_prefix: str) -> None:
+        client: Any, fleet_project: Path, tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 3)
-    holder = Migrator(client, project, database=names[0])
+    holder = Migrator(client, fleet_project, database=names[0])
     run = holder._new_run()
     with holder._locked(run):
-        report = Fleet(client, project, names, lock_wait=1.5).upgrade()
+        report = Fleet(client, fleet_project, names, lock_wait=1.5).upgrade()
         assert isinstance(report[names[0]], LockBusyError)
         assert report.busy == [names[0]] and report.exit_code == 3
         assert report.at_version == {2: 2}  # the others did not wait for it
@@ -187,20 +144,20 @@ def test_a_busy_tenant_is_retried_within_lock_wait_then_reported_busy(
     thread = threading.Thread(target=hold_for_a_second)
     thread.start()
     assert held.wait(10)
-    report = Fleet(client, project, names, lock_wait=10).upgrade()
+    report = Fleet(client, fleet_project, names, lock_wait=10).upgrade()
     thread.join()
     assert report.exit_code == 0 and isinstance(report[names[0]], RunReport)
     assert report[names[0]].end_version == 2
 
 
-def test_bad_fleet_settings_are_refused_up_front(client: Any, project: Path) -> None:
+def test_bad_fleet_settings_are_refused_up_front(client: Any, fleet_project: Path) -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
-        Fleet(client, project, "t_*", concurrency=0)
+        Fleet(client, fleet_project, "t_*", concurrency=0)
     with pytest.raises(ConfigurationError, match="unknown option"):
-        Fleet(client, project, "t_*", databse="x")
+        Fleet(client, fleet_project, "t_*", databse="x")
     with pytest.raises(ConfigurationError, match="lock_wait"):
-        Fleet(client, project, "t_*", lock_wait=-1)
+        Fleet(client, fleet_project, "t_*", lock_wait=-1)
     with pytest.raises(ConfigurationError, match="I/N"):
         parse_shard("3/2")
     with pytest.raises(ConfigurationError, match="Bad database name"):
-        Fleet(client, project, ["ok", 3]).status()
+        Fleet(client, fleet_project, ["ok", 3]).status()
