@@ -17,6 +17,7 @@ from analytiq_migrations import (
     ConfigurationError,
     Fleet,
     LockBusyError,
+    Migration,
     MigrationError,
     Migrator,
     RunReport,
@@ -161,3 +162,35 @@ def test_bad_fleet_settings_are_refused_up_front(client: Any, fleet_project: Pat
         parse_shard("3/2")
     with pytest.raises(ConfigurationError, match="Bad database name"):
         Fleet(client, fleet_project, ["ok", 3]).status()
+
+
+class SlowUnlessOnHold(Migration):
+    """Fails at once on a tenant on hold; takes a moment everywhere else."""
+
+    version = 1
+    description = "Slow first step"
+
+    def up(self, db: Any) -> None:
+        if db.hold.find_one():
+            raise RuntimeError("tenant on hold")
+        time.sleep(1.5)  # long enough for the other tenant's failure to land meanwhile
+        db.users.update_many({}, {"$set": {"first": True}})
+
+
+class Second(Migration):
+    version = 2
+    description = "Second step"
+
+    def up(self, db: Any) -> None:
+        db.users.update_many({}, {"$set": {"second": True}})
+
+
+def test_after_a_failure_running_tenants_finish_their_step_and_stop(
+        client: Any, tenant_prefix: str) -> None:
+    names = make_tenants(client, tenant_prefix, 4, on_hold=(0,))
+    report = Fleet(client, [SlowUnlessOnHold(), Second()], names, concurrency=2).upgrade()
+    assert set(report.failed) == {names[0]}
+    assert report.stopped == [names[1]]
+    assert report[names[1]].end_version == 1  # its step finished; the next never began
+    assert client[names[1]].users.count_documents({"first": True, "second": None}) == 1
+    assert report.not_started == names[2:]
