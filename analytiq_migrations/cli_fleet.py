@@ -10,6 +10,7 @@ if any has pending migrations; ``validate``: 4 if any has a problem.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .errors import ConfigurationError, LockBusyError
@@ -85,7 +86,7 @@ def wants_fleet(args: argparse.Namespace) -> bool:
 
 def run_fleet(cmd: Command) -> int:
     """Run ``cmd``'s verb on every database; print as each finishes, then a summary."""
-    from .cli import EXIT_SIGINT, EXIT_SIGTERM, _Terminated
+    from .cli import _TEARDOWN, EXIT_SIGINT, EXIT_SIGTERM, _Terminated
     from .config import make_client, ping, require, resolve_client
     from .fleet import Fleet
 
@@ -107,6 +108,7 @@ def run_fleet(cmd: Command) -> int:
         client = resolve_client(s.client, s.origin.get("client", "--client"))
         client = getattr(client, "client", client) if type(client).__name__ == "Database" \
             else client
+    fleet: Optional[Fleet] = None
     try:
         ping(client)
         options = {k: v for k, v in s.migrator_options().items() if k != "database"}
@@ -114,7 +116,6 @@ def run_fleet(cmd: Command) -> int:
                       concurrency=args.concurrency or 4, canary=args.canary or 0,
                       continue_on_error=bool(args.continue_on_error), shard=args.shard,
                       **options)
-        cmd.imported_code = True
         printer = _Printer(cmd, args.command)
         target = vars(args).get("target")
         try:
@@ -132,6 +133,11 @@ def run_fleet(cmd: Command) -> int:
     finally:
         if owned:
             client.close()
+            # Only this library ran (no migration imported, no user module): the process
+            # may skip the interpreter's teardown, as a no-op single-database `up` does.
+            _TEARDOWN.skippable = fleet is not None and isinstance(spec, str) and \
+                os.path.isdir(str(s.migrations)) and \
+                not any(m.is_loaded for m in fleet.migrations)
 
 
 def _databases(pattern: str) -> Any:

@@ -33,6 +33,8 @@ from typing import (
     Union,
 )
 
+from pymongo.errors import InvalidName
+
 from .errors import ConfigurationError, LockBusyError, MigrationError
 from .loader import MigrationSource, load_migrations
 from .noop import read_and_judge
@@ -216,6 +218,9 @@ class Fleet:
         self.shard = shard
         self.lock_wait = float(migrator_options.pop("lock_wait", 0.0) or 0.0)
         self.options = migrator_options
+        # The quick no-op answer needs the files' bytes and the CLI's conditions (noop.py).
+        self._quick = all(m.source_bytes is not None for m in self.migrations) and \
+            migrator_options.get("transactions", "auto") != "always"
         # Refuses bad options (and a bad lock_wait) once, before any database is touched.
         Migrator(self.client, self.migrations, database="admin", lock_wait=self.lock_wait,
                  **self.options)
@@ -304,17 +309,13 @@ class Fleet:
     def one(self, action: str, target: Target, name: str,
             stop: Optional[Callable[[], bool]] = None) -> Outcome:
         """Do ``action`` on database ``name``; returns its outcome or raises its error."""
+        if action == "up" and self._quick and (target is None or
+                                               str(target).strip().lower() == "head"):
+            done = self._at_head(name)
+            if done is not None:
+                return done
         m = self.migrator(name, stop)
         if action == "up":
-            if (target is None or str(target).strip().lower() == "head") and \
-                    all(x.source_bytes is not None for x in self.migrations):
-                version, why = read_and_judge(m.db, m.store.collection_name, self.migrations)
-                if version is not None:
-                    now = utcnow()
-                    return RunReport(run_id=uuid.uuid4().hex, direction="up",
-                                     start_version=version, end_version=version,
-                                     started_at=now, finished_at=now)
-                log.debug("%s: %s; taking the full path", name, why)
             return m.upgrade(target)
         if action == "down":
             return m.downgrade(target)
@@ -325,6 +326,22 @@ class Fleet:
         if action == "validate":
             return DatabaseProblems(name, m.current_version(), m.validate())
         return database_status(m)
+
+    def _at_head(self, name: str) -> Optional[RunReport]:
+        """The no-op ``up`` of a database at head from one read of its records, as on the
+        command line (``noop.py``); ``None`` when not sure (the full path decides)."""
+        try:
+            db = self.client[name]
+        except (InvalidName, TypeError):
+            return None  # the Migrator names the mistake
+        version, why = read_and_judge(db, self.options.get("collection", "migrations"),
+                                      self.migrations)
+        if version is None:
+            log.debug("%s: %s; taking the full path", name, why)
+            return None
+        now = utcnow()
+        return RunReport(run_id=uuid.uuid4().hex, direction="up", start_version=version,
+                         end_version=version, started_at=now, finished_at=now)
 
     def _listed(self) -> Iterable[Any]:
         """The names ``databases`` gives (a glob is matched against the server's)."""
