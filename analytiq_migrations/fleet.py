@@ -540,10 +540,13 @@ class _Driver:
     def _interrupt(self) -> None:
         """Raise ``KeyboardInterrupt`` in each thread running a database (as Ctrl-C does
         in a single-database run: its step unwinds and its lock is released)."""
+        api = getattr(ctypes, "pythonapi", None)
         with self.guard:
+            if api is None:  # not CPython: they stop before their next step (``halt``)
+                return
             for ident in self.threads.values():
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+                api.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                              ctypes.py_object(KeyboardInterrupt))
             self.threads.clear()
 
     def _drain(self, running: Mapping[Future[Tuple[Outcome, bool]],

@@ -113,6 +113,11 @@ def test_a_list_and_a_callable_name_databases_that_do_not_exist_yet(
     assert Fleet(client, fleet_project, ",".join(new)).downgrade(0).at_version == {0: 2}
 
 
+def test_a_glob_never_takes_the_servers_own_databases(client: Any,
+                                                       fleet_project: Path) -> None:
+    assert not {"admin", "local", "config"} & set(Fleet(client, fleet_project, "*").names())
+
+
 def test_status_lists_each_tenants_pending_migrations(client: Any, fleet_project: Path,
                                                       tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 3)

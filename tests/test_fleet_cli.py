@@ -41,6 +41,11 @@ def test_up_with_one_failing_tenant_and_continue_on_error(
     assert "up on 4 database(s): 3 at version 2" in out
     assert f"failed: {names[1]}: MigrationFailedError" in out and "tenant on hold" in out
     assert client[bystander].list_collection_names() == ["users"]
+    pattern = ["--databases", f"{tenant_prefix}t*"]
+    code, out, _ = cli(capsys, "status", *flags, *pattern, "--check")
+    assert code == 4 and f"unhealthy: {names[1]}" in out  # its failed attempt needs a look
+    code, out, _ = cli(capsys, "validate", *flags, *pattern, "--json")
+    assert code == 4 and json.loads(out)["summary"]["unhealthy"] == [names[1]]
 
     client[names[1]].hold.delete_many({})
     code, out, _ = cli(capsys, "up", *flags, "--databases", f"{tenant_prefix}t*")
