@@ -43,7 +43,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .fleet import Fleet, FleetReport
+    from .fleet import Fleet
+    from .fleetreport import FleetReport
     from .loader import load_migrations
     from .migration import Migration
     from .records import (
@@ -70,7 +71,7 @@ _LAZY: Dict[str, str] = {
         "RepairAction", "RunReport", "StatusRow", "StepResult")},
     "RetryPolicy": "retry",
     "Fleet": "fleet",
-    "FleetReport": "fleet",
+    "FleetReport": "fleetreport",
     "Migrator": "runner",
     "run_migrations": "runner",
 }

@@ -17,7 +17,7 @@ from .errors import ConfigurationError, LockBusyError
 
 if TYPE_CHECKING:
     from .cli import Command
-    from .fleet import FleetReport
+    from .fleetreport import FleetReport
 
 #: The verbs that take ``--databases``.
 FLEET_VERBS = ("up", "down", "plan", "status", "validate", "current")
@@ -166,7 +166,7 @@ class _Printer:
     def line(self, name: str, outcome: Any) -> None:
         """Print (or, with --json, keep) one database's outcome."""
         from .cli import _plain
-        from .fleet import DatabaseProblems, DatabaseStatus, version_of
+        from .fleetreport import DatabaseProblems, DatabaseStatus, version_of
 
         if isinstance(outcome, DatabaseStatus):
             if outcome.pending:
@@ -248,7 +248,7 @@ def _document(outcome: Any, version: Optional[int], plain: Any) -> Dict[str, Any
 
 def _text(outcome: Any) -> str:
     """One database's line (after its name)."""
-    from .fleet import DatabaseProblems, DatabaseStatus
+    from .fleetreport import DatabaseProblems, DatabaseStatus
     from .records import Plan, RunReport
 
     if isinstance(outcome, LockBusyError):

@@ -9,37 +9,29 @@ finishes (and kept in the returned ``FleetReport`` unless ``keep=False``).
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import hashlib
-import heapq
 import inspect
 import logging
-import threading
-import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 from pymongo.errors import InvalidName
 
-from .errors import ConfigurationError, LockBusyError, MigrationError
+from .errors import ConfigurationError
+from .fleetdriver import Driver
+from .fleetreport import (
+    DatabaseProblems,
+    DatabaseStatus,
+    FleetReport,
+    Outcome,
+    RunInterruptedError,
+    version_of,
+)
 from .loader import MigrationSource, load_migrations
 from .noop import read_and_judge
 from .plan import Target
-from .records import Plan, Problem, RunReport, StatusRow
+from .records import RunReport
 from .runner import Migrator
 from .store import utcnow
 
@@ -48,131 +40,11 @@ log = logging.getLogger("analytiq_migrations")
 #: A glob, a list of names, or a callable returning names.
 DatabaseSpec = Union[str, Iterable[str], Callable[[], Iterable[str]]]
 
-#: What one database's work ended with (an error is a value here, not raised).
-Outcome = Any
-
 #: Never migrated by a glob: the server's own databases.
 SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
 
-#: Between two tries of a busy database's lock: a run holding it takes seconds, and one
-#: read a second per busy database costs nothing next to the work that goes on.
-BUSY_RETRY_PAUSE = 1.0
-
 #: Characters that make a pattern a glob (otherwise it is one database's name).
 _GLOB_CHARS = frozenset("*?[")
-
-
-class RunInterruptedError(MigrationError):
-    """The fleet run was interrupted (Ctrl-C, SIGTERM) while this database ran."""
-
-    exit_code = 130
-
-
-@dataclass
-class DatabaseStatus:
-    """One database's ``status``: where it is and what is pending or wrong."""
-
-    database: str
-    current_version: int
-    head_version: int
-    pending: List[int]
-    problems: List[Problem]
-    migrations: List[StatusRow]
-
-    @property
-    def healthy(self) -> bool:
-        """No problem other than a run in progress."""
-        return not [p for p in self.problems if p.kind != "running"]
-
-
-@dataclass
-class DatabaseProblems:
-    """One database's ``validate``: its version and its problems (none when healthy)."""
-
-    database: str
-    current_version: int
-    problems: List[Problem]
-
-
-def version_of(outcome: Outcome) -> Optional[int]:
-    """The version a database is at after ``outcome`` (``None`` for an error)."""
-    if isinstance(outcome, RunReport):
-        return outcome.end_version
-    if isinstance(outcome, Plan):
-        return outcome.current_version
-    if isinstance(outcome, (DatabaseStatus, DatabaseProblems)):
-        return outcome.current_version
-    if isinstance(outcome, int) and not isinstance(outcome, bool):
-        return outcome
-    return None
-
-
-def is_failure(outcome: Outcome) -> bool:
-    """An error other than a busy lock."""
-    return isinstance(outcome, BaseException) and not isinstance(outcome, LockBusyError)
-
-
-class FleetReport(Mapping[str, Outcome]):
-    """Each database's outcome by name (its report, or its error), and what did not run."""
-
-    def __init__(self, action: str, *, keep: bool = True) -> None:
-        self.action = action
-        self.keep = keep
-        self._outcomes: Dict[str, Outcome] = {}
-        #: Versions reached, counted (kept even when the outcomes are not).
-        self.at_version: Dict[int, int] = {}
-        self.failed: Dict[str, BaseException] = {}
-        self.busy: List[str] = []
-        #: Ended before their next step because the fleet was stopping.
-        self.stopped: List[str] = []
-        self.not_started: List[str] = []
-        #: ``"SIGINT"``/``"SIGTERM"`` when the run was interrupted.
-        self.interrupted: Optional[str] = None
-        self.finished = 0
-
-    def add(self, name: str, outcome: Outcome, *, stopped: bool = False) -> None:
-        """Count (and keep) one database's outcome."""
-        self.finished += 1
-        if self.keep:
-            self._outcomes[name] = outcome
-        version = version_of(outcome)
-        if version is not None:
-            self.at_version[version] = self.at_version.get(version, 0) + 1
-        if isinstance(outcome, LockBusyError):
-            self.busy.append(name)
-        elif isinstance(outcome, BaseException):
-            self.failed[name] = outcome
-        if stopped:
-            self.stopped.append(name)
-
-    def __getitem__(self, name: str) -> Outcome:
-        return self._outcomes[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._outcomes)
-
-    def __len__(self) -> int:
-        return len(self._outcomes)
-
-    @property
-    def exit_code(self) -> int:
-        """1 if any database failed, else 3 if any was busy, else 0 (130/143 interrupted)."""
-        if self.interrupted:
-            return 143 if self.interrupted == "SIGTERM" else 130
-        return 1 if self.failed else 3 if self.busy else 0
-
-    def summary(self) -> Dict[str, Any]:
-        """Counts by version, failures with why, busy, stopped and not started."""
-        return {
-            "action": self.action, "databases": self.finished + len(self.not_started),
-            "finished": self.finished,
-            "at_version": {str(v): n for v, n in sorted(self.at_version.items())},
-            "failed": {name: f"{type(exc).__name__}: {_first_line(exc)}"
-                       for name, exc in sorted(self.failed.items())},
-            "busy": sorted(self.busy), "stopped": sorted(self.stopped),
-            "not_started": self.not_started, "interrupted": self.interrupted,
-            "exit_code": self.exit_code,
-        }
 
 
 class Fleet:
@@ -283,7 +155,7 @@ class Fleet:
             raise ConfigurationError(f"Unknown fleet action {action!r}.")
         names = self.names()
         report = FleetReport(action, keep=keep)
-        driver = _Driver(self, action, target, report, on_result)
+        driver = Driver(self, action, target, report, on_result)
         canaries, rest = names[:self.canary], iter(names[self.canary:])
         try:
             driver.phase(iter(canaries))
@@ -404,168 +276,11 @@ def _validated(names: Iterable[Any]) -> Iterator[str]:
                                      hint="Database names are non-empty strings.")
         yield name
 
-
-def _first_line(exc: BaseException) -> str:
-    """An error's message, first line."""
-    text = getattr(exc, "message", None) or str(exc)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-
-
 _ACTIONS = ("plan", "up", "down", "status", "validate", "current")
 
 #: What ``**migrator_options`` may hold (``Migrator``'s keyword arguments but these).
 _MIGRATOR_OPTIONS = frozenset(inspect.signature(Migrator.__init__).parameters) - {
     "self", "client_or_db", "migrations", "database", "stop"}
-
-
-#: A database the fleet was stopping before it began (counted as not started).
-_NOT_STARTED = object()
-
-
-class _Stop:
-    """A database's ``stop`` question: is the fleet stopping? (remembers saying yes)"""
-
-    def __init__(self, halt: threading.Event) -> None:
-        self.halt, self.said_yes = halt, False
-
-    def __call__(self) -> bool:
-        if self.halt.is_set():
-            self.said_yes = True
-        return self.said_yes
-
-
-@dataclass
-class _Driver:
-    """One fleet run: a bounded pool fed from a stream of names, busy ones retried."""
-
-    fleet: Fleet
-    action: str
-    target: Target
-    report: FleetReport
-    on_result: Optional[Callable[[str, Outcome], None]]
-    #: Set: no new database starts; running ones stop before their next step.
-    halt: threading.Event = field(default_factory=threading.Event)
-    #: Thread id of each database running now (to interrupt it on Ctrl-C).
-    threads: Dict[str, int] = field(default_factory=dict)
-    guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def phase(self, names: Iterator[str]) -> None:
-        """Run ``names`` to the end (or until halted); the rest are "not started"."""
-        running: Dict[Future[Tuple[Outcome, bool]], Tuple[str, Optional[float]]] = {}
-        retries: List[Tuple[float, str, float]] = []  # (when, name, first found busy)
-        with ThreadPoolExecutor(self.fleet.concurrency, thread_name_prefix="fleet") as pool:
-            try:
-                while True:
-                    self._fill(pool, running, retries, names)
-                    if not running and (not retries or self.halt.is_set()):
-                        break
-                    pause = max(0.0, retries[0][0] - time.monotonic()) if retries else None
-                    done, _ = wait(list(running), pause, FIRST_COMPLETED)
-                    for future in done:
-                        name, busy_since = running.pop(future)
-                        self._finished(name, busy_since, future.result(), retries)
-            except BaseException:
-                self.halt.set()
-                self._interrupt()
-                self._drain(running)
-                raise
-            finally:
-                self.report.not_started.extend(name for _, name, _ in sorted(retries))
-                if self.halt.is_set():
-                    self.report.not_started.extend(names)
-
-    def _fill(self, pool: ThreadPoolExecutor,
-              running: Dict[Future[Tuple[Outcome, bool]], Tuple[str, Optional[float]]],
-              retries: List[Tuple[float, str, float]], names: Iterator[str]) -> None:
-        """Start databases while a thread is free: busy ones that are due first."""
-        while len(running) < self.fleet.concurrency and not self.halt.is_set():
-            busy_since: Optional[float] = None
-            if retries and retries[0][0] <= time.monotonic():
-                _, name, busy_since = heapq.heappop(retries)
-            else:
-                following = next(names, None)
-                if following is None:
-                    return
-                name = following
-            running[pool.submit(self._one, name)] = (name, busy_since)
-
-    def _finished(self, name: str, busy_since: Optional[float], result: Tuple[Outcome, bool],
-                  retries: List[Tuple[float, str, float]]) -> None:
-        """Record one database's outcome (or queue a busy one for another try)."""
-        outcome, stopped = result
-        if outcome is _NOT_STARTED:
-            self.report.not_started.append(name)
-            return
-        now = time.monotonic()
-        if isinstance(outcome, LockBusyError) and self.fleet.lock_wait > 0:
-            since = now if busy_since is None else busy_since
-            left = self.fleet.lock_wait - (now - since)
-            if left > 0 and not self.halt.is_set():
-                heapq.heappush(retries, (now + min(BUSY_RETRY_PAUSE, left), name, since))
-                return
-        self.report.add(name, outcome, stopped=stopped)
-        if is_failure(outcome) and not self.fleet.continue_on_error \
-                and not isinstance(outcome, RunInterruptedError):
-            if not self.halt.is_set():
-                log.error("%s failed: no other database starts (--continue-on-error "
-                          "attempts every one)", name)
-            self.halt.set()
-        if self.on_result is not None:
-            self.on_result(name, outcome)
-
-    def _one(self, name: str) -> Tuple[Outcome, bool]:
-        """In a pool thread: one database's outcome, its error included."""
-        stop = _Stop(self.halt)
-        try:
-            with self.guard:
-                if self.halt.is_set():  # queued before the fleet began to stop
-                    return _NOT_STARTED, False
-                self.threads[name] = threading.get_ident()
-            try:
-                return self.fleet.one(self.action, self.target, name, stop), stop.said_yes
-            finally:
-                with self.guard:
-                    self.threads.pop(name, None)
-        except KeyboardInterrupt:
-            return RunInterruptedError(
-                f"Database '{name}': interrupted while it ran.",
-                hint="Any lock it held was released; a migration cut short shows as "
-                "interrupted in `status`, and the next `up` re-runs it if that is safe."), False
-        except MigrationError as exc:
-            return exc, stop.said_yes
-        except Exception as exc:  # one tenant's surprise must not end the others' runs
-            log.exception("%s: unexpected error", name)
-            return exc, stop.said_yes
-
-    def _interrupt(self) -> None:
-        """Raise ``KeyboardInterrupt`` in each thread running a database (as Ctrl-C does
-        in a single-database run: its step unwinds and its lock is released)."""
-        api = getattr(ctypes, "pythonapi", None)
-        with self.guard:
-            if api is None:  # not CPython: they stop before their next step (``halt``)
-                return
-            for ident in self.threads.values():
-                api.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                              ctypes.py_object(KeyboardInterrupt))
-            self.threads.clear()
-
-    def _drain(self, running: Mapping[Future[Tuple[Outcome, bool]],
-                                      Tuple[str, Optional[float]]]) -> None:
-        """Wait for the interrupted databases and record how they ended."""
-        for future, (name, _) in running.items():
-            while True:
-                try:
-                    outcome, stopped = future.result()
-                    break
-                except KeyboardInterrupt:  # a second Ctrl-C: they are already stopping
-                    continue
-            if outcome is _NOT_STARTED:
-                self.report.not_started.append(name)
-                continue
-            self.report.add(name, outcome, stopped=stopped)
-            if self.on_result is not None:
-                self.on_result(name, outcome)
-
 
 def parse_shard(text: str) -> Tuple[int, int]:
     """``"I/N"`` as ``(I, N)``; a ``ConfigurationError`` otherwise."""
