@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Uni
 from pymongo.errors import InvalidName
 
 from .errors import ConfigurationError
-from .fleetdriver import Driver
+from .fleetdriver import Driver, NameTheDatabase
 from .fleetreport import (
     DatabaseProblems,
     DatabaseStatus,
@@ -157,6 +157,8 @@ class Fleet:
         report = FleetReport(action, keep=keep)
         driver = Driver(self, action, target, report, on_result)
         canaries, rest = names[:self.canary], iter(names[self.canary:])
+        naming = NameTheDatabase()
+        log.addFilter(naming)
         try:
             driver.phase(iter(canaries))
             if self.canary and any(n in report.failed for n in canaries):
@@ -169,6 +171,8 @@ class Fleet:
                 None if isinstance(exc, Exception) else "SIGTERM"
             exc.fleet_report = report  # type: ignore[attr-defined]
             raise
+        finally:
+            log.removeFilter(naming)
         return report
 
     # -- one database -----------------------------------------------------------------------

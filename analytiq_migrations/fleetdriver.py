@@ -29,6 +29,23 @@ BUSY_RETRY_PAUSE = 1.0
 _NOT_STARTED = object()
 
 
+#: Per pool thread: the database it is working on (named in that thread's log lines).
+_WORKING_ON = threading.local()
+
+
+class NameTheDatabase(logging.Filter):
+    """Prefix the library's log lines from a fleet's threads with their database's name
+    (several databases log at once; a line without its database says little)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = getattr(_WORKING_ON, "name", None)
+        if name is not None and not getattr(record, "fleet_named", False):
+            shown = name.replace("%", "%%") if record.args else name  # kept literal
+            record.msg = f"{shown}: {record.msg}"
+            record.fleet_named = True
+        return True
+
+
 class _Stop:
     """A database's ``stop`` question: is the fleet stopping? (remembers saying yes)"""
 
@@ -128,9 +145,11 @@ class Driver:
                 if self.halt.is_set():  # queued before the fleet began to stop
                     return _NOT_STARTED, False
                 self.threads[name] = threading.get_ident()
+            _WORKING_ON.name = name
             try:
                 return self.fleet.one(self.action, self.target, name, stop), stop.said_yes
             finally:
+                _WORKING_ON.name = None
                 with self.guard:
                     self.threads.pop(name, None)
         except KeyboardInterrupt:
