@@ -13,10 +13,12 @@ import fnmatch
 import hashlib
 import inspect
 import logging
+import os
+import socket
 import uuid
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
-from pymongo.errors import InvalidName
+from pymongo.errors import InvalidName, PyMongoError
 
 from .errors import ConfigurationError
 from .fleetdriver import Driver, NameTheDatabase
@@ -29,6 +31,7 @@ from .fleetreport import (
     version_of,
 )
 from .loader import MigrationSource, load_migrations
+from .lock import LOCK_ID, kill_sessions, recorded_sessions
 from .noop import read_and_judge
 from .plan import Target
 from .records import RunReport
@@ -202,6 +205,26 @@ class Fleet:
         if action == "validate":
             return DatabaseProblems(name, m.current_version(), m.validate())
         return database_status(m)
+
+    def release_leftover(self, name: str) -> None:
+        """After an interrupted database's thread has ended: remove the lock document this
+        process still holds there, if any. Ctrl-C reaches a pool thread as an exception
+        raised wherever it is, which may be between taking the lock and the block that
+        releases it; no run of this fleet uses that database any more, so the lease is
+        dead (otherwise it would only expire after its TTL)."""
+        collection = self.migrator(name).lock_collection
+        try:
+            doc = collection.find_one({"_id": LOCK_ID, "host": socket.gethostname(),
+                                       "pid": os.getpid()})
+            if doc is None:
+                return
+            kill_sessions(collection, recorded_sessions(doc))  # an open transaction holds it
+            if collection.delete_one({"_id": LOCK_ID, "run_id": doc.get("run_id")}) \
+                    .deleted_count:
+                log.info("%s: released the lock its interrupted run held", name)
+        except PyMongoError as exc:
+            log.warning("%s: could not release the lock its interrupted run held (it expires "
+                        "after its TTL): %s", name, exc)
 
     def _at_head(self, name: str) -> Optional[RunReport]:
         """The no-op ``up`` of a database at head from one read of its records, as on the

@@ -139,8 +139,8 @@ class Driver:
 
     def _one(self, name: str) -> Tuple[Outcome, bool]:
         """In a pool thread: one database's outcome, its error included."""
-        stop = _Stop(self.halt)
         try:
+            stop = _Stop(self.halt)
             with self.guard:
                 if self.halt.is_set():  # queued before the fleet began to stop
                     return _NOT_STARTED, False
@@ -153,10 +153,7 @@ class Driver:
                 with self.guard:
                     self.threads.pop(name, None)
         except KeyboardInterrupt:
-            return RunInterruptedError(
-                f"Database '{name}': interrupted while it ran.",
-                hint="Any lock it held was released; a migration cut short shows as "
-                "interrupted in `status`, and the next `up` re-runs it if that is safe."), False
+            return _interrupted(name), False
         except MigrationError as exc:
             return exc, stop.said_yes
         except Exception as exc:  # one tenant's surprise must not end the others' runs
@@ -178,18 +175,30 @@ class Driver:
     def _drain(self, running: Mapping[Future[Tuple[Outcome, bool]],
                                       Tuple[str, Optional[float]]]) -> None:
         """Wait for the interrupted databases and record how they ended."""
+        while True:
+            try:
+                wait(list(running))
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: they are already stopping
+                continue
         for future, (name, _) in running.items():
-            while True:
-                try:
-                    outcome, stopped = future.result()
-                    break
-                except KeyboardInterrupt:  # a second Ctrl-C: they are already stopping
-                    continue
+            if future.exception() is not None:  # interrupted outside ``_one``'s handlers
+                outcome, stopped = _interrupted(name), False
+            else:
+                outcome, stopped = future.result()
             if outcome is _NOT_STARTED:
                 self.report.not_started.append(name)
                 continue
+            if isinstance(outcome, RunInterruptedError):
+                self.fleet.release_leftover(name)
             self.report.add(name, outcome, stopped=stopped)
             if self.on_result is not None:
                 self.on_result(name, outcome)
 
 
+def _interrupted(name: str) -> RunInterruptedError:
+    """The outcome of a database whose run Ctrl-C (or SIGTERM) cut short."""
+    return RunInterruptedError(
+        f"Database '{name}': interrupted while it ran.",
+        hint="Its lock was released; a migration cut short shows as interrupted in "
+        "`status`, and the next `up` re-runs it if that is safe.")

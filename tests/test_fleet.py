@@ -199,3 +199,21 @@ def test_after_a_failure_running_tenants_finish_their_step_and_stop(
     assert report[names[1]].end_version == 1  # its step finished; the next never began
     assert client[names[1]].users.count_documents({"first": True, "second": None}) == 1
     assert report.not_started == names[2:]
+
+
+def test_ctrl_c_in_python_winds_down_and_carries_the_report(
+        client: Any, fleet_project: Path, tenant_prefix: str) -> None:
+    names = make_tenants(client, tenant_prefix, 6)
+
+    def ctrl_c(name: str, outcome: Any) -> None:
+        raise KeyboardInterrupt  # arrives in the calling thread, as Ctrl-C does
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        Fleet(client, fleet_project, names, concurrency=2).upgrade(on_result=ctrl_c)
+    report = caught.value.fleet_report  # type: ignore[attr-defined]
+    assert report.interrupted == "SIGINT" and report.exit_code == 130
+    assert report.not_started and len(report) + len(report.not_started) == len(names)
+    for name in report.not_started:
+        assert Migrator(client, fleet_project, database=name).current_version() == 0
+    for name in names:
+        assert client[name].migration_lock.find_one() is None
