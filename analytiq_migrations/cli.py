@@ -592,6 +592,7 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
+    from .fleetreport import pending_versions
     from .lock import describe, lease_live
 
     m = cmd.open()
@@ -599,12 +600,8 @@ def cmd_status(cmd: Command) -> int:
     problems = m.validate()
     current = m.current_version()
     lock = m.lock_info()
-    # Everything `up` would run (or stops at) is pending: not only never-run versions, but
-    # not an unfinished one whose file is gone either (`up` cannot run it).
-    code = {int(x.version or 0) for x in m.migrations}
-    pending = [r.version for r in rows if r.status == "pending" or
-               (r.status in ("failed", "interrupted", "running") and r.version in code)]
-    head = max(code, default=0)
+    pending = pending_versions(m.migrations, rows)
+    head = max((int(x.version or 0) for x in m.migrations), default=0)
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,

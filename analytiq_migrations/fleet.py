@@ -28,6 +28,7 @@ from .fleetreport import (
     FleetReport,
     Outcome,
     RunInterruptedError,
+    pending_versions,
     version_of,
 )
 from .loader import MigrationSource, load_migrations
@@ -267,11 +268,10 @@ class Fleet:
 def database_status(m: Migrator) -> DatabaseStatus:
     """``status`` of one database: everything ``up`` would run (or stops at) is pending."""
     rows = m.status()
-    code = {int(x.version or 0) for x in m.migrations}
-    pending = [r.version for r in rows if r.status == "pending" or
-               (r.status in ("failed", "interrupted", "running") and r.version in code)]
     return DatabaseStatus(database=m.db.name, current_version=m.current_version(),
-                          head_version=max(code, default=0), pending=pending,
+                          head_version=max((int(x.version or 0) for x in m.migrations),
+                                           default=0),
+                          pending=pending_versions(m.migrations, rows),
                           problems=m.validate(), migrations=rows)
 
 

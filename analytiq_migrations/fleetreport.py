@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import LockBusyError, MigrationError
 from .records import Plan, Problem, RunReport, StatusRow
@@ -40,6 +40,14 @@ class DatabaseProblems:
     database: str
     current_version: int
     problems: List[Problem]
+
+
+def pending_versions(migrations: Sequence[Any], rows: Sequence[StatusRow]) -> List[int]:
+    """What ``status`` calls pending: everything ``up`` would run (or stops at): never-run
+    versions, and unfinished ones whose code is there (``up`` cannot run one without)."""
+    code = {int(m.version or 0) for m in migrations}
+    return [r.version for r in rows if r.status == "pending" or
+            (r.status in ("failed", "interrupted", "running") and r.version in code)]
 
 
 def version_of(outcome: Outcome) -> Optional[int]:
