@@ -192,8 +192,11 @@ class _Printer:
         if self.cmd.out.json:
             self.cmd.out.result("", {"databases": self.documents, "summary": _plain(data)})
             return
-        versions = ", ".join(f"{n} at version {v}" for v, n in data["at_version"].items())
-        lines = [f"{self.action} on {data['databases']} database(s): {versions or 'none done'}"]
+        counts = [f"{n} at version {v}" for v, n in data["at_version"].items()]
+        counts += [f"{len(data[key])} {key.replace('_', ' ')}"
+                   for key in ("failed", "busy", "stopped", "not_started") if data[key]]
+        lines = [f"{self.action} on {data['databases']} database(s): "
+                 f"{', '.join(counts) or 'none done'}"]
         for name, why in data["failed"].items():
             lines.append(f"  failed: {name}: {why}")
         if data["busy"]:
