@@ -124,6 +124,21 @@ def test_a_module_function_names_the_databases(
     assert f"{tenant_prefix}x: up from 0 to 2: 1, 2" in out
 
 
+def test_a_busy_tenant_exits_3_and_the_others_reach_head(
+        capsys: pytest.CaptureFixture[str], client: Any, mongo_uri: str,
+        fleet_project: Path, tenant_prefix: str) -> None:
+    names = make_tenants(client, tenant_prefix, 3)
+    holder = Migrator(client, fleet_project, database=names[1])
+    with holder._locked(holder._new_run()):
+        code, out, _ = cli(capsys, "up", "--uri", mongo_uri, "--migrations",
+                           str(fleet_project), "--databases", f"{tenant_prefix}*",
+                           "--lock-wait", "1")
+    assert code == 3
+    assert f"{names[1]}: busy: " in out
+    assert "up on 3 database(s): 2 at version 2, 1 busy" in out
+    assert f"busy (lock held elsewhere; --lock-wait waits): {names[1]}" in out
+
+
 @pytest.mark.parametrize("argv, says", [
     (["up", "--canary", "1"], "--canary only work(s) with --databases"),
     (["up", "--fake", "--databases", "t_*"], "--fake does not work with --databases"),
