@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
+from .cli_fleet import FLEET_VERBS, add_fleet_options, run_fleet, wants_fleet
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
 from .fastexit import exit_code, leave
@@ -147,9 +148,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def verb(name: str) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, parents=[common], help=COMMANDS[name],
-                                description=COMMANDS[name], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = verbs.add_parser(name, parents=[common], help=COMMANDS[name],
+                                  description=COMMANDS[name], epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in FLEET_VERBS:
+            add_fleet_options(parser)
+        return parser
 
     verb("status").add_argument(
         "--check", action="store_true",
@@ -405,6 +409,8 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         settings, layers = load(flags, framework() if framework else None)
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
+        if wants_fleet(args):
+            return run_fleet(command)
         return HANDLERS[args.command](command)
     except MigrationError as exc:
         out.error(exc, prog)
@@ -552,6 +558,7 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
+    from .fleetreport import pending_versions
     from .lock import describe, lease_live
 
     m = cmd.open()
@@ -559,12 +566,8 @@ def cmd_status(cmd: Command) -> int:
     problems = m.validate()
     current = m.current_version()
     lock = m.lock_info()
-    # Everything `up` would run (or stops at) is pending: not only never-run versions, but
-    # not an unfinished one whose file is gone either (`up` cannot run it).
-    code = {int(x.version or 0) for x in m.migrations}
-    pending = [r.version for r in rows if r.status == "pending" or
-               (r.status in ("failed", "interrupted", "running") and r.version in code)]
-    head = max(code, default=0)
+    pending = pending_versions(m.migrations, rows)
+    head = max((int(x.version or 0) for x in m.migrations), default=0)
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,

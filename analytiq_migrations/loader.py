@@ -14,6 +14,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -182,6 +183,10 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+#: One import at a time: runs in several threads (a ``Fleet``) share the lazy migrations.
+_IMPORTING = threading.RLock()
+
+
 class FileMigration(Migration):
     """A ``NNNN_slug.py`` file, imported only when its code is needed.
 
@@ -220,14 +225,16 @@ class FileMigration(Migration):
         self._loaded: Optional[Migration] = None
 
     def loaded(self) -> Migration:
-        """Import the file (once) and return the migration it defines."""
-        if self._loaded is None:
-            migration = _from_file(self._path, int(self.version or 0), self._package,
-                                   self._source)
-            _check_definition(migration)
-            migration.source_bytes = self.source_bytes
-            self._loaded = migration
-        return self._loaded
+        """Import the file (once, even with runs in several threads) and return the
+        migration it defines."""
+        with _IMPORTING:
+            if self._loaded is None:
+                migration = _from_file(self._path, int(self.version or 0), self._package,
+                                       self._source)
+                _check_definition(migration)
+                migration.source_bytes = self.source_bytes
+                self._loaded = migration
+            return self._loaded
 
     @property
     def is_loaded(self) -> bool:

@@ -176,6 +176,7 @@ class Migrator:
         allow_out_of_order: bool = False,
         retry: Optional[RetryPolicy] = None,
         progress: Optional[Callable[[ProgressEvent], None]] = None,
+        stop: Optional[Callable[[], bool]] = None,
     ) -> None:
         if transactions not in TRANSACTION_MODES:
             raise ConfigurationError(
@@ -205,6 +206,8 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.retry = retry or RetryPolicy()
         self.progress = progress
+        #: Asked before each step of a run: True ends the run there (a ``Fleet`` stopping).
+        self.stop = stop
         self.store = Store(self.db, collection, self.retry)
         lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
         self.lock_collection = own_collection(self.db, lock_name)
@@ -592,6 +595,9 @@ class Migrator:
                 lifecycle=book,
             )
             for step, after in zip(plan.steps, [*plan.steps[1:], None]):
+                if self.stop is not None and self.stop():
+                    log.warning("Stopped before migration %d, as asked", step.version)
+                    break
                 result = run_step(env, step, self._by_version[step.version].loaded(),
                                   records, after)
                 steps.append(result)
