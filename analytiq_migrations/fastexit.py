@@ -30,6 +30,7 @@ A client the user handed in (``--client``) is not closed by the library either w
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -60,7 +61,10 @@ def leave(code: int) -> NoReturn:
         handler = getattr(sys.modules.get(name), "_shutdown_resources", None)
         if handler is not None:
             atexit.unregister(handler)
-    atexit._run_exitfuncs()
+    # A handler's error is printed by _run_exitfuncs; Python before 3.10 also re-raises the
+    # last one here, where a normal interpreter exit keeps its status.
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
