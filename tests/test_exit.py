@@ -10,6 +10,7 @@ whether pymongo's threads were still there, that is whether anything waited for 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -243,3 +244,17 @@ def test_threads_a_migration_leaves_running_are_joined_first(tmp_path: Path, mon
     assert up.code == 0, up.err
     assert up.out.splitlines()[-1] == "THREAD finished its work"
     assert not up.waited_for_pymongo
+
+
+def test_a_quiet_up_with_stdout_closed_exits_cleanly(tmp_path: Path, mongo_uri: str,
+                                                     db: Any) -> None:
+    # cron jobs and init scripts sometimes start commands with `>&-`
+    write_migrations(tmp_path / "migrations", {"0001_greet.py": SAYS_BYE})
+    environ = child_env({"BYE_FILE": str(tmp_path / "bye.txt")})
+    done = subprocess.run([sys.executable, "-c", CONSOLE + SCRIPT, "up", "-q",
+                           *where(mongo_uri, db)], cwd=tmp_path, env=environ, timeout=300,
+                          stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE,
+                          text=True, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if not line.startswith("PROBE")] == []
+    assert (tmp_path / "bye.txt").read_text() == "ran"
