@@ -87,3 +87,25 @@ def test_two_clients_in_other_modules_stay_ambiguous(svc: Any) -> None:
     assert result.exit_code == 2
     assert "The app has 2 Flask-PyMongo clients" in result.stderr
     assert f"{name}.mongo" in result.stderr and f"{name}_reports.reports" in result.stderr
+
+
+def test_a_lazy_object_in_a_loaded_module_is_not_woken_up(monkeypatch: Any) -> None:
+    """Discovery walks every loaded module: a lazy proxy there (Django's settings, say)
+    must not be asked for its class, which would set it up (or raise)."""
+    import sys
+    import types
+
+    from analytiq_migrations.contrib.flask import _flask_pymongo_objects
+
+    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask_pymongo")
+
+    class Lazy:
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            raise RuntimeError("woken up")
+
+    module = types.ModuleType("lazy_settings_module")
+    module.settings = Lazy()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lazy_settings_module", module)
+    assert _flask_pymongo_objects(flask.Flask("lazyapp")) == []

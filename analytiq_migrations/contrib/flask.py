@@ -232,7 +232,9 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
     seen: Dict[int, Tuple[str, Any]] = {}
 
     def consider(label: str, value: Any) -> None:
-        if isinstance(value, kind) and getattr(value, "cx", None) is not None \
+        # type(), not isinstance(): isinstance asks a lazy proxy for its __class__, which
+        # sets it up (Django's settings object raises ImproperlyConfigured doing so).
+        if issubclass(type(value), kind) and getattr(value, "cx", None) is not None \
                 and id(value) not in seen:
             seen[id(value)] = (label, value)
 
