@@ -161,9 +161,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                                 description=COMMANDS[name], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    verb("status").add_argument(
+    strict_help = ("also fail (exit 4) on warnings: versions applied above the code's newest "
+                   "one (a database ahead of older code)")
+    status = verb("status")
+    status.add_argument(
         "--check", action="store_true",
         help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
+    status.add_argument("--strict", action="store_true", help=strict_help)
     verb("current")
     verb("show").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("plan").add_argument("target", nargs="?", **target)
@@ -183,7 +187,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     history.add_argument("version", nargs="?", type=_version_arg, metavar="VERSION")
     history.add_argument("--limit", type=int, default=0, metavar="N",
                          help="newest N entries only (default: all)")
-    verb("validate")
+    verb("validate").add_argument("--strict", action="store_true", help=strict_help)
     repair = verb("repair")
     repair.add_argument("--accept-checksums", action="store_true",
                         help="record the current code's checksums for edited applied migrations")
@@ -191,6 +195,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="forget failed/interrupted attempts you undid by hand, so the "
                         "next run starts them afresh (finished by hand instead: `up --fake "
                         "VERSION`, or `down --fake` to the version below, for a revert)")
+    repair.add_argument("--accept-missing", action="store_true",
+                        help="record applied versions whose files were pruned or squashed as "
+                        "removed on purpose, so they are no longer reported missing")
     verb("baseline").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("unlock").add_argument("--force", action="store_true",
                                 help="break the lock even if its holder's lease is live")
@@ -567,8 +574,14 @@ def _plain(value: Any) -> Any:
 
 
 def _problems_text(problems: Sequence[Any]) -> str:
-    """A bulleted list of problems with what to do about each."""
-    return "\n".join(f"  - {p.message}\n    -> {p.hint}" for p in problems)
+    """A bulleted list of problems with what to do about each (warnings say so)."""
+    return "\n".join(f"  - {'warning: ' if p.severity == 'warning' else ''}{p.message}\n"
+                     f"    -> {p.hint}" for p in problems)
+
+
+def _failing(problems: Sequence[Any], strict: bool) -> list[Any]:
+    """The problems that fail a gate: errors, and with ``--strict`` warnings too."""
+    return [p for p in problems if strict or p.severity != "warning"]
 
 
 def _yes(flag: bool) -> str:
@@ -602,7 +615,7 @@ def cmd_status(cmd: Command) -> int:
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
-        "pending": pending, "healthy": not problems,
+        "pending": pending, "healthy": not _failing(problems, False),
         "migrations": _dump(rows), "problems": _dump(problems),
         "lock": _plain(lock.model_dump()) if lock else None,
     }
@@ -625,11 +638,11 @@ def cmd_status(cmd: Command) -> int:
     cmd.out.result(text, data)
     if not cmd.args.check:
         return EXIT_OK
-    blocking = [p for p in problems if p.kind != "running"]
+    blocking = [p for p in _failing(problems, cmd.args.strict) if p.kind != "running"]
     if blocking:
         cmd.out.explain(f"{cmd.where} is unhealthy:\n{_problems_text(blocking)}")
         return EXIT_PROBLEMS
-    if pending or problems:
+    if pending or any(p.kind == "running" for p in problems):
         waiting = ", ".join(str(v) for v in pending) or "a run in progress"
         cmd.out.explain(f"{cmd.where} has pending migrations: {waiting}")
         return EXIT_PENDING
@@ -891,26 +904,31 @@ def cmd_validate(cmd: Command) -> int:
     """``validate``."""
     m = cmd.open()
     problems = m.validate()
-    data = {"database": m.db.name, "healthy": not problems, "problems": _dump(problems)}
+    failing = _failing(problems, cmd.args.strict)
+    data = {"database": m.db.name, "healthy": not failing, "problems": _dump(problems)}
     if not problems:
         cmd.out.result(f"No problems: {cmd.where} matches the code.", data)
         return EXIT_OK
     text = f"{_plural(len(problems), 'problem')} in {cmd.where}:\n{_problems_text(problems)}"
     cmd.out.result(text, data)
+    if not failing:
+        return EXIT_OK  # warnings only (a database ahead of older code)
     cmd.out.explain(text)
     return EXIT_PROBLEMS
 
 
 def cmd_repair(cmd: Command) -> int:
-    """``repair [--accept-checksums] [--clear-failed]``."""
-    if not (cmd.args.accept_checksums or cmd.args.clear_failed):
+    """``repair [--accept-checksums] [--clear-failed] [--accept-missing]``."""
+    if not (cmd.args.accept_checksums or cmd.args.clear_failed or cmd.args.accept_missing):
         raise ConfigurationError(
-            "repair needs to be told what to fix: --accept-checksums and/or --clear-failed.",
+            "repair needs to be told what to fix: --accept-checksums, --clear-failed and/or "
+            "--accept-missing.",
             hint="Run `validate` first: each problem it lists says which repair fits.",
         )
     m = cmd.open()
     actions = m.repair(accept_checksums=cmd.args.accept_checksums,
-                       clear_failed=cmd.args.clear_failed)
+                       clear_failed=cmd.args.clear_failed,
+                       accept_missing=cmd.args.accept_missing)
     text = ("Repaired:\n" + "\n".join(f"  version {a.version}: {a.detail}" for a in actions)
             ) if actions else f"Nothing to repair in {cmd.where}."
     cmd.out.result(text, {"database": m.db.name, "actions": _dump(actions)})

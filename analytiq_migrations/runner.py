@@ -44,6 +44,7 @@ from .lock import Lease, ServerClock, break_lock, dead_holder, lease_live, read_
 from .migration import Migration
 from .plan import (
     Target,
+    accepts_missing,
     current_version,
     find_problems,
     plan_downgrade,
@@ -365,9 +366,11 @@ class Migrator:
 
     @_translate_errors
     def repair(
-        self, accept_checksums: bool = False, clear_failed: bool = False
+        self, accept_checksums: bool = False, clear_failed: bool = False,
+        accept_missing: bool = False,
     ) -> list[RepairAction]:
-        """Explicit fixes: accept edited checksums, forget failed/interrupted attempts."""
+        """Explicit fixes: accept edited checksums, forget failed/interrupted attempts,
+        record applied versions whose files were pruned or squashed as gone on purpose."""
         run = self._new_run()
         actions: list[RepairAction] = []
         with self._locked(run):
@@ -399,6 +402,13 @@ class Migrator:
                         "error": record.error.model_dump() if record.error else None})
                     actions.append(RepairAction(version=version, action="clear_failed",
                                                 detail=detail))
+                if accept_missing and accepts_missing(record, migration):
+                    self.store.note_repair(version, {"pruned": True}, {
+                        **note, "id": f"{run.run_id}/accept_missing",
+                        "action": "accept_missing"})
+                    actions.append(RepairAction(
+                        version=version, action="accept_missing",
+                        detail="file removed on purpose: applied, no longer reported missing"))
         for action in actions:
             log.warning("repair: version %d: %s", action.version, action.detail)
         return actions

@@ -348,7 +348,7 @@ def test_failed_migration_exits_1_then_needs_a_decision(cli: Cli) -> None:
 def test_repair_needs_to_be_told_what_to_fix(cli: Cli) -> None:
     result = cli("repair")
     assert result.code == 2
-    assert "--accept-checksums and/or --clear-failed" in result.err
+    assert "--accept-checksums, --clear-failed and/or --accept-missing" in result.err
 
 
 def test_baseline_adopts_an_existing_database(cli: Cli) -> None:
