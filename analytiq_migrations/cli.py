@@ -21,6 +21,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
@@ -68,7 +69,8 @@ COMMANDS = {
 EPILOG = """\
 targets: a version number, head, base (no migrations), +N or -N (steps from the current one)
 settings: flags > ANALYTIQ_MIGRATIONS_* / MONGODB_URI environment > [tool.analytiq_migrations]
-  in ./pyproject.toml; the database may also come from the URI path (mongodb://host/NAME)
+  of --config PATH, else of the nearest pyproject.toml with it, from here up to the
+  repository root; the database may also come from the URI path (mongodb://host/NAME)
 exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration,
   3 lock busy, 4 validation problem, 5 cannot reach the server, 6 pending (status --check)
 """
@@ -134,6 +136,10 @@ def _common_options() -> argparse.ArgumentParser:
                        help="apply pending versions below the current one")
     group.add_argument("--server-timeout", metavar="SECONDS",
                        help="how long to look for the server before exiting 5 (default 15)")
+    group.add_argument("--config", metavar="PATH", type=Path,
+                       help="read [tool.analytiq_migrations] from this file (default: the "
+                       "nearest pyproject.toml with that table, from here up to the "
+                       "repository root)")
     output = common.add_argument_group("output")
     output.add_argument("--json", action="store_true",
                         help="print one JSON document (results, or {\"error\": ...})")
@@ -434,7 +440,8 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     command: Optional[Command] = None
     try:
         flags = {name: value for name, value in vars(args).items() if name in BY_NAME}
-        settings, layers = load(flags, framework() if framework else None)
+        settings, layers = load(flags, framework() if framework else None,
+                                config=vars(args).get("config"))
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
         return HANDLERS[args.command](command)

@@ -2,7 +2,9 @@
 
 Precedence, highest first: command-line flags, the framework's settings (Flask
 ``app.config`` / Django ``settings.ANALYTIQ_MIGRATIONS``, when a hook is used), the
-environment, then ``[tool.analytiq_migrations]`` in ``./pyproject.toml``. Every option
+environment, then ``[tool.analytiq_migrations]`` of the nearest ``pyproject.toml`` that
+has one, from the working directory up to the repository root (or the file ``--config``
+names). Every option
 has one flag, one ``ANALYTIQ_MIGRATIONS_<NAME>`` variable and one pyproject key, so an
 error can always say every way to set a missing value.
 """
@@ -22,7 +24,7 @@ from .server import client_options
 
 log = logging.getLogger("analytiq_migrations")
 
-#: Where settings of the ``pyproject.toml`` in the working directory live.
+#: Where our settings live in a ``pyproject.toml``.
 PYPROJECT_TABLE = ("tool", "analytiq_migrations")
 
 #: ``[tool.analytiq_migrations]`` as a line of TOML (for when no TOML parser is around).
@@ -223,22 +225,75 @@ def env_layer(environ: Optional[Mapping[str, str]] = None) -> Layer:
         option.name, " or ".join(option.env)))
 
 
-def pyproject_layer(directory: Optional[Path] = None) -> Layer:
-    """``[tool.analytiq_migrations]`` of ``pyproject.toml`` in ``directory`` (default: cwd)."""
-    path = (directory or Path.cwd()) / "pyproject.toml"
-    table = _read_pyproject(path)
+def pyproject_layer(directory: Optional[Path] = None, path: Optional[Path] = None) -> Layer:
+    """``[tool.analytiq_migrations]`` of ``path`` (``--config``), else of the nearest
+    ``pyproject.toml`` that has one, searched from ``directory`` (default: cwd) upward."""
+    found: Optional[Path]
+    if path is not None:
+        found, table = _named_config(path), _read_pyproject(path)
+        if not table:
+            raise ConfigurationError(
+                f"--config {path}: the file has no [tool.analytiq_migrations] table.",
+                hint="Name a pyproject.toml (or another TOML file) with a "
+                "[tool.analytiq_migrations] table, or leave --config out to search for one.",
+            )
+        where = f"of {found}"
+    else:
+        start = (directory or Path.cwd()).resolve()
+        found, table, looked = find_pyproject(start)
+        where = f"of {found}" if found is not None else \
+            f"of a pyproject.toml (none has one from {start} up to {looked})"
+    log.debug("pyproject settings: [tool.analytiq_migrations] %s", where)
     values: dict[str, Any] = {}
     for key, value in table.items():
         option = BY_NAME.get(key) or next((o for o in OPTIONS if key in o.keys), None)
         if option is None:
             known = ", ".join(o.key for o in OPTIONS)
             raise ConfigurationError(
-                f"Unknown setting '{key}' in [tool.analytiq_migrations] of {path}.",
+                f"Unknown setting '{key}' in [tool.analytiq_migrations] of {found}.",
                 hint=f"Known settings: {known}.",
             )
         values[option.name] = value
+    if found is not None and isinstance(values.get("migrations"), str):
+        values["migrations"] = _beside(found.parent, values["migrations"])
     return Layer(values, lambda option: f"{option.key} = \"...\" in [tool.analytiq_migrations] "
-                 "of ./pyproject.toml", how="put")
+                 + where, how="put")
+
+
+def find_pyproject(start: Path) -> tuple[Optional[Path], dict[str, Any], str]:
+    """The nearest ``pyproject.toml`` with a ``[tool.analytiq_migrations]`` table, from
+    ``start`` upward, stopping at the repository root (a directory holding ``.git``) or the
+    filesystem root; its table; and where the search stopped, for messages."""
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        table = _read_pyproject(candidate) if candidate.is_file() else {}
+        if table:
+            return candidate, table, str(directory)
+        if (directory / ".git").exists():
+            return None, {}, f"{directory} (the repository root)"
+    return None, {}, f"{start.anchor or '/'} (the filesystem root)"
+
+
+def _named_config(path: Path) -> Path:
+    """The file ``--config`` names, made absolute; an error when it is not there."""
+    resolved = path.expanduser().resolve()
+    if not resolved.is_file():
+        raise ConfigurationError(
+            f"--config {path}: no such file ({resolved}).",
+            hint="Name an existing pyproject.toml with a [tool.analytiq_migrations] table.",
+        )
+    return resolved
+
+
+def _beside(base: Path, source: str) -> str:
+    """A relative migrations directory as seen from the file that names it (which may be in
+    a directory above the working one); a dotted name or an absolute path as given."""
+    candidate = base / source
+    a_path = candidate.is_dir() or "/" in source or os.sep in source
+    if a_path and not Path(source).is_absolute() and \
+            (Path.cwd() / source).resolve() != candidate.resolve():
+        return str(candidate)
+    return source
 
 
 def _read_pyproject(path: Path) -> dict[str, Any]:
@@ -315,12 +370,14 @@ def resolve(layers: Sequence[Layer]) -> Settings:
 
 def load(flags: Mapping[str, Any], framework: Optional[Layer] = None,
          environ: Optional[Mapping[str, str]] = None,
-         directory: Optional[Path] = None) -> tuple[Settings, list[Layer]]:
-    """Resolve flags > framework > environment > pyproject; also returns the layers used."""
+         directory: Optional[Path] = None,
+         config: Optional[Path] = None) -> tuple[Settings, list[Layer]]:
+    """Resolve flags > framework > environment > pyproject (``config``: the file named by
+    ``--config``, else the nearest one found); also returns the layers used."""
     layers = [flags_layer(flags)]
     if framework is not None:
         layers.append(framework)
-    layers += [env_layer(environ), pyproject_layer(directory)]
+    layers += [env_layer(environ), pyproject_layer(directory, config)]
     return resolve(layers), layers
 
 
