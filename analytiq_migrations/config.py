@@ -420,10 +420,13 @@ def make_client(settings: Settings) -> Any:
     import pymongo
     from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
+    from .reach import SetNames
     from .server import SERVER_SELECTION_TIMEOUT_MS
 
     uri = settings.uri or ""
-    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False}
+    # SetNames: the servers' replica-set names, for the error when the URI's is not theirs.
+    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False,
+                               "event_listeners": [SetNames()]}
     timeout = settings.server_timeout
     if timeout is None and "serverselectiontimeoutms=" not in uri.lower():
         timeout = SERVER_SELECTION_TIMEOUT_MS / 1000
@@ -439,18 +442,36 @@ def make_client(settings: Settings) -> Any:
 
 
 def ping(client: Any) -> None:
-    """Fail fast when the server does not answer in time or refuses the credentials."""
+    """Fail fast when nothing listens at the URI's hosts, the server does not answer in time,
+    is another replica set than the URI says, or refuses the credentials."""
     from pymongo.errors import ConnectionFailure, OperationFailure
 
+    from .reach import nobody_listens, seeds, set_name_mismatch, show
+
+    addresses = seeds(client)
+    refused = nobody_listens(client, addresses)
+    if refused is not None:  # at once, not after the whole server selection timeout
+        raise ConnectionFailedError(
+            f"Cannot reach MongoDB at {show(addresses)}: {redact(refused)[:300]}",
+            hint="Check the host names and ports in the URI, and that the server is running "
+            "(nothing accepts connections there). Nothing was changed.",
+        )
     try:
         # One ping, not retried: server selection has already waited the whole timeout.
         client.admin.command("ping")
     except ConnectionFailure as exc:
+        mismatch = set_name_mismatch(client, addresses)
+        if mismatch is not None:
+            raise ConnectionFailedError(
+                f"Cannot use MongoDB at {show(addresses)}: {redact(mismatch)}.",
+                hint="Put the server's replica-set name in the URI's replicaSet option (or "
+                "point the URI at the intended servers). Nothing was changed.",
+            ) from None
         waited = client_options(client).server_selection_timeout
         cause = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
         raise ConnectionFailedError(
-            f"Cannot reach MongoDB at {_hosts(client)} within {waited:g} s: "
-            f"{redact(cause)[:300]}",
+            f"Cannot reach MongoDB at {show(addresses) if addresses else _hosts(client)} "
+            f"within {waited:g} s: {redact(cause)[:300]}",
             hint="Check the URI, that the server is running and reachable from here, and any "
             "firewall/TLS settings (--server-timeout waits longer). Nothing was changed.",
         ) from None
