@@ -47,6 +47,8 @@ EXIT_SIGTERM = 143
 
 #: One line per command for ``--help`` (and the Flask group's listing).
 COMMANDS = {
+    "server": "run a local MongoDB-compatible replica set in the foreground and print its URI "
+              "(the [server] extra); Ctrl-C stops it",
     "status": "show every migration's state; --check exits 6 if any are pending, 4 if unhealthy",
     "current": "print the current version (the highest applied), nothing else",
     "show": "everything about one version: record, checksums, file, last error, history",
@@ -210,6 +212,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
     verb("verify").add_argument("--seed", metavar="MODULE:ATTR",
                                 help="{version: data} inserted before that version's up")
+    server = verb("server")
+    server.add_argument("--port", type=int, default=27017, metavar="P",
+                        help="TCP port on 127.0.0.1 (default 27017, mongod's)")
+    server.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                        help="keep the data in DIR (default: a temporary directory, removed "
+                        "when it stops)")
     return parser
 
 
@@ -996,7 +1004,29 @@ def cmd_verify(cmd: Command) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def cmd_server(cmd: Command) -> int:
+    """``server [--port P] [--dir DIR]``: runs until Ctrl-C / SIGTERM, then exits 0."""
+    from .localserver import banner, serve
+
+    def announce(server: Any) -> None:
+        data = {"uri": server.uri, "address": server.address, "port": server.port,
+                "data_dir": str(server.data_dir), "kept": cmd.args.dir is not None,
+                "log": str(server.log_path)}
+        if cmd.out.quiet:
+            cmd.out.stdout.write(server.uri + "\n")  # -q still says where it is
+            cmd.out.stdout.flush()
+        cmd.out.result(banner(server, kept=cmd.args.dir is not None), data)
+
+    try:
+        serve(cmd.args.port, cmd.args.dir, announce)
+    except (KeyboardInterrupt, _Terminated):
+        if not cmd.out.quiet:
+            cmd.out.note("Stopped the local server.")
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Callable[[Command], int]] = {
+    "server": cmd_server,
     "status": cmd_status,
     "current": cmd_current,
     "show": cmd_show,
