@@ -642,7 +642,9 @@ def cmd_status(cmd: Command) -> int:
     ) if rows else "  (no migrations in the code or the database)"
     lock_text = "lock free" if lock is None else \
         f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
-    text = (f"Database {cmd.where} at version {current} (latest {head}): "
+    latest = f"latest {head}" if current <= head else \
+        f"the code's latest is {head}: the database is ahead of the code"
+    text = (f"Database {cmd.where} at version {current} ({latest}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
     checkpoints = [f"  {r.version}: {r.checkpoint}" for r in rows if r.checkpoint]
     if checkpoints:

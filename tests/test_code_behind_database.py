@@ -70,6 +70,8 @@ def test_rolled_back_code_is_ahead_of_the_database_not_unhealthy(
 
     ready = cli("status", "--check")
     assert ready.code == 0, ready.out + ready.err
+    assert "at version 4 (the code's latest is 2: the database is ahead of the code)" \
+        in ready.out
     assert "warning: Migration 3 (Step 3.) is applied but the code stops at version 2" \
         in ready.out
     assert cli("status", "--check", "--strict").code == 4
