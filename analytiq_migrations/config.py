@@ -243,7 +243,6 @@ def pyproject_layer(directory: Optional[Path] = None, path: Optional[Path] = Non
         found, table, looked = find_pyproject(start)
         where = f"of {found}" if found is not None else \
             f"of a pyproject.toml (none has one from {start} up to {looked})"
-    log.debug("pyproject settings: [tool.analytiq_migrations] %s", where)
     values: dict[str, Any] = {}
     for key, value in table.items():
         option = BY_NAME.get(key) or next((o for o in OPTIONS if key in o.keys), None)
