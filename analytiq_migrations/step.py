@@ -331,7 +331,8 @@ class _Step:
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
-        unset = ["faked", "last_error"] + (["applied_at"] if self.success == "rolled_back" else [])
+        unset = ["faked", "last_error", "pruned"] + \
+            (["applied_at"] if self.success == "rolled_back" else [])
         legacy = None
         if env.legacy:
             after = dict(self.records)

@@ -113,3 +113,10 @@ def test_accepting_missing_files_leaves_files_that_are_there_alone(
         (2, "accept_missing")]
     assert "pruned" not in db.migrations.find_one({"_id": 1})
     assert migrator.validate() == []
+
+    # the file comes back and the version runs again: no longer marked as removed
+    (project / "0002_step_2.py").write_text(FILES["0002_step_2.py"])
+    migrator = Migrator(db, project)
+    migrator.downgrade(1)
+    migrator.upgrade()
+    assert "pruned" not in db.migrations.find_one({"_id": 2})
