@@ -459,7 +459,7 @@ def ping(client: Any) -> None:
         # One ping, not retried: server selection has already waited the whole timeout.
         client.admin.command("ping")
     except ConnectionFailure as exc:
-        mismatch = set_name_mismatch(client, addresses)
+        mismatch = set_name_mismatch(client)
         if mismatch is not None:
             raise ConnectionFailedError(
                 f"Cannot use MongoDB at {show(addresses)}: {redact(mismatch)}.",

@@ -96,7 +96,7 @@ def _proxied(client: Any) -> bool:
     return bool(getattr(pool, "_PoolOptions__proxy", None))
 
 
-def set_name_mismatch(client: Any, addresses: List[Address]) -> Optional[str]:
+def set_name_mismatch(client: Any) -> Optional[str]:
     """``replicaSet=X in the URI, but HOST:PORT is in set 'Y'`` when the heartbeats say so."""
     options = client_options(client)
     wanted = getattr(options, "replica_set_name", None)

@@ -54,6 +54,7 @@ from .plan import (
     unchanged,
     virtual_records,
 )
+from .reach import SetNames, set_name_mismatch
 from .records import (
     HistoryEntry,
     LockInfo,
@@ -890,6 +891,13 @@ class Migrator:
                 hint="Install a pymongo release that supports this server (pymongo 4.10 and "
                 "3.12 both talk to MongoDB 4.0), or upgrade the server. Nothing was changed.",
             )
+        mismatch = set_name_mismatch(self.client)
+        if isinstance(exc, ServerSelectionTimeoutError) and mismatch is not None:
+            return ConnectionFailedError(
+                f"Cannot use MongoDB at {where}: {mismatch}.",
+                hint="Put the server's replica-set name in the URI's replicaSet option. "
+                "Nothing was changed.",
+            )
         if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
             return ConnectionFailedError(
                 f"Cannot reach MongoDB at {where}: {first_line(exc)}",
@@ -927,7 +935,8 @@ def _resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
         options = {k: v for k, v in options.items() if f"{k.lower()}=" not in
                    client_or_db.lower()}
         try:
-            client: Any = pymongo.MongoClient(client_or_db, connect=False, **options)
+            client: Any = pymongo.MongoClient(client_or_db, connect=False,
+                                              event_listeners=[SetNames()], **options)
         except (PyMongoConfigurationError, ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"Bad MongoDB URI {redact(client_or_db)!r}: {redact(str(exc))}",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from support import free_port
 
+from analytiq_migrations import ConnectionFailedError, Migrator
 from analytiq_migrations.cli import main
 
 #: Well under the 15 s default server selection timeout, with room for a loaded machine.
@@ -70,3 +71,17 @@ def test_a_wrong_replica_set_name_names_both(run: Any, client: Any) -> None:
     assert f"the URI asks for replicaSet=not-{name}, but {host}:{port} is a member of " \
            f"replica set '{name}'" in err
     assert "MongoDB at ?" not in err
+
+
+def test_a_wrong_replica_set_name_from_python_names_both(client: Any) -> None:
+    name = client.admin.command("hello").get("setName")
+    if not name:
+        pytest.skip("the test server is not a replica set")
+    host, port = client.address
+    migrator = Migrator(f"mongodb://{host}:{port}/app?replicaSet=not-{name}"
+                        "&serverSelectionTimeoutMS=1000", [])
+    with pytest.raises(ConnectionFailedError) as failed:
+        migrator.status()
+    assert f"Cannot use MongoDB at {host}:{port}: the URI asks for replicaSet=not-{name}, " \
+           f"but {host}:{port} is a member of replica set '{name}'" in str(failed.value)
+    migrator.close()
