@@ -43,6 +43,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .fleet import Fleet
+    from .fleetreport import FleetReport
     from .loader import load_migrations
     from .migration import Migration
     from .records import (
@@ -68,6 +70,8 @@ _LAZY: Dict[str, str] = {
         "HistoryEntry", "MigrationRecord", "Plan", "PlanStep", "Problem", "ProgressEvent",
         "RepairAction", "RunReport", "StatusRow", "StepResult")},
     "RetryPolicy": "retry",
+    "Fleet": "fleet",
+    "FleetReport": "fleetreport",
     "Migrator": "runner",
     "run_migrations": "runner",
 }
@@ -94,6 +98,8 @@ __all__ = [
     "ConnectionFailedError",
     "CorruptRecordError",
     "FailedMigrationError",
+    "Fleet",
+    "FleetReport",
     "HistoryEntry",
     "InterruptedMigrationError",
     "IrreversibleMigrationError",

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
+from .cli_fleet import FLEET_VERBS, add_fleet_options, run_fleet, wants_fleet
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
+from .fastexit import exit_code, leave
 from .hints import command_line
 
 PROG = "analytiq-migrations"
@@ -83,17 +85,6 @@ DESCRIPTION_WIDTH = 44
 
 _AFTER_INTERRUPT = ("Any lock this run held was released; a migration cut short shows as "
                     "interrupted in `status`, and the next `up` re-runs it if that is safe.")
-
-
-@dataclass
-class _Teardown:
-    """Whether this process may end without the interpreter's teardown (see ``console``)."""
-
-    #: Set after a command that ran only this library's code and closed its client.
-    skippable: bool = False
-
-
-_TEARDOWN = _Teardown()
 
 
 class _Terminated(BaseException):
@@ -165,9 +156,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def verb(name: str) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, parents=[common], help=COMMANDS[name],
-                                description=COMMANDS[name], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = verbs.add_parser(name, parents=[common], help=COMMANDS[name],
+                                  description=COMMANDS[name], epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in FLEET_VERBS:
+            add_fleet_options(parser)
+        return parser
 
     strict_help = ("also fail (exit 4) on warnings: versions applied above the code's newest "
                    "one (a database ahead of older code)")
@@ -337,9 +331,6 @@ class Command:
     layers: list[Layer]
     out: Output
     migrator: Any = None
-    #: True once code outside this library may have run: migrations listed in a module
-    #: or a package's ``__init__`` (a directory's files are counted as they load).
-    imported_code: bool = False
     #: ``up``/``down``: when the run began and from which version (for the report of an
     #: interrupted run, which never returns its own).
     run_started: Optional[datetime] = None
@@ -360,7 +351,6 @@ class Command:
             progress = make_reporter(self.out.stderr)
         # history and unlock work without the code (and so despite a broken file)
         source: Optional[list[Any]] = self.loaded if need_code else []
-        self.imported_code = need_code and not os.path.isdir(str(self.settings.migrations))
         client, self.client = self.client, None
         self.migrator = open_migrator(self.settings, migrations=source, progress=progress,
                                       client=client)
@@ -373,25 +363,15 @@ class Command:
 
 
 def console() -> NoReturn:
-    """The ``analytiq-migrations`` executable: ``main()``, then exit.
-
-    When only this library ran (no migration's code was imported) and its client is
-    closed, nothing is left to clean up but pymongo's monitor threads, whose join at
-    interpreter exit costs about half a second (they wake every 0.5 s to notice they
-    were stopped). The process then flushes its output and leaves with ``os._exit``.
-    Anything else (a migration ran, or a module was imported) exits normally, so
-    ``atexit`` handlers of user code still run.
-    """
-    code = main()
-    if _TEARDOWN.skippable:
-        try:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: let the normal exit report it
-            sys.exit(code)
-        os._exit(code)
-    sys.exit(code)
+    """The ``analytiq-migrations`` executable (and ``python -m analytiq_migrations``):
+    ``main()``, which closes the library's own clients, then ``fastexit.leave``: every
+    ``atexit`` handler (user code's too) runs and the output is flushed, but the process
+    does not wait ~0.5 s for pymongo's monitor threads to wake and be joined."""
+    try:
+        code = main()
+    except SystemExit as exc:  # sys.exit() in a migration or in a --client module
+        code = exit_code(exc)
+    leave(code)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -425,7 +405,6 @@ def run(
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    _TEARDOWN.skippable = False
     parser = build_parser(prog)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -452,6 +431,8 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
                                 config=vars(args).get("config"))
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
+        if wants_fleet(args):
+            return run_fleet(command)
         return HANDLERS[args.command](command)
     except MigrationError as exc:
         out.error(exc, prog)
@@ -478,15 +459,6 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     finally:
         if command is not None and command.migrator is not None:
             command.migrator.close()  # a client of the user's own stays open: it is theirs
-            _TEARDOWN.skippable = _ran_library_code_only(command)
-
-
-def _ran_library_code_only(command: Command) -> bool:
-    """No code but this library's (and pymongo's) ran: no migration was imported, and the
-    client was not the user's (``--client`` imports their module; it may hold threads,
-    open clients or ``atexit`` handlers that a normal exit must run)."""
-    return not command.imported_code and getattr(command.settings, "client", None) is None \
-        and not any(m.is_loaded for m in command.migrator.migrations)
 
 
 def _interrupted_report(command: Optional[Command], signal_name: str, exit_code: int) -> None:
@@ -614,6 +586,7 @@ def _plural(count: int, word: str) -> str:
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
+    from .fleetreport import pending_versions
     from .lock import describe, lease_live
 
     m = cmd.open()
@@ -621,12 +594,8 @@ def cmd_status(cmd: Command) -> int:
     problems = m.validate()
     current = m.current_version()
     lock = m.lock_info()
-    # Everything `up` would run (or stops at) is pending: not only never-run versions, but
-    # not an unfinished one whose file is gone either (`up` cannot run it).
-    code = {int(x.version or 0) for x in m.migrations}
-    pending = [r.version for r in rows if r.status == "pending" or
-               (r.status in ("failed", "interrupted", "running") and r.version in code)]
-    head = max(code, default=0)
+    pending = pending_versions(m.migrations, rows)
+    head = max((int(x.version or 0) for x in m.migrations), default=0)
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
@@ -827,7 +796,6 @@ def _nothing_to_do(cmd: Command) -> bool:
         "run_id": uuid.uuid4().hex, "direction": "up", "start_version": version,
         "end_version": version, "started_at": now, "finished_at": now, "steps": [],
         "dry_run": False, "target_version": None, "notes": []})
-    _TEARDOWN.skippable = True  # only this library ran, and its client is closed
     return True
 
 

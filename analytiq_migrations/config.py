@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
-from .server import client_options
+from .server import client_options, topology
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -386,7 +386,7 @@ def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
     if settings.client is not None:  # the client is the connection (and may name the database)
         names = [n for n in names if n not in ("uri", "database")]
     missing = [BY_NAME[n] for n in names if getattr(settings, n) is None]
-    if database_from_uri and settings.uri and _uri_database(settings.uri):
+    if database_from_uri and settings.uri and uri_database(settings.uri):
         missing = [o for o in missing if o.name != "database"]
     if not missing:
         return
@@ -405,7 +405,7 @@ def require(settings: Settings, names: Sequence[str], layers: Sequence[Layer],
     )
 
 
-def _uri_database(uri: str) -> Optional[str]:
+def uri_database(uri: str) -> Optional[str]:
     """The database named in a URI's path, if any (``mongodb://host/NAME?...``)."""
     rest = uri.split("://", 1)[-1]
     if "/" not in rest:
@@ -488,7 +488,7 @@ def ping(client: Any) -> None:
 
 def _hosts(client: Any) -> str:
     """``host:port, ...`` of a client's seeds (never credentials)."""
-    addresses = client.topology_description.server_descriptions()
+    addresses = topology(client).server_descriptions()
     return ", ".join(f"{host}:{port}" for host, port in addresses) or "?"
 
 

@@ -1,10 +1,16 @@
 """What a running migration can reach besides ``db``: set by the step (``step.py``) for the
-duration of ``up``/``down``, used by ``batch_update`` (``batch.py``)."""
+duration of ``up``/``down``, used by ``batch_update`` (``batch.py``).
+
+The binding is per thread: ``Migration`` instances may be shared by several runs at once
+(one list of instances, a ``Fleet`` migrating many databases in threads), so what one run
+binds to an instance is seen by that run's thread only, never by another's.
+"""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 if TYPE_CHECKING:
     from pymongo.client_session import ClientSession
@@ -42,3 +48,32 @@ class RunContext:
     def next_call(self) -> int:
         """Index of the next ``batch_update`` call in this step (for its checkpoint)."""
         return len(self.checkpoints)
+
+
+#: Per thread: ``id(migration)`` -> (its run's context, its run's session) while it runs.
+_BOUND = threading.local()
+
+Binding = Tuple[Optional[RunContext], Optional["ClientSession"]]
+
+
+def _bindings() -> Dict[int, Binding]:
+    """This thread's bindings (created on first use in each thread)."""
+    table: Optional[Dict[int, Binding]] = getattr(_BOUND, "table", None)
+    if table is None:
+        table = _BOUND.table = {}
+    return table
+
+
+def bound(owner: object) -> Binding:
+    """What this thread's run bound to ``owner`` (``(None, None)`` outside a run)."""
+    return _bindings().get(id(owner), (None, None))
+
+
+def bind(owner: object, context: Optional[RunContext] = None,
+         session: Optional[ClientSession] = None) -> None:
+    """Bind ``context`` and ``session`` to ``owner`` for this thread (both ``None``: unbind)."""
+    table = _bindings()
+    if context is None and session is None:
+        table.pop(id(owner), None)
+    else:
+        table[id(owner)] = (context, session)

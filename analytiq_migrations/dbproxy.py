@@ -1,20 +1,32 @@
-"""The ``db`` a transactional migration receives: every call on it joins the run's session.
+"""The ``db`` a transactional migration receives: every call on it joins the run's session,
+or is refused before anything is sent.
 
-The rule, on every pymongo this library supports:
+The rule, on every pymongo this library supports (the table: docs/compatibility.md):
 
 * ``db`` handed to ``up(db)``/``down(db)`` inside a transaction is a :class:`SessionDatabase`:
   a real ``pymongo.database.Database`` subclass (``isinstance(db, Database)`` holds) that adds
-  ``session=`` to every call that takes one, unless the call passes its own. The databases
-  and collections it hands out (``db.users``, ``db["users"]``, ``db.get_collection(...)``,
-  ``db.with_options(...)``, ``db.users.archive``, ``coll.with_options(...)``,
+  ``session=`` to every call that takes one, unless the call passes its own (``session=None``
+  counts as not given: ODMs pass it). The databases and collections it hands out
+  (``db.users``, ``db["users"]``, ``db.get_collection(...)``, ``db.with_options(...)``,
+  ``db.create_collection(...)``'s result, ``db.users.archive``, ``coll.with_options(...)``,
   ``coll.database``) are wrapped the same way, and cursors they open carry the session.
+* Every other public method of the installed pymongo's ``Database``/``Collection`` takes no
+  session (pymongo 3's legacy ``insert``, ``update``, ``save``, ``remove``,
+  ``find_and_modify``, ``initialize_ordered_bulk_op``/``initialize_unordered_bulk_op``,
+  ``ensure_index``, ``group``, ``eval``...): sent, it would commit on its own outside the
+  transaction, so it raises ``MigrationDefinitionError`` naming the call and the modern
+  method to use (or ``transactional = False``) before anything is sent.
 * On pymongo releases with ``ClientSession.bind()`` (4.17+) the session is also bound for
   the duration of the call, so handles *not* obtained from ``db`` (the app's
   ``mongo.db.users``, MongoEngine documents, ``db.client["other"]``) join it as well,
   provided they use the same ``MongoClient``.
-* On older releases (3.12 to 4.16) only handles obtained from ``db`` join: code that reaches
-  the database another way (``db.client["x"]``, a module-level collection, an ODM) runs
-  outside the transaction. Get every handle from ``db`` there.
+* On older releases (3.12 to 4.16) only handles obtained from ``db`` join. Writes sent
+  another way (``db.client["x"]``, a module-level collection, an ODM, a second client)
+  commit on their own; ``outside`` watches for them while the step runs and the step
+  reports them (error, record, ``status``) and does not retry after them.
+* On every release the app's own index builds and DDL during the step follow the
+  transaction's rules (``appddl``): MongoEngine's automatic index creation is held back,
+  anything else that cannot be part of the transaction is refused before sending.
 
 Outside a transaction the migration gets the plain ``Database``: no session is added.
 
@@ -28,15 +40,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional
 
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
+from .appddl import guarding
 from .errors import MigrationDefinitionError, first_line
+from .outside import OutsideWrites
 from .txnrules import NOT_IN_TRANSACTION_CODE, Catalog, refusal, way_out
 
 if TYPE_CHECKING:
@@ -66,6 +81,22 @@ _COLLECTION_METHODS = (
     "map_reduce", "inline_map_reduce", "create_search_index", "create_search_indexes",
     "drop_search_index", "list_search_indexes", "update_search_index",
 )
+# Methods that send nothing to the server (they hand out handles or raise TypeError).
+_LOCAL_METHODS = frozenset({"with_options", "get_collection", "next", "add_son_manipulator"})
+
+#: pymongo 3's legacy methods, which take no session: what to use instead in a transaction.
+LEGACY_REPLACEMENTS = {
+    "insert": "insert_one() / insert_many()",
+    "update": "update_one() / update_many() (or replace_one() for a whole document)",
+    "save": "replace_one({'_id': ...}, doc, upsert=True) (or insert_one() for a new document)",
+    "remove": "delete_one() / delete_many()",
+    "find_and_modify": "find_one_and_update() / find_one_and_replace() / find_one_and_delete()",
+    "initialize_ordered_bulk_op": "bulk_write([InsertOne(...), UpdateOne(...), ...])",
+    "initialize_unordered_bulk_op": "bulk_write([...], ordered=False)",
+    "ensure_index": "create_index()",
+    "group": "aggregate()",
+    "parallel_scan": "find()",
+}
 
 
 @dataclass
@@ -86,7 +117,8 @@ class StepWatch:
     refuses in a transaction (``txnrules``) before it is sent, and remembers the first error
     a call raised, so that a migration that caught it cannot hide why the transaction died."""
 
-    def __init__(self, version: int, direction: str, catalog: Catalog) -> None:
+    def __init__(self, version: int, direction: str, catalog: Catalog,
+                 outside: Optional[OutsideWrites] = None) -> None:
         self.version = version
         self.direction = direction
         self.catalog = catalog
@@ -95,6 +127,8 @@ class StepWatch:
         self.refused: Optional[MigrationDefinitionError] = None
         #: Called with (database, collection, method, result) after each successful call.
         self.observers: List[Callable[[str, Optional[str], str, Any], None]] = []
+        #: Counts the writes sent outside the transaction while the step runs (``outside``).
+        self.outside = outside
 
     def before(self, database: str, collection: Optional[str], method: str, args: Any,
                kwargs: Any) -> None:
@@ -107,6 +141,16 @@ class StepWatch:
                 version=self.version, hint=way_out(),
             )
             raise self.refused
+
+    def sessionless(self, where: str, method: str) -> MigrationDefinitionError:
+        """The error for a method that cannot take the transaction's session (pymongo 3's
+        legacy CRUD, say): sent, it would commit on its own, outside the transaction."""
+        self.refused = MigrationDefinitionError(
+            f"Migration {self.version} {self.direction}() runs in a transaction, and "
+            f"{sessionless_reason(where, method)} (nothing was sent).",
+            version=self.version, hint=sessionless_hint(method),
+        )
+        return self.refused
 
     def failed(self, database: str, collection: Optional[str], method: str,
                error: BaseException) -> Optional[MigrationDefinitionError]:
@@ -148,6 +192,40 @@ def not_in_transaction(error: BaseException) -> Optional[PyMongoError]:
     return None
 
 
+def sessionless_reason(where: str, method: str) -> str:
+    """Why ``where.method()`` cannot run in a transaction: it takes no session."""
+    legacy = " (pymongo 3's legacy API)" if method in LEGACY_REPLACEMENTS else ""
+    return f"{where}.{method}(){legacy} cannot take the transaction's session: it would " \
+           "run outside the transaction and commit on its own"
+
+
+def sessionless_hint(method: str) -> str:
+    """The way out for a method that takes no session."""
+    instead = LEGACY_REPLACEMENTS.get(method)
+    use = f"Use {instead}, which joins the transaction, or declare" if instead else "Declare"
+    return f"{use} the migration `transactional = False` (its writes then commit one by one)."
+
+
+def _refusing(name: str) -> Callable[..., Any]:
+    """A method that takes no session: refused before anything is sent."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        watch: Optional[StepWatch] = self._am_watch
+        if isinstance(self, Collection):
+            database, collection, where = self.database.name, self.name, self.name
+        else:
+            database, collection, where = self.name, None, "db"
+        if watch is None:
+            raise MigrationDefinitionError(
+                f"In a transaction, {sessionless_reason(where, name)} (nothing was sent).",
+                hint=sessionless_hint(name))
+        watch.before(database, collection, name, args, kwargs)  # a rule of MongoDB's first
+        raise watch.sessionless(where, name)
+
+    method.__name__ = name
+    return method
+
+
 def _injecting(base: type, name: str) -> Callable[..., Any]:
     """``base.name`` with ``session=`` added when the caller gave none, watched."""
     original = getattr(base, name)
@@ -161,7 +239,7 @@ def _injecting(base: type, name: str) -> Callable[..., Any]:
             database, collection = self.name, None
         if watch is not None:
             watch.before(database, collection, name, args, kwargs)
-        if "session" not in kwargs:
+        if kwargs.get("session") is None:  # ODMs pass session=None explicitly: it joins too
             kwargs["session"] = self._am_session
         try:
             result = original(self, *args, **kwargs)
@@ -214,12 +292,34 @@ class SessionCollection(_CollectionBase):
         return _collection(super().with_options(*args, **kwargs), self)
 
 
-for _name in _DATABASE_METHODS:
-    if hasattr(Database, _name):
-        setattr(SessionDatabase, _name, _injecting(Database, _name))
-for _name in _COLLECTION_METHODS:
-    if hasattr(Collection, _name):
-        setattr(SessionCollection, _name, _injecting(Collection, _name))
+def _public_methods(cls: type) -> List[str]:
+    """The installed pymongo's public methods of ``cls`` (not properties)."""
+    return [name for name in dir(cls) if not name.startswith("_") and
+            callable(inspect.getattr_static(cls, name))]
+
+
+def _proxy_methods(proxy: type, base: type, injected: Iterable[str]) -> None:
+    """Give ``proxy`` every public method of ``base``: ``injected`` ones add the session,
+    the others (pymongo 3's legacy CRUD, ...) are refused, bar the local ones."""
+    injected = set(injected)
+    for name in _public_methods(base):
+        if name in injected:
+            setattr(proxy, name, _injecting(base, name))
+        elif name not in _LOCAL_METHODS:
+            setattr(proxy, name, _refusing(name))
+
+
+_proxy_methods(SessionDatabase, Database, _DATABASE_METHODS)
+_proxy_methods(SessionCollection, Collection, _COLLECTION_METHODS)
+_create_collection = SessionDatabase.create_collection
+
+
+def _create_joined(self: SessionDatabase, *args: Any, **kwargs: Any) -> SessionCollection:
+    """``create_collection``, whose result joins the session too."""
+    return _collection(_create_collection(self, *args, **kwargs), self)
+
+
+SessionDatabase.create_collection = _create_joined  # type: ignore[assignment,method-assign]
 
 
 def session_database(db: Database[Any], session: ClientSession,
@@ -250,8 +350,11 @@ def joined(db: Database[Any], session: ClientSession,
            watch: Optional[StepWatch] = None) -> Iterator[Database[Any]]:
     """The ``db`` for a migration step in ``session``'s transaction (see the module rule)."""
     proxy = session_database(db, session, watch)
-    if not HAS_BIND:
-        yield proxy
-        return
-    with session.bind(end_session=False):  # type: ignore[attr-defined,unused-ignore]
+    with contextlib.ExitStack() as stack:
+        if watch is not None:
+            stack.enter_context(guarding(watch, HAS_BIND))  # the app's DDL (appddl)
+            if watch.outside is not None:
+                stack.enter_context(watch.outside.watching(db.client, session))
+        if HAS_BIND:
+            stack.enter_context(session.bind(end_session=False))  # type: ignore[attr-defined,unused-ignore]
         yield proxy

@@ -123,7 +123,7 @@ _SECRET_OPTION = re.compile(
 )
 
 #: The key a duplicate-key error quotes: a value from the user's data.
-_DUP_KEY = re.compile(r"dup key: [^\n]*")
+_DUP_KEY = "dup key: "
 
 
 def redact(text: str) -> str:
@@ -185,7 +185,30 @@ def error_message(exc: BaseException, limit: int = 2000) -> str:
 def scrub(text: str) -> str:
     """A message without pymongo's ``full error`` document, a duplicate key's value or
     credentials."""
-    return redact(_DUP_KEY.sub("dup key: {...}", text.split(", full error:")[0]))
+    return redact(_without_dup_key_values(text.split(", full error:")[0]))
+
+
+def _without_dup_key_values(text: str) -> str:
+    """``dup key: { email: "ada@..." }`` -> ``dup key: {...}`` (the braces balanced, so what
+    follows the value, e.g. our own explanation around a caught error, is kept)."""
+    out, start = [], 0
+    while True:
+        found = text.find(_DUP_KEY, start)
+        if found < 0 or text[found + len(_DUP_KEY):found + len(_DUP_KEY) + 1] != "{":
+            out.append(text[start:] if found < 0 else text[start:found + len(_DUP_KEY)])
+            if found < 0:
+                return "".join(out)
+            start = found + len(_DUP_KEY)
+            continue
+        begin = found + len(_DUP_KEY)
+        depth, end = 0, len(text)
+        for index in range(begin, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            if depth == 0:
+                end = index + 1
+                break
+        out.append(text[start:begin] + "{...}")
+        start = end
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,10 +17,13 @@ state the transition starts from:
 * where transactions exist, the record, its history entry (and the legacy document)
   are written in one small transaction that begins with the lease check: a run that
   lost its lease (a paused process, a frozen VM) cannot commit any of them;
-* without transactions, the record write names the state it expects (``running`` by
-  this run, or the record as this run read it under the lock). A new holder changes
-  the record before anything else (it settles the dead run's ``running``), so a stale
-  run's write matches nothing and it stops with ``LockLostError``;
+* without transactions, each write follows a lease check and names the state it expects
+  (``running`` by this run, or the record as this run read it under the lock). A new
+  holder settles the dead run's ``running`` before anything else, and writes every
+  record it moves, so a stale run's write matches nothing and it stops with
+  ``LockLostError``. What is left is a stale ``running`` write racing the takeover on a
+  version the new holder has not reached yet: the new holder's own write then conflicts
+  and it stops instead (nothing runs twice);
 * a write that matches nothing was either this run's own earlier write whose reply
   was lost (the record then says so, and the transition is done) or someone else's:
   the run stops.

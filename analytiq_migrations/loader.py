@@ -14,6 +14,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -182,6 +183,10 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+#: One import at a time: runs in several threads (a ``Fleet``) share the lazy migrations.
+_IMPORTING = threading.RLock()
+
+
 class FileMigration(Migration):
     """A ``NNNN_slug.py`` file, imported only when its code is needed.
 
@@ -220,14 +225,16 @@ class FileMigration(Migration):
         self._loaded: Optional[Migration] = None
 
     def loaded(self) -> Migration:
-        """Import the file (once) and return the migration it defines."""
-        if self._loaded is None:
-            migration = _from_file(self._path, int(self.version or 0), self._package,
-                                   self._source)
-            _check_definition(migration)
-            migration.source_bytes = self.source_bytes
-            self._loaded = migration
-        return self._loaded
+        """Import the file (once, even with runs in several threads) and return the
+        migration it defines."""
+        with _IMPORTING:
+            if self._loaded is None:
+                migration = _from_file(self._path, int(self.version or 0), self._package,
+                                       self._source)
+                _check_definition(migration)
+                migration.source_bytes = self.source_bytes
+                self._loaded = migration
+            return self._loaded
 
     @property
     def is_loaded(self) -> bool:
@@ -352,6 +359,10 @@ def _class_from_file(
     return migration
 
 
+#: Module names of migration files loaded from a directory (``<prefix><hash>.<stem>``).
+FILE_MODULE_PREFIX = "_analytiq_migrations_"
+
+
 def _import_file(path: Path, package: str | None, code: types.CodeType) -> types.ModuleType:
     """Run a migration file's compiled ``code`` as a module (a submodule of ``package``
     when there is one, so its relative imports work); each load runs it afresh."""
@@ -359,7 +370,7 @@ def _import_file(path: Path, package: str | None, code: types.CodeType) -> types
         name = f"{package}.{path.stem}"
     else:
         digest = hashlib.sha1(str(path.resolve().parent).encode()).hexdigest()[:12]
-        name = f"_analytiq_migrations_{digest}.{path.stem}"
+        name = f"{FILE_MODULE_PREFIX}{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
         raise MigrationDefinitionError(f"Cannot import migration file '{path}'.")

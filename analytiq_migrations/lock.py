@@ -22,10 +22,11 @@
   holder. Where that cannot be read (not Linux), the lease is left to expire.
 * While one of the run's transactions is open the heartbeat does not renew: the
   transaction wrote the lease (its re-check), so a renewal would make it fail with a
-  WriteConflict. The transaction's own write renews the lease when it commits. A
-  migration's transaction therefore extends the lease, when it begins, by the longest
-  a transaction can live (``TRANSACTION_LIFETIME``): a live holder in a long
-  transaction is never taken for dead.
+  WriteConflict. The transaction's own write renews the lease when it commits. So
+  while the lock says a transactional step runs (``step``), every write of the lease
+  makes it last the TTL plus the longest a transaction can live
+  (``TRANSACTION_LIFETIME``): a live holder in a long transaction is never taken for
+  dead, and a dead one is taken over that much later (at once on its own host).
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ class Lease:
 
     def _times_update(self, fields: dict[str, Any], *, first: bool) -> Any:
         """An update setting ``fields`` plus times: server time via ``$$NOW`` when possible."""
-        ttl_ms = int(self.ttl * 1000)
+        ttl_ms = int(self.span() * 1000)
         if self.server_time:
             times: dict[str, Any] = {
                 "heartbeat_at": "$$NOW",
@@ -348,6 +349,11 @@ class Lease:
         if first:
             times["locked_at"] = now
         return {"$set": {**fields, **times}}
+
+    def span(self) -> float:
+        """How long each write of the lease makes it last: the TTL, plus the longest a
+        transaction can live while the lock says a transactional step runs (``step``)."""
+        return self.ttl + (TRANSACTION_LIFETIME if self.step is not None else 0.0)
 
     def _write_lease(self, query: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Write our lease over the lock document ``query`` matches, or insert it (upsert);
@@ -469,8 +475,7 @@ class Lease:
 
     # -- while held ----------------------------------------------------------------------
 
-    def check(self, session: Any = None, next_step: Optional[dict[str, Any]] = None,
-              hold: float = 0.0) -> None:
+    def check(self, session: Any = None, next_step: Optional[dict[str, Any]] = None) -> None:
         """Prove we still hold the lease (and extend it) by writing it; raises ``LockLostError``.
 
         Outside a transaction this renews the lease, so whatever comes next starts with a
@@ -479,14 +484,15 @@ class Lease:
         transaction's first statement: it waits for a renewal in flight to finish, and
         the heartbeat then leaves the lease alone until the transaction ends (a renewal
         committed after the transaction's snapshot would fail it with a WriteConflict).
-        ``hold``: seconds the lease must outlast the TTL (the transaction's whole life).
+        Its write is invisible to others until the transaction commits: the lease they see
+        is the one written before, which already covers the transaction (``span``).
         """
         if self.lost_reason:
             raise self._lost()
         if session is None or not session.in_transaction:
             self.renew()
             return
-        ttl = timedelta(seconds=self.ttl + hold)
+        ttl = timedelta(seconds=self.ttl + (TRANSACTION_LIFETIME if next_step else 0.0))
         with self._writing:
             self._txn_session = session
             now = self.clock.now()

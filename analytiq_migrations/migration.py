@@ -16,7 +16,7 @@ import types
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .checksum import raw_checksum, source_checksum
-from .context import RunContext
+from .context import RunContext, bind, bound
 from .errors import MigrationDefinitionError
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ class Migration:
     transactional: Optional[bool] = None
     #: ``True`` when re-running after an interruption is safe.
     idempotent: bool = False
-
-    #: The run's session while ``up``/``down`` runs (``None`` without sessions).
-    session: Optional[ClientSession] = None
-    _context: Optional[RunContext] = None
 
     #: The file a migration was loaded from (``None`` for classes listed in code).
     origin: Optional[str] = None
@@ -72,6 +68,26 @@ class Migration:
             self.transactional = transactional
         if idempotent is not None:
             self.idempotent = idempotent
+
+    # -- what the running step binds (per thread: instances may be shared by runs) ------
+
+    @property
+    def session(self) -> Optional[ClientSession]:
+        """The run's session while ``up``/``down`` runs (``None`` without sessions)."""
+        return bound(self)[1]
+
+    @session.setter
+    def session(self, value: Optional[ClientSession]) -> None:
+        bind(self, bound(self)[0], value)
+
+    @property
+    def _context(self) -> Optional[RunContext]:
+        """The running step's context, in this thread (``None`` outside a run)."""
+        return bound(self)[0]
+
+    @_context.setter
+    def _context(self, value: Optional[RunContext]) -> None:
+        bind(self, value, bound(self)[1])
 
     # -- the author's part -------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from .checksum import raw_checksum
 from .migration import Migration
 from .server import RECORDS_BATCH, own_collection
-from .stored import APPLIED_STATUSES, LEGACY_ID
+from .stored import APPLIED_STATUSES, LEGACY_ID, is_foreign
 
 #: What a clean record's fields may hold, strictly (``None`` where the model allows it).
 #: Stricter than the record model: a value the model would coerce or refuse makes the
@@ -50,8 +50,8 @@ def judge(migrations: Sequence[Migration], docs: Iterable[Mapping[str, Any]]) ->
         return None, "a migration is not a file (its bytes are not known)"
     applied: dict[int, Mapping[str, Any]] = {}
     for doc in docs:
-        if doc.get("_id") == LEGACY_ID:
-            continue  # beside per-version records it is informational (kept current by runs)
+        if doc.get("_id") == LEGACY_ID or is_foreign(doc):
+            continue  # the seed's is informational (kept current by runs); another tool's too
         reason = _unclean(doc)
         if reason:
             return None, reason

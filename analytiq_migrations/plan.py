@@ -159,8 +159,10 @@ def refusal(migration: Migration, record: MigrationRecord, direction: str,
     Yes when nothing of it was kept (transactional), when re-running is declared safe
     (idempotent), or when it resumes its own checkpoint: the attempt was killed, or
     failed inside ``batch_update`` (which stops exactly at a checkpoint). A checkpoint
-    of the other direction is never resumed by this one."""
-    if record.transactional or migration.idempotent:
+    of the other direction is never resumed by this one. A transactional attempt that
+    sent writes outside its transaction (``outside_writes``) kept those: it is half done
+    like a non-transactional one."""
+    if (record.transactional and not _kept_outside(record)) or migration.idempotent:
         return None
     version = record.version
     if record.progress and record.direction != direction:
@@ -184,6 +186,11 @@ def refusal(migration: Migration, record: MigrationRecord, direction: str,
     return None  # pragma: no cover - _refuse_unfinished always raises
 
 
+def _kept_outside(record: MigrationRecord) -> bool:
+    """The attempt's writes outside its transaction persisted although it rolled back."""
+    return bool(getattr(record, "outside_writes", None))
+
+
 def _done(direction: str) -> str:
     """What a direction does to the change, as a past participle."""
     return "applied" if direction == "up" else "reverted"
@@ -202,9 +209,11 @@ def _refuse_unfinished(migration: Migration, record: MigrationRecord, below: int
             version=version, hint=ways,
         )
     message = record.error.message if record.error else "unknown error"
+    why = "its transaction was rolled back but the writes it sent outside the transaction " \
+        "were kept" if _kept_outside(record) else "it is not transactional"
     raise FailedMigrationError(
         f"Migration {version} ({record.description}) failed during '{record.direction}' "
-        f"and is not transactional, so it may be half applied: {message}",
+        f"and {why}, so it may be half applied: {message}",
         version=version, hint=ways,
     )
 
@@ -518,6 +527,11 @@ def _accept_missing_hint() -> str:
 def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,
                      under: int = 0) -> str:
     """What to do about an unfinished attempt."""
+    if record.transactional and _kept_outside(record) and \
+            not (migration is not None and migration.idempotent):
+        return ("Its transaction was rolled back, but writes it sent outside the transaction "
+                "were kept (the error names them), so the next run refuses it until it is "
+                "settled. " + by_hand_hint(record.version, record.direction, under))
     if record.transactional and migration is None:
         return ("It ran in a transaction that was rolled back, so nothing of it was written; "
                 "its file is gone: restore the file, or " + clear_failed_hint()

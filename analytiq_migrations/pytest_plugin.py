@@ -19,6 +19,9 @@ The built-in checks are collected as ``<dir>/conftest.py::analytiq_migrations::<
 of ``tests/conftest.py`` (else the rootdir's ``conftest.py``), so the fixtures that
 conftest overrides are theirs; without either file they hang off the session.
 See docs/testing-your-migrations.md.
+
+It imports and registers on every pytest from 4.6 (a host suite on an old pytest keeps
+starting), and ``-p no:analytiq_migrations`` switches it off altogether.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -36,7 +40,14 @@ _ILLEGAL_DB_CHARS = re.compile(r"[^A-Za-z0-9_]")
 #: Where the built-in checks attach, relative to the rootdir, first that exists.
 _ANCHORS = ("tests/conftest.py", "conftest.py")
 
-_COLLECTED = pytest.StashKey[bool]()
+#: The sessions whose built-in checks were collected already (no ``config.stash``,
+#: pytest 7+, so that older pytests load the plugin too).
+_COLLECTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+#: pytest 7 renamed the ``path`` of ``pytest_collect_file`` (a ``py.path``) to
+#: ``file_path`` (a ``Path``); pytest 9 has only the new one. pluggy refuses a hook whose
+#: arguments the running pytest does not have, so the right one is defined below.
+_PYTEST7 = int(pytest.__version__.split(".")[0]) >= 7
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -133,7 +144,7 @@ def migrations_source(request: pytest.FixtureRequest) -> str:
     from .config import load
     from .errors import MigrationError
 
-    rootpath = request.config.rootpath
+    rootpath = _rootpath(request.config)
     source = str(request.config.getini("analytiq_migrations_source") or "").strip()
     if not source:
         try:
@@ -219,16 +230,20 @@ class CheckItem(pytest.Function):
     """One built-in check."""
 
     def reportinfo(self) -> Any:
-        return self.path, None, f"analytiq_migrations::{self.name}"
+        return getattr(self, "path", None) or self.fspath, None, \
+            f"analytiq_migrations::{self.name}"
 
 
 class ChecksGroup(pytest.Collector):
     """The built-in checks, one test each."""
 
+    #: No module object: pytest before 8 (its nose plugin) looks for a ``setup`` on it.
+    obj: Any = None
+
     def collect(self) -> List[pytest.Item]:
         items: List[pytest.Item] = []
         for name, function in _check_functions().items():
-            item = CheckItem.from_parent(self, name=name, callobj=function)
+            item = _node(CheckItem, self, name=name, callobj=function)
             item.add_marker(pytest.mark.analytiq_migrations)
             items.append(item)
         return items
@@ -238,25 +253,50 @@ class ChecksFile(pytest.File):
     """The conftest.py the built-in checks belong to (collected for them only)."""
 
     def collect(self) -> List[ChecksGroup]:
-        return [ChecksGroup.from_parent(self, name="analytiq_migrations")]
+        return [_node(ChecksGroup, self, name="analytiq_migrations")]
+
+
+def _node(kind: Any, parent: Any, **kwargs: Any) -> Any:
+    """A collection node made the way the running pytest wants (``from_parent`` since 5.4)."""
+    if hasattr(kind, "from_parent"):
+        return kind.from_parent(parent, **kwargs)
+    return kind(parent=parent, **kwargs)
+
+
+def _rootpath(config: pytest.Config) -> Path:
+    """The rootdir as a ``Path`` (``config.rootpath`` is pytest 6.1+)."""
+    return Path(str(getattr(config, "rootpath", None) or getattr(config, "rootdir")))  # noqa: B009
 
 
 def _anchor(config: pytest.Config) -> Optional[Path]:
     for relative in _ANCHORS:
-        path = config.rootpath / relative
+        path = _rootpath(config) / relative
         if path.is_file():
             return path
     return None
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[ChecksFile]:
+def _collect_checks(file_path: Path, parent: pytest.Collector) -> Optional[ChecksFile]:
+    """The built-in checks' file node when ``file_path`` is their anchor, once a session."""
     config = parent.config
     if not config.getoption("analytiq_migrations") or file_path.name != "conftest.py":
         return None
-    if file_path != _anchor(config) or config.stash.get(_COLLECTED, False):
+    if file_path != _anchor(config) or config in _COLLECTED:
         return None
-    config.stash[_COLLECTED] = True
-    return ChecksFile.from_parent(parent, path=file_path)
+    _COLLECTED.add(config)
+    if _PYTEST7:
+        return _node(ChecksFile, parent, path=file_path)  # type: ignore[no-any-return]
+    import py  # type: ignore[import-untyped,unused-ignore]  # pytest before 7: py.path
+
+    return _node(ChecksFile, parent, fspath=py.path.local(file_path))  # type: ignore[no-any-return]
+
+
+if _PYTEST7:
+    def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[ChecksFile]:
+        return _collect_checks(file_path, parent)
+else:  # pragma: no cover - exercised by the CI lane on pytest 4.6
+    def pytest_collect_file(path: Any, parent: pytest.Collector) -> Optional[ChecksFile]:  # type: ignore[misc]
+        return _collect_checks(Path(str(path)), parent)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -264,11 +304,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Without a conftest.py to attach to, the checks hang off the session."""
     if not config.getoption("analytiq_migrations") or _anchor(config) is not None:
         return
-    if config.stash.get(_COLLECTED, False):
+    if config in _COLLECTED:
         return
-    config.stash[_COLLECTED] = True
-    group = ChecksGroup.from_parent(session, name="analytiq_migrations",
-                                    nodeid="analytiq_migrations")
+    _COLLECTED.add(config)
+    group = _node(ChecksGroup, session, name="analytiq_migrations", nodeid="analytiq_migrations")
     items.extend(group.collect())
 
 

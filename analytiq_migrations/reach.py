@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pymongo import monitoring
 
-from .server import client_options
+from .server import client_options, topology
 
 Address = Tuple[str, int]
 
@@ -41,7 +41,7 @@ def seeds(client: Any) -> List[Address]:
     """The addresses the client will contact first (read before contact: the driver drops
     a server from its description once it turns out to be the wrong set)."""
     try:
-        return [(str(h), int(p)) for h, p in client.topology_description.server_descriptions()]
+        return [(str(h), int(p)) for h, p in topology(client).server_descriptions()]
     except (AttributeError, TypeError, ValueError):
         return []
 

@@ -15,6 +15,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .errors import CorruptRecordError
 
+#: How to give this library a records collection of its own (and keep what is applied).
+FOREIGN_HINT = ("--collection NAME, ANALYTIQ_MIGRATIONS_COLLECTION or Migrator(collection=...); "
+                "there `baseline VERSION` marks the versions already applied")
+
 #: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
 PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
@@ -43,10 +47,10 @@ def _as_utc(value: datetime) -> datetime:
 def _json_options() -> Any:
     """Relaxed Extended JSON that can write UUIDs (our collections decode them as such)."""
     from bson import json_util
-    from bson.binary import UuidRepresentation
+    from bson.binary import STANDARD  # pymongo before 3.11 has no UuidRepresentation
 
     return json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED,
-                                 uuid_representation=UuidRepresentation.STANDARD)
+                                 uuid_representation=STANDARD)
 
 
 def _bson_to_json(value: Any) -> Any:
@@ -211,15 +215,19 @@ class MigrationRecord(_Model, extra="allow"):
                 f"Record {doc.get('_id')!r} in collection '{collection}' is malformed: "
                 f"{where}: {first['msg']}",
                 version=doc.get("_id") if isinstance(doc.get("_id"), int) else None,
-                hint=f"Fix or delete the document {{_id: {doc.get('_id')!r}}} in '{collection}' "
-                "(the history collection still has every attempt), then run validate again.",
+                hint=f"Fix the document {{_id: {doc.get('_id')!r}}} in '{collection}' (the history "
+                "collection still has every attempt), then run validate again. If it belongs to "
+                "another tool, leave it and give this library a collection of its own "
+                f"({FOREIGN_HINT}).",
             ) from None
         if doc.get("_id") != record.version:
             raise CorruptRecordError(
                 f"Record {doc.get('_id')!r} in collection '{collection}' says version "
                 f"{record.version}; _id and version must be equal.",
                 version=record.version,
-                hint=f"Fix the document's _id or version field in '{collection}'.",
+                hint=f"Fix the document's _id or version field in '{collection}'. If it belongs "
+                f"to another tool, leave it and give this library a collection of its own "
+                f"({FOREIGN_HINT}).",
             )
         return record
 

@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional, TypeVar
 
 from pymongo.errors import (
     ConnectionFailure,
-    NotPrimaryError,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -31,6 +30,13 @@ from tenacity import (
 )
 
 from .errors import scrub
+
+try:
+    from pymongo.errors import NotPrimaryError
+except ImportError:  # pymongo before 3.12 names it NotMasterError
+    from pymongo.errors import (  # type: ignore[attr-defined,no-redef,unused-ignore]
+        NotMasterError as NotPrimaryError,
+    )
 
 log = logging.getLogger("analytiq_migrations")
 

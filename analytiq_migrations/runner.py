@@ -26,6 +26,7 @@ from pymongo.errors import (
 )
 
 from . import __version__
+from .dbproxy import HAS_BIND
 from .errors import (
     ChecksumDriftError,
     ConfigurationError,
@@ -42,6 +43,7 @@ from .lifecycle import Lifecycle
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, dead_holder, lease_live, read_lock
 from .migration import Migration
+from .outside import note_joining
 from .plan import (
     Target,
     accepts_missing,
@@ -77,7 +79,9 @@ from .server import (
     hosts,
     mongodb_release,
     own_collection,
+    topology,
 )
+from .startonce import refuse_repeated_failure
 from .step import StepEnv, run_step, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
@@ -174,6 +178,7 @@ class Migrator:
         allow_out_of_order: bool = False,
         retry: Optional[RetryPolicy] = None,
         progress: Optional[Callable[[ProgressEvent], None]] = None,
+        stop: Optional[Callable[[], bool]] = None,
     ) -> None:
         if transactions not in TRANSACTION_MODES:
             raise ConfigurationError(
@@ -203,6 +208,8 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.retry = retry or RetryPolicy()
         self.progress = progress
+        #: Asked before each step of a run: True ends the run there (a ``Fleet`` stopping).
+        self.stop = stop
         self.store = Store(self.db, collection, self.retry)
         lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
         self.lock_collection = own_collection(self.db, lock_name)
@@ -587,6 +594,8 @@ class Migrator:
             # another run's `-1` means one below where that run left the database.
             resolved = self._resolve(target, start, direction)
             plan = self._plan(direction, records, resolved)
+            note_joining([s.transactional for s in plan.steps], HAS_BIND)
+            refuse_repeated_failure(plan.steps, records, self._by_version)
             real = self._is_real_client()
             env = StepEnv(
                 db=self.db, store=self.store, lease=lease, session=session, run=run,
@@ -597,6 +606,9 @@ class Migrator:
                 lifecycle=book,
             )
             for step, after in zip(plan.steps, [*plan.steps[1:], None]):
+                if self.stop is not None and self.stop():
+                    log.warning("Stopped before migration %d, as asked", step.version)
+                    break
                 result = run_step(env, step, self._by_version[step.version].loaded(),
                                   records, after)
                 steps.append(result)
@@ -835,7 +847,7 @@ class Migrator:
     def _server_description(self) -> Any:
         """The primary's (or mongos') description, from its ``hello``; connects if needed."""
         for _ in range(2):
-            known = [d for d in self.client.topology_description.server_descriptions().values()
+            known = [d for d in topology(self.client).server_descriptions().values()
                      if d.is_server_type_known]
             # Writes (and so transactions) go to the writable server: a secondary that
             # happens to be listed first says nothing about them.

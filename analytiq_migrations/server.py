@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bson.binary import UuidRepresentation
+from bson.binary import STANDARD
 from bson.codec_options import CodecOptions
 from pymongo.errors import OperationFailure
 
 #: Codec options of the library's own collections (records, history, lock), whatever the
 #: client's: pymongo 3 decodes UUIDs as ``pythonLegacy`` by default and pymongo 4 refuses to
-#: encode them at all, so stored session ids would not round-trip to ``killSessions``.
-OWN_CODEC: CodecOptions[Any] = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
+#: encode them at all, so stored session ids would not round-trip to ``killSessions``
+#: (``bson.binary.STANDARD``: pymongo before 3.11 has no ``UuidRepresentation``).
+OWN_CODEC: CodecOptions[Any] = CodecOptions(uuid_representation=STANDARD)
 
 #: MongoDB 4.0 is wire version 7: sessions, replica-set transactions, ``killSessions``.
 MIN_WIRE_VERSION = 7
@@ -69,10 +70,18 @@ def client_options(client: Any) -> Any:
     return getattr(client, "_MongoClient__options", None)
 
 
+def topology(client: Any) -> Any:
+    """The client's ``TopologyDescription`` (the ``topology_description`` property is
+    pymongo 3.12+; before it, ``client.topology_description`` is a database by that name)."""
+    if getattr(type(client), "topology_description", None) is not None:
+        return client.topology_description
+    return client._topology.description
+
+
 def hosts(client: Any) -> str:
     """host:port list of a client, for messages (never credentials)."""
     try:
-        addresses = list(client.topology_description.server_descriptions().keys())
+        addresses = list(topology(client).server_descriptions().keys())
     except AttributeError:
         return "?"
     if not addresses:  # the driver dropped them (another replica set): the URI's seeds

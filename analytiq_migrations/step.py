@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
-import pymongo
-from pymongo.errors import InvalidOperation, PyMongoError
+from pymongo.errors import PyMongoError
 
+from .checkpoints import PROGRESS_KEY
 from .context import RunContext
 from .dbproxy import StepWatch, joined
 from .errors import (
@@ -39,8 +39,9 @@ from .errors import (
     first_line,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
-from .lock import TRANSACTION_LIFETIME, Lease
+from .lock import Lease
 from .migration import Migration
+from .outside import OutsideWrites
 from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
 from .records import (
     ErrorInfo,
@@ -52,7 +53,7 @@ from .records import (
     StepResult,
 )
 from .retry import RetryPolicy, run_transaction
-from .server import describe_client
+from .stepfaults import foreign_client_error, raise_hidden
 from .store import Store, utcnow
 from .stored import APPLIED_STATUSES
 from .txnrules import Catalog
@@ -131,6 +132,7 @@ class _Step:
         self.started = utcnow()
         self.clock = time.monotonic()
         self.watch: Optional[StepWatch] = None
+        self.outside = OutsideWrites(step.version, step.description, step.direction)
         self.start = Store.start_fields(
             version=step.version, description=step.description, checksum=migration.checksum,
             raw_checksum=migration.raw_checksum(), direction=step.direction, run=env.run,
@@ -156,8 +158,9 @@ class _Step:
         migration.session = env.session
         try:
             if step.transactional:
-                fields = run_transaction(env.session, self._in_transaction, env.retry,
-                                         f"migration {step.version} ({step.direction})")
+                fields = run_transaction(env.session, self.outside.no_retry(self._in_transaction),
+                                         env.retry, f"migration {step.version} ({step.direction})")
+                self.outside.committed()
                 env.lease.step = self.next_marker  # committed with it
                 if env.catalog is not None:
                     env.catalog.next_step()  # committed: what it created exists now
@@ -181,9 +184,7 @@ class _Step:
 
     def _in_transaction(self, txn_session: Any) -> Dict[str, Any]:
         """The transaction's body (run again by the retry loop on transient errors)."""
-        # The lease is extended over the transaction's whole possible life: the heartbeat
-        # cannot renew it while the transaction holds the lock document.
-        self.env.lease.check(txn_session, next_step=self.next_marker, hold=TRANSACTION_LIFETIME)
+        self.env.lease.check(txn_session, next_step=self.next_marker)
         self._call(txn_session)
         fields = self._record_success(txn_session)
         self.commit_tried = True  # what follows is the commit
@@ -202,7 +203,7 @@ class _Step:
                 self.env.catalog = Catalog(loader=self._read_catalog,
                                            wire_version=self.env.wire_version)
             self.env.catalog.new_attempt()  # a retry: the last try's creations rolled back
-            self.watch = StepWatch(step.version, step.direction, self.env.catalog)
+            self.watch = StepWatch(step.version, step.direction, self.env.catalog, self.outside)
             handle: Any = joined(self.env.db, session, self.watch)
         else:
             self.env.catalog = None
@@ -218,44 +219,18 @@ class _Step:
                 version=step.version,
                 hint="Raise an exception (or return False) to fail a migration; sys.exit() "
                 "inside one is treated as a failure.")
-            self._raise_hidden(failure)
+            raise_hidden(self.watch, self.step, failure)
             raise failure from exc
         except Exception as exc:
-            self._raise_hidden(exc)
+            raise_hidden(self.watch, self.step, exc)
             raise
-        self._raise_hidden(None, returned_false=result is False)
+        raise_hidden(self.watch, self.step, None, returned_false=result is False)
         if result is False:
             raise MigrationFailedError(
                 f"Migration {step.version} {step.direction}() returned False.",
                 version=step.version,
             )
         # Any other return value (a pymongo result, say) is ignored: only False means failure.
-
-    def _raise_hidden(self, raised: Optional[BaseException], returned_false: bool = False) -> None:
-        """Raise what the migration hid inside its transaction: a refused call it caught, or
-        the first driver error it caught (which aborted the transaction on the server)."""
-        watch, step = self.watch, self.step
-        if watch is None:
-            return
-        if watch.refused is not None and watch.refused is not raised:
-            raise watch.refused
-        hidden = watch.first_error
-        if hidden is None or hidden.error is raised:
-            return
-        if isinstance(hidden.error, PyMongoError) and \
-                hidden.error.has_error_label("TransientTransactionError"):
-            raise hidden.error  # the transaction loop retries the whole step
-        then = "then returned False" if returned_false else \
-            f"then raised {type(raised).__name__}" if raised is not None else "then carried on"
-        raise MigrationFailedError(
-            f"Migration {step.version} {step.direction}() caught {hidden.describe()} and "
-            f"{then}. Inside a transaction that error aborted the transaction on the server: "
-            "nothing after it could be written, and nothing of the step was kept.",
-            version=step.version,
-            hint="Let the error propagate, or avoid it (for 'insert, ignore duplicates' filter "
-            "the duplicates out first or use update_one(..., upsert=True)), or declare the "
-            "migration `transactional = False`.",
-        ) from hidden.error
 
     def _read_catalog(self) -> Dict[str, Any]:
         """name -> options of the database's collections, read outside the transaction (in a
@@ -331,7 +306,7 @@ class _Step:
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
-        unset = ["faked", "last_error", "pruned"] + \
+        unset = ["faked", "last_error", "outside_writes", "pruned"] + \
             (["applied_at"] if self.success == "rolled_back" else [])
         legacy = None
         if env.legacy:
@@ -354,8 +329,14 @@ class _Step:
         if step.transactional:
             committed = self._committed_anyway(exc)
             if committed is not None:
-                log.warning("Migration %d: the commit reported %s, but the transaction did "
-                            "commit", step.version, first_line(exc))
+                if isinstance(exc, RecordConflict):
+                    log.warning("Migration %d: its transaction was run again after a commit "
+                                "whose reply was lost; that commit had landed, so the second "
+                                "try conflicted and was rolled back (%s once)",
+                                step.version, self.success)
+                else:
+                    log.warning("Migration %d: the commit reported %s, but the transaction "
+                                "did commit", step.version, first_line(exc))
                 return committed
             if isinstance(exc, RecordConflict):
                 raise env.book.lost(exc) from None
@@ -365,12 +346,15 @@ class _Step:
         """Store a failed attempt (record and history, conditionally: never over a record
         this run's transaction committed) and raise the error for it."""
         env, step, previous = self.env, self.step, self.previous
-        exc = self._foreign_client_error(exc) or exc
         in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
             self.ctx.batch_error is exc
+        exc = self.outside.explain(foreign_client_error(self.step, self.env.db.client, exc)
+                                   or exc)
         error = ErrorInfo(type=type(exc).__name__, message=error_message(exc),
                           **({"at": "batch_update"} if in_batch else {}))
         fields, entry = self._outcome("failed", error)
+        outside = self.outside.fields()  # writes kept although the transaction rolled back
+        entry = entry.model_copy(update=outside) if outside else entry
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
         unchanged = step.transactional and previous is not None and \
             previous.status in APPLIED_STATUSES
@@ -382,9 +366,15 @@ class _Step:
                       "attempts": self.attempts}
         elif step.transactional:
             fields = {**self.start, **fields}
+        fields.update(outside)
         expected = self.expected if step.transactional else env.book.mine()
         env.book.finish(step.version, step.direction, expected, {"$set": fields}, entry)
-        self.records[step.version] = self._merge(fields) if not unchanged else \
+        # The checkpoint stays as stored: the last one this attempt saved, else the one it
+        # resumed from.
+        kept = {PROGRESS_KEY: list(self.ctx.checkpoints)} \
+            if self.ctx is not None and self.ctx.checkpoints else self.resume
+        self.records[step.version] = self._merge({**fields, "progress": kept}) \
+            if not unchanged else \
             previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
                                         "attempts": self.attempts})
         if isinstance(exc, MigrationError):
@@ -413,27 +403,6 @@ class _Step:
             f"'{step.direction}': {error.type}: {error.message}",
             version=step.version, hint=hint,
         ) from exc
-
-    def _foreign_client_error(self, exc: BaseException) -> Optional[MigrationFailedError]:
-        """Ours, for pymongo's refusal of another client's operation in a transaction."""
-        step = self.step
-        if not step.transactional or not isinstance(exc, InvalidOperation) or \
-                "Only the client that created the bound session" not in str(exc):
-            return None
-        other = _refusing_client(exc)
-        which = f"another MongoClient ({describe_client(other)})" if other is not None else \
-            "another MongoClient"
-        return MigrationFailedError(
-            f"Migration {step.version} ({step.description}) used {which} inside its "
-            "transaction, which runs on the migrations' client "
-            f"({describe_client(self.env.db.client)}): that write could not join the "
-            "transaction, and the transaction was rolled back.",
-            version=step.version,
-            hint="Run the migrations on the client your data layer uses (Flask: "
-            "init_app(app, client=...); Django: ANALYTIQ_MIGRATIONS['CLIENT']; command line: "
-            "--client MODULE:ATTR), or declare the migration transactional = False (its "
-            "writes then commit one by one).",
-        )
 
     def _committed_anyway(self, cause: Exception) -> Optional[Dict[str, Any]]:
         """After an error: the record's fields if this run's transaction committed (read
@@ -476,18 +445,6 @@ def _confirm_lease(lease: Lease, cause: BaseException) -> None:
     except PyMongoError as exc:
         log.warning("Could not confirm the migration lock before recording the failure: %s",
                     first_line(exc))
-
-
-def _refusing_client(exc: BaseException) -> Any:
-    """The ``MongoClient`` whose method raised ``exc`` (innermost frame with one as ``self``)."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        candidate = tb.tb_frame.f_locals.get("self")
-        if isinstance(candidate, pymongo.MongoClient):
-            found = candidate
-        tb = tb.tb_next
-    return found
 
 
 __all__: List[str] = ["StepEnv", "run_step"]

@@ -1,8 +1,9 @@
 """Per-version records, the append-only history, and the seed's legacy version document.
 
 All reads and writes of the ``migrations`` and ``migrations_history`` collections go
-through :class:`Store`. Writes take an optional session so the runner can put them in
-the same transaction as a migration's own writes.
+through :class:`Store`. Writes take an optional session so they can join a transaction
+(the migration's own, or a small bookkeeping one). Which write happens when, and under
+which condition, is decided by ``lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 from pymongo import DESCENDING, UpdateOne
@@ -21,7 +22,7 @@ from .errors import CorruptRecordError
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
 from .server import RECORDS_BATCH, own_collection
-from .stored import LEGACY_ID
+from .stored import LEGACY_ID, is_foreign
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -40,6 +41,10 @@ class DatabaseState:
     #: ``version`` of the seed's ``{_id: "schema_version"}`` document, if it exists.
     legacy_version: Optional[int] = None
     corrupt: list[CorruptRecordError] = field(default_factory=list)
+    #: How many documents of another tool share the collection (see ``is_foreign``), and
+    #: their field names: ignored, never changed.
+    foreign: int = 0
+    foreign_fields: set[str] = field(default_factory=set)
 
     @property
     def adoptable(self) -> bool:
@@ -57,6 +62,7 @@ class Store:
         self.records = own_collection(db, collection)
         self.history = own_collection(db, self.history_name)
         self.policy = policy
+        self._foreign_noted = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -66,6 +72,10 @@ class Store:
         docs = self.policy.call("read migration records", lambda: list(
             self.records.find({}, batch_size=RECORDS_BATCH)))
         for doc in docs:
+            if is_foreign(doc):
+                state.foreign += 1
+                state.foreign_fields.update(k for k in doc if k != "_id")
+                continue
             if doc.get("_id") == LEGACY_ID:
                 try:
                     state.legacy_version = _legacy_version(doc, self.collection_name)
@@ -78,6 +88,12 @@ class Store:
                 state.corrupt.append(exc)
                 continue
             state.records[record.version] = record
+        if state.foreign and not self._foreign_noted:
+            self._foreign_noted = True
+            log.info("'%s' also holds %d document(s) of another tool (fields: %s); they are "
+                     "left alone: this library's records are the ones whose _id is a version "
+                     "number", self.collection_name, state.foreign,
+                     ", ".join(sorted(state.foreign_fields)[:8]))
         return state
 
     def read_history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
@@ -163,24 +179,6 @@ class Store:
             lambda: self.records.find_one({"_id": version}))
         return doc
 
-    def finish(
-        self,
-        version: int,
-        fields: dict[str, Any],
-        *,
-        session: Any = None,
-        unset: Iterable[str] = (),
-    ) -> None:
-        """Write the outcome of an attempt onto the record (``unset``: fields to remove)."""
-        update: dict[str, Any] = {"$set": fields}
-        if unset:
-            update["$unset"] = {name: "" for name in unset}
-        self._write(
-            f"record the outcome of version {version}",
-            lambda s: self.records.update_one({"_id": version}, update, upsert=True, session=s),
-            session,
-        )
-
     def append_history(self, entry: HistoryEntry, *, session: Any = None) -> None:
         """Append one attempt to the history (never rewrites an entry). Its ``_id`` names
         the run, version, direction, attempt and outcome: the same entry written twice (a
@@ -204,15 +202,6 @@ class Store:
         else:
             self.policy.call(what, lambda: write(None))
 
-    def save_progress(self, version: int, progress: dict[str, Any], session: Any = None) -> None:
-        """Store a checkpoint in the record's ``progress``."""
-        self._write(
-            f"save checkpoint of version {version}",
-            lambda s: self.records.update_one(
-                {"_id": version}, {"$set": {"progress": progress}}, session=s),
-            session,
-        )
-
     def set_legacy(self, version: int, *, session: Any = None) -> None:
         """Keep the seed's ``schema_version`` document equal to the current version."""
         update = {"$set": {"version": version, "updated_at": utcnow()}}
@@ -220,14 +209,6 @@ class Store:
             "update the legacy schema_version document",
             lambda s: self.records.update_one({"_id": LEGACY_ID}, update, session=s),
             session,
-        )
-
-    def put_record(self, record: MigrationRecord) -> None:
-        """Write a whole record (baseline, adoption)."""
-        doc = {"_id": record.version, **record.model_dump()}
-        self.policy.call(
-            f"write record of version {record.version}",
-            lambda: self.records.replace_one({"_id": record.version}, doc, upsert=True),
         )
 
     def remember_raw_checksums(self, hashes: dict[int, tuple[str, str]]) -> None:

@@ -37,6 +37,11 @@ TEMPLATE = '''\
 #     such as collMod;
 # and no transaction holds more than 60 s of work or 16 MB of changes (for large
 # updates use self.batch_update in a Migration class, see the docs).
+# What joins it: every call on `db` and on the collections it hands out (pymongo 3's
+# insert/update/save/remove/find_and_modify are refused: use insert_one, update_many...).
+# Your app's own data layer (MongoEngine documents, Flask-PyMongo's mongo.db,
+# db.client[...]) joins it on pymongo 4.17+ only; before, its writes commit on their own
+# and a failure names them (docs/compatibility.md).
 # For any of these set transactional = False (with idempotent = True if re-running is
 # harmless), or split the migration: the DDL in one, the data change in the next.
 # transactional = False
@@ -49,7 +54,7 @@ TEMPLATE = '''\
 
 def up(db):
     """Apply the change. ``db`` is a pymongo Database; in a transaction, every call on
-    it joins the transaction automatically."""
+    it (and on the collections it hands out) joins the transaction automatically."""
     # db.users.update_many({{"status": {{"$exists": False}}}}, {{"$set": {{"status": "active"}}}})
     raise NotImplementedError("write this migration: {filename}")
 
@@ -78,24 +83,35 @@ def slugify(description: str) -> str:
     return slug[:MAX_SLUG].rstrip("_")
 
 
-def migrations_directory(source: str) -> Path:
-    """The directory behind a ``--migrations`` value (a path, or a package's directory)."""
+def migrations_directory(source: str) -> tuple[Path, bool]:
+    """The directory behind a ``--migrations`` value (a path, or a package's directory),
+    and whether it is a package (its new directories get an ``__init__.py``). A dotted
+    name that does not exist yet goes under the deepest importable package it names,
+    else under the current directory (``shop.db_migrations`` -> ``./shop/db_migrations``)."""
     path = Path(source)
     if path.is_dir():
-        return path
+        return path, False
     if os.sep not in source and not source.endswith(".py") and _DOTTED_NAME.match(source):
-        try:
-            spec = importlib.util.find_spec(source)
-        except (ImportError, ValueError):
-            spec = None
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if not locations:
-            raise ConfigurationError(
-                f"Migrations '{source}' is neither a directory nor an importable package.",
-                hint="Check the package name (is it on sys.path?), or give a directory path.",
-            )
-        return Path(locations[0])
-    return path
+        parts = source.split(".")
+        for size in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:size])
+            try:
+                spec = importlib.util.find_spec(prefix)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None:
+                continue
+            locations = list(spec.submodule_search_locations or [])
+            if not locations:
+                raise ConfigurationError(
+                    f"Migrations '{source}': '{prefix}' is a module, not a package, so it "
+                    "cannot hold migrations.",
+                    hint="Name a package (a directory with __init__.py), or give a directory "
+                    "path.",
+                )
+            return Path(locations[0]).joinpath(*parts[size:]), True
+        return Path.cwd().joinpath(*parts), True
+    return path, False
 
 
 def next_name(directory: Path, slug: str) -> tuple[int, str]:
@@ -120,10 +136,13 @@ def new_migration(source: str, description: str) -> Created:
             f"Cannot make a file name from the description {description!r}.",
             hint="Describe the change in words, e.g. `new add email index`.",
         )
-    directory = migrations_directory(source)
+    directory, package = migrations_directory(source)
     made = not directory.exists()
     if made:
+        missing = [directory, *[p for p in directory.parents if not p.exists()]]
         directory.mkdir(parents=True)
+        for new_directory in missing if package else []:
+            (new_directory / "__init__.py").touch()  # importable by its dotted name
     elif not directory.is_dir():
         raise ConfigurationError(f"Migrations path '{directory}' exists but is not a directory.")
     version, name = next_name(directory, slug)

@@ -28,6 +28,8 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("bench_startup.py", [], ["--runs", "10"]),
     ("bench_peers.py", [], ["--runs", "3", "--files", "200"]),
     ("bench_batch.py", [], ["--docs", "3000", "--loop-docs", "1000", "--rss-docs", "6000"]),
+    ("bench_fleet.py", [], ["--databases", "100", "--work-databases", "8",
+                            "--work-seconds", "0.5"]),
 ]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,3 +413,54 @@ def _server_hygiene() -> Iterator[None]:
     yield
     for target in list(_TARGETS.values()):
         target.reset()
+
+
+# --------------------------------------------------------------------------------------
+# tenant databases (a fleet)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant_prefix(client: Client) -> Iterator[str]:
+    """A prefix no other test uses, for one test's tenant databases; each database whose
+    name starts with it is dropped after the test."""
+    prefix = f"f{uuid.uuid4().hex[:10]}_"
+    yield prefix
+    for name in client.list_database_names():
+        if name.startswith(prefix):
+            client.drop_database(name)
+
+
+#: Two module migrations for a fleet; the second fails on a tenant with a ``hold`` document.
+FLEET_FILES = {
+    "0001_profile.py": '''
+        """Give every user a profile."""
+
+        def up(db):
+            db.users.update_many({}, {"$set": {"profile": {}}})
+
+        def down(db):
+            db.users.update_many({}, {"$unset": {"profile": ""}})
+        ''',
+    "0002_plan.py": '''
+        """Every user is on the free plan (refused while a tenant is on hold)."""
+
+        def up(db):
+            if db.hold.find_one():
+                raise RuntimeError("tenant on hold")
+            db.users.update_many({}, {"$set": {"plan": "free"}})
+
+        def down(db):
+            db.users.update_many({}, {"$unset": {"plan": ""}})
+        ''',
+}
+
+
+@pytest.fixture
+def fleet_project(tmp_path: Path) -> Path:
+    """A directory with ``FLEET_FILES``."""
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    for name, text in FLEET_FILES.items():
+        (directory / name).write_text(textwrap.dedent(text))
+    return directory

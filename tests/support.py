@@ -56,6 +56,19 @@ def unique_db_name(test_name: str, prefix: str = "t") -> str:
     return f"{prefix}_{base[:room]}_{suffix}"
 
 
+def make_tenants(client: Any, prefix: str, count: int, *,
+                 on_hold: Iterable[int] = ()) -> list[str]:
+    """``count`` tenant databases ``<prefix>tNN`` with a user each; those whose index is in
+    ``on_hold`` get a ``hold`` document (the fleet migrations' second one then fails)."""
+    held = set(on_hold)
+    names = [f"{prefix}t{n:02d}" for n in range(count)]
+    for n, name in enumerate(names):
+        client[name].users.insert_one({"n": n})
+        if n in held:
+            client[name].hold.insert_one({"why": "billing"})
+    return names
+
+
 # --------------------------------------------------------------------------------------
 # command monitoring
 # --------------------------------------------------------------------------------------

@@ -646,16 +646,6 @@ def test_a_uri_flag_beats_a_client_from_the_environment(
     assert app_module not in sys.modules  # not even imported
 
 
-def test_a_user_client_keeps_the_normal_exit(cli: Cli, app_module: str) -> None:
-    # console() skips the interpreter's teardown only after library code alone ran: a
-    # no-op on an up-to-date database, say; not when the client came from the user's code.
-    assert cli("up", "-q", "--uri", cli.uri, "--database", cli.db.name).code == 0
-    assert cli("up", "--uri", cli.uri, "--database", cli.db.name).code == 0
-    assert cli_module()._TEARDOWN.skippable
-    assert cli("up", "--client", f"{app_module}:database").code == 0
-    assert not cli_module()._TEARDOWN.skippable
-
-
 @pytest.mark.parametrize("ref, message", [
     ("appdb", "must look like MODULE:ATTR, not 'appdb'"),
     ("no_such_module_xyz:client", "Cannot import module 'no_such_module_xyz' named by --client"),

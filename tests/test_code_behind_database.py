@@ -120,3 +120,19 @@ def test_accepting_missing_files_leaves_files_that_are_there_alone(
     migrator.downgrade(1)
     migrator.upgrade()
     assert "pruned" not in db.migrations.find_one({"_id": 2})
+
+
+def test_a_fleet_ahead_of_the_code_is_ready_unless_strict(
+        project: Path, client: Any, mongo_uri: str, tenant_prefix: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    names = [f"{tenant_prefix}a", f"{tenant_prefix}b"]
+    for name in names:
+        Migrator(client, project, database=name).upgrade()
+    remove(project, 4)  # the older release
+    flags = ["--uri", mongo_uri, "--migrations", str(project), "--databases",
+             f"{tenant_prefix}*"]
+    assert main(["status", *flags, "--check"]) == 0
+    assert main(["validate", *flags]) == 0
+    assert main(["status", *flags, "--check", "--strict"]) == 4
+    assert main(["validate", *flags, "--strict"]) == 4
+    capsys.readouterr()

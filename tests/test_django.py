@@ -89,6 +89,20 @@ def test_status_and_up_with_settings_from_django(configured: Any, db: Any) -> No
     assert db.users.count_documents({}) == 2
 
 
+def test_a_database_setting_that_disagrees_with_the_uri_is_warned_about(
+        migrations: Path, mongo_uri: str, db: Any) -> None:
+    from django.test import override_settings
+
+    base, _, query = mongo_uri.partition("?")
+    uri = f"{base.rstrip('/')}/other_db" + (f"?{query}" if query else "")
+    with override_settings(ANALYTIQ_MIGRATIONS={
+            "URI": uri, "DATABASE": db.name, "SOURCE": str(migrations)}):
+        out, err = call("status")
+    assert f"Database '{db.name}'" in out  # DATABASE wins, as before...
+    assert f"settings.ANALYTIQ_MIGRATIONS['DATABASE'] is '{db.name}' but its URI names the " \
+        "database 'other_db'" in err  # ...but not silently
+
+
 def test_options_before_the_command_and_the_command_lines_own_v(configured: Any) -> None:
     out, err = call("--json", "-v", "plan")
     assert [step["version"] for step in json.loads(out)["steps"]] == [1]
@@ -150,6 +164,39 @@ def test_manage_py_as_a_real_process(migrations: Path, mongo_uri: str, db: Any) 
     status = manage("--json", "status", "--check")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["current_version"] == 1
+
+
+SAVE_WITH_MONGOENGINE = '''\
+"""Create the first customer with the project's MongoEngine model"""
+
+import mongoengine
+
+
+class Customer(mongoengine.Document):
+    name = mongoengine.StringField()
+    meta = {"collection": "customers"}
+
+
+def up(db):
+    Customer(name="Ada").save()
+'''
+
+
+def test_a_django_mongoengine_project_migrates_on_its_connection(
+        migrations: Path, mongo_uri: str, db: Any) -> None:
+    pytest.importorskip("django_mongoengine")
+    (migrations / "0002_first_customer.py").write_text(SAVE_WITH_MONGOENGINE)
+    env = child_env({"TESTSITE_MONGO_URI": mongo_uri, "TESTSITE_MONGO_DATABASE": db.name,
+                     "TESTSITE_MIGRATIONS": str(migrations),
+                     "DJANGO_SETTINGS_MODULE": "testsite.settings_mongoengine"})
+    env.pop("MONGODB_URI", None)
+    up = subprocess.run([sys.executable, "manage.py", "mongo_migrations", "up", "-v"],
+                        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120,
+                        stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stderr
+    assert "mongoengine.connection.get_db" in up.stderr  # -v: the client it used
+    assert [c["name"] for c in db.customers.find()] == ["Ada"]
+    assert db.migrations.count_documents({"status": "applied"}) == 2
 
 
 # -- the project's own client ---------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from children import Children, children_for, write_migrations
@@ -104,9 +104,10 @@ def test_a_commit_whose_outcome_cannot_be_read_is_never_recorded_as_failed(
 # -- 10. a body or batch run again after a commit that did land ------------------------------
 
 
-def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_committing_twice(
-    faulty: Any,  # noqa: F811
-) -> None:
+def counting(first_run: Callable[[], None]) -> Any:
+    """A transactional migration that counts its runs in ``counters`` (what commits) and on
+    ``runs`` (how often its body ran), calling ``first_run`` during its first run."""
+
     class Counted(Migration):
         version = 1
         transactional = True
@@ -116,11 +117,19 @@ def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_co
             type(self).runs += 1
             db.counters.update_one({"_id": 1}, {"$inc": {"runs": 1}}, upsert=True)
             if type(self).runs == 1:
-                # Every try of this commit lands, and each reply says the transaction is
-                # gone (as a retried commit is answered after a server restart): the loop
-                # runs the whole body again.
-                arm({"times": FAST.attempts}, failCommands=["commitTransaction"],
-                    writeConcernError=LOST_COMMIT, errorLabels=["TransientTransactionError"])
+                first_run()
+
+    return Counted
+
+
+def test_a_transaction_run_again_after_its_commit_landed_conflicts_instead_of_committing_twice(
+    faulty: Any,  # noqa: F811
+) -> None:
+    # Every try of the first commit lands, and each reply says the transaction is gone (as
+    # a retried commit is answered after a server restart): the loop runs the body again.
+    Counted = counting(lambda: arm({"times": FAST.attempts}, failCommands=["commitTransaction"],
+                                   writeConcernError=LOST_COMMIT,
+                                   errorLabels=["TransientTransactionError"]))
 
     report = Migrator(faulty, [Counted], retry=FAST).upgrade()
 
@@ -157,7 +166,7 @@ def test_a_batch_run_again_after_its_commit_landed_changes_nothing_twice(
 
 #: A backfill through ``self.batch_update``: 20 items, two batches. Its ``update``s on
 #: ``migrations``: 1 running, 2 started, 3-4 the batches, 5 done, 6 the outcome.
-BACKFILL_CLASS = {
+BACKFILL = {
     "0001_backfill.py": '''\
         from analytiq_migrations import Migration
 
@@ -175,17 +184,41 @@ BACKFILL_CLASS = {
 }
 
 
-@pytest.mark.parametrize("nth, what", [
+#: The holder's bookkeeping writes at which it is paused: its n-th ``update`` on
+#: ``migrations`` (see ``BACKFILL``).
+PAUSE_POINTS = [
     (1, "its running record"),
     (2, "batch_update's started checkpoint"),
     (5, "batch_update's done checkpoint"),
     (6, "the outcome"),
-])
+]
+
+
+@pytest.mark.parametrize("nth, what", PAUSE_POINTS)
 def test_a_holder_paused_past_its_lease_lands_none_of_its_writes(
     db: Any, children: Children, tmp_path: Path, nth: int, what: str
 ) -> None:
+    """Replica set: each write is in a small transaction that begins with the lease check;
+    the run taking over ends the paused holder's session, and with it that transaction."""
+    paused_past_its_lease(db, children, tmp_path, nth, what)
+
+
+@pytest.mark.parametrize("nth, what", PAUSE_POINTS)
+def test_without_transactions_a_paused_holder_lands_none_of_its_writes(
+    standalone_db: Any, standalone_uri: str, tmp_path: Path, nth: int, what: str
+) -> None:
+    """Standalone: each write names the record state it follows (this run's ``running``),
+    which the run taking over changed first."""
+    for registry in children_for(standalone_uri, standalone_db.name):
+        paused_past_its_lease(standalone_db, registry, tmp_path, nth, what)
+
+
+def paused_past_its_lease(db: Any, children: Children, tmp_path: Path, nth: int,
+                          what: str) -> None:
+    """Freeze a holder at its ``nth`` bookkeeping write, let another run take over and
+    finish, thaw the holder: it must stop, and nothing of it may land."""
     db.items.insert_many([{"_id": i, "n": 0} for i in range(20)])
-    source = write_migrations(tmp_path / "migrations", BACKFILL_CLASS)
+    source = write_migrations(tmp_path / "migrations", BACKFILL)
     paused = children.upgrade(source, lock_ttl=SHORT_TTL,
                               signal_at=f"SIGSTOP update migrations {nth}")
     paused.expect("SIGNALLED")
@@ -250,11 +283,25 @@ def test_a_kill_between_record_and_history_never_leaves_an_applied_record_withou
 def test_a_dead_run_settled_twice_has_one_interrupted_entry(
     db: Any, children: Children, tmp_path: Path
 ) -> None:
+    """Replica set: the entry and the record change commit together."""
+    settled_twice(db, children, tmp_path)
+
+
+def test_without_transactions_a_dead_run_settled_twice_has_one_interrupted_entry(
+    standalone_db: Any, standalone_uri: str, tmp_path: Path
+) -> None:
+    """Standalone: the entry is written first; settling again writes the same ``_id``."""
+    for registry in children_for(standalone_uri, standalone_db.name):
+        settled_twice(standalone_db, registry, tmp_path)
+
+
+def settled_twice(db: Any, children: Children, tmp_path: Path) -> None:
+    """A run dies mid-migration; the run settling it dies as it writes the record (after
+    the history entry); a third run settles it again."""
     source = write_migrations(tmp_path / "migrations", NOT_IDEMPOTENT)
     dead = children.upgrade(source, lock_ttl=SHORT_TTL, park_at="tagging")
     dead.expect("PARKED ")
     dead.kill()
-    # The run settling it is killed as it writes the record (after the history entry).
     settler = children.upgrade(source, lock_ttl=SHORT_TTL, lock_wait=NEXT_WAIT,
                                signal_at="SIGKILL update migrations 1")
     settler.proc.wait(90)

@@ -81,7 +81,8 @@ def advised(text: str, verb: str) -> List[str]:
 def history(db: Any, version: int) -> List[Tuple[str, bool]]:
     """(status, faked) of a version's history, oldest first."""
     return [(e["status"], bool(e.get("faked"))) for e in
-            db.migrations_history.find({"version": version}).sort("_id", 1)]
+            db.migrations_history.find({"version": version}).sort(
+                [("started_at", 1), ("finished_at", 1)])]
 
 
 def failed_up(db: Any, capsys: pytest.CaptureFixture[str]) -> str:

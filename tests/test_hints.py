@@ -173,3 +173,34 @@ def test_lock_hints(project: Project, db: Any) -> None:
         project.migrator().upgrade()
     with pytest.raises(LockBusyError, match=r"unlock\(force=True\)"):
         project.migrator().unlock()
+
+
+def test_hints_name_the_apps_own_program(project: Project, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    # A Flask app with a command line of its own (`portal migrations ...`, a FlaskGroup
+    # console script): hints name what the user typed, not `flask migrations`.
+    flask = pytest.importorskip("flask")
+    from click.testing import CliRunner
+    from flask.cli import FlaskGroup
+
+    from analytiq_migrations.contrib.flask import init_app
+
+    for name in ("MONGODB_URI", "ANALYTIQ_MIGRATIONS_URI", "ANALYTIQ_MIGRATIONS_DATABASE",
+                 "ANALYTIQ_MIGRATIONS_SOURCE", "ANALYTIQ_MIGRATIONS_CLIENT"):
+        monkeypatch.delenv(name, raising=False)
+    project.write("0001_half_done.py", HALF_DONE)
+
+    def create_app() -> Any:
+        app = flask.Flask("portal")
+        app.config.update(MONGO_URI=project.uri, ANALYTIQ_MIGRATIONS_DATABASE=project.db.name,
+                          ANALYTIQ_MIGRATIONS_SOURCE=str(project.dir))
+        init_app(app)
+        return app
+
+    portal = FlaskGroup(create_app=create_app)
+    runner = CliRunner()
+    assert runner.invoke(portal, ["migrations", "up"], prog_name="portal").exit_code == 1
+    result = runner.invoke(portal, ["migrations", "status"], prog_name="portal")
+    assert "`portal migrations repair --clear-failed`" in result.output, result.output
+    assert "flask migrations" not in result.output
+    no_python(result.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,35 @@ def test_into_a_package_by_its_dotted_name(tmp_path: Path, monkeypatch: pytest.M
     assert out.strip() == str(package / "0001_seed_products.py")
 
 
-def test_unknown_package_name_is_refused(tmp_path: Path,
+def test_a_new_package_is_created_with_its_init_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    shop = f"shop_{uuid.uuid4().hex[:8]}"  # not a package imported by another test
+    code, out, err = new(capsys, "--migrations", f"{shop}.db_migrations", "seed products")
+    assert code == 0, err
+    package = tmp_path / shop / "db_migrations"
+    assert out.splitlines() == [f"Created directory {package}",
+                                str(package / "0001_seed_products.py")]
+    assert (tmp_path / shop / "__init__.py").exists()
+    assert (package / "__init__.py").exists()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(NotImplementedError, match="write this migration"):
+        load_migrations(f"{shop}.db_migrations")[0].up(None)  # loads by its dotted name
+    # Into an existing package, only the new subpackage is made.
+    code, _, err = new(capsys, "--migrations", f"{shop}.more_migrations", "x")
+    assert code == 0, err
+    assert (tmp_path / shop / "more_migrations" / "__init__.py").exists()
+
+
+def test_a_module_cannot_hold_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = new(capsys, "--migrations", "shop.no_such_package", "x")
+    (tmp_path / "plainmod.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = new(capsys, "--migrations", "plainmod.migrations", "x")
     assert code == 2
-    assert "'shop.no_such_package' is neither a directory nor an importable package" in err
-    assert not (tmp_path / "shop.no_such_package").exists()
+    assert "'plainmod' is a module, not a package" in err
+    assert list(tmp_path.iterdir()) == [tmp_path / "plainmod.py"]
 
 
 def test_never_overwrites_whatever_holds_the_name(tmp_path: Path,

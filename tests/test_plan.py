@@ -149,5 +149,6 @@ def test_rows_and_lock_info_dump_to_json_with_bson_values() -> None:
     assert json.loads(row.model_dump_json())["progress"] == {
         "batch_update": [{"last_id": {"$oid": str(oid)}}]}
     assert row.model_dump()["progress"]["batch_update"][0]["last_id"] == oid  # python mode: BSON
-    lock = LockInfo(holder="h", session_ids=[{"id": Binary.from_uuid(uuid.uuid4())}])
+    # Subtype 4 (a standard UUID), spelled so that pymongo 3.10 (no from_uuid) has it too.
+    lock = LockInfo(holder="h", session_ids=[{"id": Binary(uuid.uuid4().bytes, 4)}])
     assert "$binary" in json.dumps(lock.model_dump(mode="json"))

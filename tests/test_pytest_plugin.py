@@ -118,7 +118,7 @@ def run_pytest(project: Path, *args: str, env: Optional[Dict[str, str]] = None
 
 
 def test_the_checks_catch_a_lossy_down_until_it_is_fixed(project: Path, mongo_uri: str) -> None:
-    done = run_pytest(project, "--analytiq-migrations", "--mongo-uri", mongo_uri)
+    done = run_pytest(project, "--analytiq-migrations", "--mongo-uri", mongo_uri, "-rf")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 failed, 5 passed" in done.stdout
     assert ("FAILED tests/conftest.py::analytiq_migrations::downgrade_leaves_no_trace"
@@ -247,3 +247,28 @@ def test_without_the_server_extra_mongo_server_says_what_to_do(
         "mongo_server: no MongoDB server given and the embedded one is not installed: pip "
         "install 'analytiq_migrations[server]' (Python 3.10+), or pass --mongo-uri URI (or "
         "set MONGODB_URI)")
+
+
+# --------------------------------------------------------------------------------------
+# a host suite that does not use the plugin: installing the library never breaks it
+# --------------------------------------------------------------------------------------
+
+HOST_TEST = '''
+    def test_the_app_still_works():
+        assert 1 + 1 == 2
+'''
+
+
+def test_a_host_suite_runs_with_the_plugin_and_without_it(tmp_path: Path) -> None:
+    host = write_project(tmp_path / "host", {"tests/test_app.py": HOST_TEST})
+    done = run_pytest(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+    # Switched off for a suite that wants nothing of it (docs/testing-your-migrations.md).
+    off = run_pytest(host, "-p", "no:analytiq_migrations")
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert "1 passed" in off.stdout
+    refused = run_pytest(host, "-p", "no:analytiq_migrations", "--analytiq-migrations")
+    assert refused.returncode != 0
+    assert "--analytiq-migrations" in refused.stderr  # an unknown option once it is off

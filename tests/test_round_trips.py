@@ -128,3 +128,30 @@ def test_a_busy_lock_is_known_after_two_lock_commands(
         ("find", "migrations"), ("findAndModify", "migration_lock"),
         ("find", "migration_lock")]
     assert recorder.filter("findAndModify")[0].outcome == "failed"  # collided on _id
+
+
+
+#: A non-transactional step's bookkeeping: two small transactions, each opening with the
+#: lease check, so that a run that lost its lease lands neither (the fencing costs three
+#: commands more than the unfenced writes did: 7 instead of 4).
+FENCED_STEP = [("update", "migration_lock"), ("update", "migrations"),
+               ("commitTransaction", None),
+               ("update", "migration_lock"), ("update", "migrations"),
+               ("insert", "migrations_history"), ("commitTransaction", None)]
+
+
+def test_a_non_transactional_step_costs_two_fenced_transactions(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    """Running (lease, record, commit); outcome (lease, record, history, commit)."""
+
+    class Plain(Touch):
+        transactional = False
+
+    recorded_db.touched.insert_one({"_id": "there before"})
+    recorder.clear()
+    Migrator(recorded_db, [Plain(version=v) for v in (1, 2, 3)]).upgrade()
+
+    sent = [(c.name, c.collection) for c in recorder if c.collection != "touched"]
+    assert sent == [("find", "migrations"), ("findAndModify", "migration_lock"),
+                    ("find", "migrations")] + FENCED_STEP * 3 + [("delete", "migration_lock")]

@@ -26,6 +26,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import cli
 from ..config import OPTIONS, Layer, Option, describe_client, load, parse_bool
 from ..errors import ConfigurationError, MigrationError
+from ..hints import command_line
+from ..loader import FILE_MODULE_PREFIX
+from ..startonce import no_repeat_of_failures
+from . import startup
 
 #: How long a start-up upgrade waits for the lock when nothing says otherwise: pods that
 #: start together queue behind the first one (which migrates) and then find nothing to
@@ -93,10 +97,12 @@ def init_app(app: Any, client: Any = None, database: Optional[str] = None,
         raise ConfigurationError(
             f"{_where(app, 'on_start_failure')} must be one of "
             f"{', '.join(START_FAILURE_MODES)}, not {mode!r}.")
-    command = _flask_command()
+    command = startup.click_command() or startup.flask_script_command()
     if command is not None:
-        log.debug("UPGRADE_ON_START: not upgrading for `%s` (only before serving: a WSGI "
-                  "server or `flask run`)", command)
+        app.logger.info(
+            "analytiq_migrations: UPGRADE_ON_START: not upgrading for `%s` (only before "
+            "serving: a WSGI server, `flask run`, Flask-Script's runserver; a serve command "
+            "of your own calls analytiq_migrations.contrib.flask.upgrade(app))", command)
         return
     _upgrade_on_start(app, state, mode)
 
@@ -122,34 +128,6 @@ def _text(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _flask_command() -> Optional[str]:
-    """The ``flask`` command being run when it is not a server (``flask migrations``,
-    ``flask shell``, ``flask routes``...); ``None`` when the app is about to serve: no
-    ``flask`` command at all (a WSGI server, a script, the tests) or ``flask run``."""
-    click = sys.modules.get("click")
-    if click is None:
-        return None
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    from flask.cli import ScriptInfo
-
-    if ctx.find_object(ScriptInfo) is None:
-        return None  # another click program that builds the app
-    if ctx.command.name == "run":
-        reload = ctx.params.get("reload")
-        if reload is None:
-            from flask.helpers import get_debug_flag
-
-            reload = get_debug_flag()
-        from werkzeug.serving import is_running_from_reloader
-
-        if reload and not is_running_from_reloader():
-            return "flask run (the reloader's watcher; its server process upgrades)"
-        return None
-    return str(ctx.command_path)
-
-
 def _in_flask_run() -> bool:
     """Inside ``flask run``."""
     click = sys.modules.get("click")
@@ -159,8 +137,10 @@ def _in_flask_run() -> bool:
 
 def _upgrade_on_start(app: Any, state: State, mode: str) -> None:
     """Upgrade now; a failure logs one error and refuses to start or starts degraded."""
+    app.logger.info("analytiq_migrations: UPGRADE_ON_START: upgrading before serving")
     try:
-        state.start_report = upgrade(app)
+        with command_line(program(app)), no_repeat_of_failures():
+            state.start_report = upgrade(app)
     except MigrationError as exc:
         what = f"{exc.message}" + (f" -> {exc.hint}" if exc.hint else "")
         if mode == "degraded":
@@ -245,9 +225,9 @@ def discover_client(app: Any) -> Optional[Tuple[Any, str]]:
 
 def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
     """``flask_pymongo.PyMongo`` objects with a client, and a name for each: those in
-    ``app.extensions``, on the app, and in the modules of the app's package
-    (``mongo = PyMongo(app)`` in ``myapp/extensions.py``): Flask-PyMongo itself does not
-    register on the app."""
+    ``app.extensions``, on the app, and in any loaded module (``mongo = PyMongo(app)`` in
+    ``myapp/extensions.py``, or in ``svcapp.py`` for ``Flask("svc")``): Flask-PyMongo
+    itself does not register on the app, and the app's import name need not be a module."""
     kind = sys.modules["flask_pymongo"].PyMongo
     seen: Dict[int, Tuple[str, Any]] = {}
 
@@ -263,12 +243,13 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
                 consider(f"app.extensions[{key!r}][{inner!r}]", item)
     for attr, value in list(vars(app).items()):
         consider(f"app.{attr}", value)
-    # The app's own modules: its package (``Flask(__name__)`` names it) and the script.
+    # Modules: the app's package (``Flask(__name__)`` names it) first, for the names shown.
     package = str(app.import_name).split(".")[0]
-    for module_name, module in list(sys.modules.items()):
-        if module_name != "__main__" and module_name != package and \
-                not module_name.startswith(package + "."):
-            continue
+    modules = sorted(list(sys.modules.items()), key=lambda item: not (
+        item[0] == package or item[0].startswith(package + ".")))
+    for module_name, module in modules:
+        if module_name.startswith(FILE_MODULE_PREFIX):
+            continue  # migration files import the app's client; they do not own one
         namespace = getattr(module, "__dict__", None)
         for attr, value in list(namespace.items()) if isinstance(namespace, dict) else []:
             consider(f"{module_name}.{attr}", value)
@@ -277,7 +258,9 @@ def _flask_pymongo_objects(app: Any) -> List[Tuple[str, Any]]:
 
 def upgrade(app: Any) -> Any:
     """Apply pending migrations now (in an app context), waiting for the lock; returns
-    the ``RunReport``. The app's own client is used and left open."""
+    the ``RunReport``. The app's own client is used and left open. Call it where a serve
+    command of your own (``flask serve``, a Flask-Script command) starts serving: the
+    start-up upgrade only knows ``flask run``, Flask-Script's server and WSGI servers."""
     from ..config import open_migrator, require
 
     with app.app_context():
@@ -296,6 +279,16 @@ def upgrade(app: Any) -> Any:
     app.logger.info("analytiq_migrations: database '%s' at version %d (was %d)",
                     migrator.db.name, report.end_version, report.start_version)
     return report
+
+
+def program(app: Any) -> str:
+    """How the user runs this app's command group: ``flask migrations``, or the app's own
+    program (``portal migrations``) when one is running."""
+    group = str(_hook_setting(app, "group") or "migrations").strip()
+    click = sys.modules.get("click")
+    ctx = click.get_current_context(silent=True) if click is not None else None
+    root = ctx.find_root().info_name if ctx is not None else None
+    return f"{root or 'flask'} {group}"
 
 
 def _group(app: Any, name: str) -> Any:
@@ -322,7 +315,10 @@ def _group(app: Any, name: str) -> Any:
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def command(args: Tuple[str, ...]) -> None:
             argv = ([verb] if verb else []) + list(args)
-            code = cli.run(argv, prog=f"flask {name}",
+            # Hints name the program the user typed (`portal migrations`, `flask migrations`).
+            parent = click.get_current_context().parent
+            prog = parent.command_path if parent is not None else f"flask {name}"
+            code = cli.run(argv, prog=prog,
                            framework=lambda: settings_layer(app),
                            stdout=sys.stdout, stderr=sys.stderr)
             click.get_current_context().exit(code)

@@ -11,10 +11,13 @@ the environment and ``pyproject.toml``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ...config import OPTIONS, Layer, Option
+from ...config import OPTIONS, Layer, Option, uri_database
 from ...errors import ConfigurationError
+
+log = logging.getLogger("analytiq_migrations")
 
 #: The Django setting holding this library's settings.
 SETTING = "ANALYTIQ_MIGRATIONS"
@@ -38,6 +41,13 @@ def settings_layer() -> Layer:
             f"Unknown key(s) in settings.{SETTING}: {', '.join(map(str, unknown))}.",
             hint=f"Known keys: {', '.join(by_key)}.",
         )
+
+    named = uri_database(str(values["URI"])) if isinstance(values.get("URI"), str) else None
+    if named and values.get("DATABASE") and values["DATABASE"] != named:
+        log.warning(
+            "settings.%s['DATABASE'] is %r but its URI names the database %r: %r is used. "
+            "Remove DATABASE (the URI's database is used) or make the two agree.",
+            SETTING, values["DATABASE"], named, values["DATABASE"])
 
     def naming(option: Option) -> str:
         return f"settings.{SETTING}['{option.framework_key}']"

@@ -4,6 +4,8 @@ The MongoDB settings come from the environment here so the tests can point the
 project at their server; a real project writes its values directly.
 """
 
+from __future__ import annotations  # the annotations below on Python 3.8
+
 import os
 
 SECRET_KEY = "test-only-not-secret"
