@@ -14,21 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
+from .pyprojectfile import beside, find_pyproject, named_config, read_table
 from .server import client_options, topology
 
 log = logging.getLogger("analytiq_migrations")
-
-#: Where our settings live in a ``pyproject.toml``.
-PYPROJECT_TABLE = ("tool", "analytiq_migrations")
-
-#: ``[tool.analytiq_migrations]`` as a line of TOML (for when no TOML parser is around).
-_TABLE_HEADER = re.compile(r'^\s*\[\s*"?tool"?\s*\.\s*"?analytiq_migrations"?\s*\]', re.M)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -230,7 +224,7 @@ def pyproject_layer(directory: Optional[Path] = None, path: Optional[Path] = Non
     ``pyproject.toml`` that has one, searched from ``directory`` (default: cwd) upward."""
     found: Optional[Path]
     if path is not None:
-        found, table = _named_config(path), _read_pyproject(path)
+        found, table = named_config(path), read_table(path)
         if not table:
             raise ConfigurationError(
                 f"--config {path}: the file has no [tool.analytiq_migrations] table.",
@@ -254,90 +248,9 @@ def pyproject_layer(directory: Optional[Path] = None, path: Optional[Path] = Non
             )
         values[option.name] = value
     if found is not None and isinstance(values.get("migrations"), str):
-        values["migrations"] = _beside(found.parent, values["migrations"])
+        values["migrations"] = beside(found.parent, values["migrations"])
     return Layer(values, lambda option: f"{option.key} = \"...\" in [tool.analytiq_migrations] "
                  + where, how="put")
-
-
-def find_pyproject(start: Path) -> tuple[Optional[Path], dict[str, Any], str]:
-    """The nearest ``pyproject.toml`` with a ``[tool.analytiq_migrations]`` table, from
-    ``start`` upward, stopping at the repository root (a directory holding ``.git``) or the
-    filesystem root; its table; and where the search stopped, for messages."""
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        table = _read_pyproject(candidate) if candidate.is_file() else {}
-        if table:
-            return candidate, table, str(directory)
-        if (directory / ".git").exists():
-            return None, {}, f"{directory} (the repository root)"
-    return None, {}, f"{start.anchor or '/'} (the filesystem root)"
-
-
-def _named_config(path: Path) -> Path:
-    """The file ``--config`` names, made absolute; an error when it is not there."""
-    resolved = path.expanduser().resolve()
-    if not resolved.is_file():
-        raise ConfigurationError(
-            f"--config {path}: no such file ({resolved}).",
-            hint="Name an existing pyproject.toml with a [tool.analytiq_migrations] table.",
-        )
-    return resolved
-
-
-def _beside(base: Path, source: str) -> str:
-    """A relative migrations directory as seen from the file that names it (which may be in
-    a directory above the working one); a dotted name or an absolute path as given."""
-    candidate = base / source
-    a_path = candidate.is_dir() or "/" in source or os.sep in source
-    if a_path and not Path(source).is_absolute() and \
-            (Path.cwd() / source).resolve() != candidate.resolve():
-        return str(candidate)
-    return source
-
-
-def _read_pyproject(path: Path) -> dict[str, Any]:
-    """The ``[tool.analytiq_migrations]`` table, ``{}`` without one (or without the file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read {path}: {exc}") from None
-    if "analytiq_migrations" not in text:
-        return {}  # nothing of ours: don't parse (or need a TOML parser) at all
-    toml = _toml_module()
-    if toml is None:
-        if not _TABLE_HEADER.search(text):
-            return {}  # only mentions the package (a dependency list, say)
-        raise ConfigurationError(
-            f"{path} has a [tool.analytiq_migrations] table but this Python has no TOML "
-            "parser.",
-            hint="pip install tomli (built in from Python 3.11 on), or pass the settings as "
-            "flags or environment variables.",
-        )
-    try:
-        data = toml.loads(text)
-    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
-    table: Any = data
-    for part in PYPROJECT_TABLE:
-        table = table.get(part, {}) if isinstance(table, dict) else {}
-    if not isinstance(table, dict):
-        raise ConfigurationError(f"[tool.analytiq_migrations] in {path} must be a table.")
-    return table
-
-
-def _toml_module() -> Any:
-    """``tomllib`` (3.11+) or ``tomli`` if installed; ``None`` otherwise."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    try:
-        import tomli  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    return tomli
 
 
 def resolve(layers: Sequence[Layer]) -> Settings:

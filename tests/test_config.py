@@ -186,9 +186,9 @@ def test_every_option_has_a_flag_an_environment_variable_and_a_framework_key() -
 def test_without_a_toml_parser_only_our_table_needs_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Python 3.9/3.10 without tomli: a project that merely depends on us still works."""
-    from analytiq_migrations import config
+    from analytiq_migrations import pyprojectfile
 
-    monkeypatch.setattr(config, "_toml_module", lambda: None)
+    monkeypatch.setattr(pyprojectfile, "_toml_module", lambda: None)
     (tmp_path / "pyproject.toml").write_text(
         "[project]\nname = 'shop'\ndependencies = ['analytiq_migrations>=0.1']\n")
     assert settings_from(tmp_path, env=ENV).uri == ENV["MONGODB_URI"]
