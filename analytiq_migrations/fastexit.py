@@ -66,8 +66,9 @@ def leave(code: int) -> NoReturn:
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the process was started with that file closed
+                stream.flush()
     except (OSError, ValueError):  # a closed pipe: the normal exit reports it (code 120)
         sys.exit(code)
     os._exit(code)

@@ -154,11 +154,6 @@ class Tool:
     argv: Callable[[Path, str, str], list[str]]
     env: dict[str, str] = field(default_factory=dict)
 
-    def project(self, directory: Path, workload: Workload, uri: str, db: str) -> list[str]:
-        """Write ``workload`` for this tool into ``directory``; the command that applies it."""
-        self.write(directory / "migrations", workload.steps)
-        return self.argv(directory, uri, db)
-
 
 def ours(name: str, command: list[str], **env: str) -> Tool:
     """``analytiq-migrations up`` (``command``), with the library found via ``env``."""

@@ -1,7 +1,7 @@
 """Run every benchmark against one server and print their tables.
 
-    python benchmarks/run_all.py            # the issue's sizes (about 20 min on SecantusDB)
-    python benchmarks/run_all.py --quick    # small sizes, a minute or two: checks the scripts
+    python benchmarks/run_all.py            # the issue's sizes (about 25 min on SecantusDB)
+    python benchmarks/run_all.py --quick    # small sizes, about 4 minutes: checks the scripts
     MONGODB_URI=mongodb://host/ python benchmarks/run_all.py   # a real MongoDB
 
 Each script exits 0 when its targets are met, 1 when not; the summary lists them.
@@ -40,9 +40,9 @@ def main() -> int:
     p.add_argument("only", nargs="*", help="run only these scripts (e.g. bench_noop)")
     args = p.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    # Without a URI each script starts its own SecantusDB (bench_batch one per run):
-    # that server slows down with every write it takes, so sharing one would make each
-    # figure depend on the ones before it.
+    # Without a URI each script starts its own SecantusDB (bench_batch one per run,
+    # bench_peers one per round): that server slows down with every write it takes, so
+    # sharing one would make each figure depend on the ones before it.
     where = ["--uri", args.uri] if args.uri else []
     outcome = []
     for script, full, quick in SCRIPTS:

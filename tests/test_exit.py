@@ -1,35 +1,43 @@
 """How the command line's process ends: at once, without waiting for pymongo's monitor
 threads, yet with every ``atexit`` handler of the user's code run and all output written.
 
-Each run is a real process started as the console script starts it, with a probe
-registered before anything else: ``atexit`` handlers run last-registered first, so the
-probe runs after all the others (pymongo's included, at a normal exit) and reports
-whether pymongo's threads were still there, that is whether anything waited for them.
+Each run is a real process started as the console script starts it, with a probe in
+front: it registers an ``atexit`` handler before anything else (handlers run
+last-registered first, so the probe runs after all the others, pymongo's included at a
+normal exit), then opens a client of its own that it never closes, as an application's
+code might. pymongo's exit handler would stop and join that client's threads; the probe
+reports whether they were still alive, that is whether anything waited for them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from children import write_migrations
-from support import child_env
+from support import child_env, free_port
 
 #: The console script's body with the probe in front (it must be registered first).
 CONSOLE = """\
-import atexit, sys, threading
+import atexit, os, sys, threading
 
 def probe():
-    alive = [t.name for t in threading.enumerate() if t.name.startswith("pymongo")]
-    sys.stderr.write(f"PROBE pymongo threads at exit: {len(alive)}\\n")
+    alive = [t for t in WATCHED if t.is_alive()]
+    sys.stderr.write(f"PROBE pymongo threads alive at exit: {len(alive)} of {len(WATCHED)}\\n")
 
 atexit.register(probe)
+import pymongo
+before = set(threading.enumerate())
+watched_client = pymongo.MongoClient(os.environ["PROBE_URI"])
+watched_client.admin.command("ping")
+WATCHED = [t for t in threading.enumerate() if t not in before]
 sys.argv[0] = "analytiq-migrations"
 """
 
@@ -110,7 +118,16 @@ class Exited:
         """Whether pymongo's threads were gone by the end of the ``atexit`` handlers."""
         probes = [line for line in self.err.splitlines() if line.startswith("PROBE ")]
         assert len(probes) == 1, self.err[-2000:]
-        return probes[0].endswith(": 0")
+        alive, watched = probes[0].split(": ")[1].split(" of ")
+        assert int(watched) > 0, probes[0]
+        return alive == "0"
+
+
+@pytest.fixture(autouse=True)
+def probe_server(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The server the probe's own client connects to."""
+    monkeypatch.setenv("PROBE_URI", mongo_uri)
+    yield
 
 
 def console(cwd: Path, *args: str, entry: str = SCRIPT, **env: str) -> Exited:
@@ -204,8 +221,9 @@ def test_exit_codes_are_unchanged(tmp_path: Path, mongo_uri: str, db: Any) -> No
     assert (noop.code, noop.out.strip()) == (0, f"Nothing to do: '{db.name}' is at version 1.")
     assert not noop.waited_for_pymongo
     assert console(tmp_path, "up", "--lock-wait", *where(mongo_uri, db)).code == 2
-    assert console(tmp_path, "up", "--uri", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS"
-                   "=200", "--database", db.name, "--migrations", "migrations").code == 5
+    nowhere = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=200"
+    assert console(tmp_path, "up", "--uri", nowhere, "--database", db.name,
+                   "--migrations", "migrations").code == 5
     assert console(tmp_path, "new", "second", "step", "--migrations", "migrations").code == 0
     db.migrations.update_one({"_id": 1}, {"$set": {"checksum": "0" * 64}})
     assert console(tmp_path, "validate", *where(mongo_uri, db)).code == 4
@@ -244,3 +262,20 @@ def test_threads_a_migration_leaves_running_are_joined_first(tmp_path: Path, mon
     assert up.out.splitlines()[-1] == "THREAD finished its work"
     # (Not asserted here whether pymongo's threads were still there: while the user's thread
     # is joined they may end on their own, the sooner the busier the machine.)
+
+
+def test_a_quiet_up_with_stdout_closed_exits_cleanly(tmp_path: Path, mongo_uri: str,
+                                                     db: Any) -> None:
+    # cron jobs and init scripts sometimes start commands with `>&-`: an apply, then a no-op
+    write_migrations(tmp_path / "migrations", {"0001_greet.py": SAYS_BYE})
+    environ = child_env({"BYE_FILE": str(tmp_path / "bye.txt")})
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CONSOLE + SCRIPT, "up", "-q",
+                               *where(mongo_uri, db)], cwd=tmp_path, env=environ, timeout=300,
+                              stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE,
+                              text=True, preexec_fn=lambda: os.close(1))
+        assert done.returncode == 0, done.stderr
+        assert [line for line in done.stderr.splitlines()
+                if not line.startswith("PROBE")] == []
+    assert (tmp_path / "bye.txt").read_text() == "ran"
+    assert db.migrations.find_one({"_id": 1})["status"] == "applied"
