@@ -21,6 +21,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
@@ -48,6 +49,8 @@ EXIT_SIGTERM = 143
 
 #: One line per command for ``--help`` (and the Flask group's listing).
 COMMANDS = {
+    "server": "run a local MongoDB-compatible replica set in the foreground and print its URI "
+              "(the [server] extra); Ctrl-C stops it",
     "status": "show every migration's state; --check exits 6 if any are pending, 4 if unhealthy",
     "current": "print the current version (the highest applied), nothing else",
     "show": "everything about one version: record, checksums, file, last error, history",
@@ -70,7 +73,8 @@ COMMANDS = {
 EPILOG = """\
 targets: a version number, head, base (no migrations), +N or -N (steps from the current one)
 settings: flags > ANALYTIQ_MIGRATIONS_* / MONGODB_URI environment > [tool.analytiq_migrations]
-  in ./pyproject.toml; the database may also come from the URI path (mongodb://host/NAME)
+  of --config PATH, else of the nearest pyproject.toml with it, from here up to the
+  repository root; the database may also come from the URI path (mongodb://host/NAME)
 exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration,
   3 lock busy, 4 validation problem, 5 cannot reach the server, 6 pending (status --check)
 """
@@ -125,6 +129,10 @@ def _common_options() -> argparse.ArgumentParser:
                        help="apply pending versions below the current one")
     group.add_argument("--server-timeout", metavar="SECONDS",
                        help="how long to look for the server before exiting 5 (default 15)")
+    group.add_argument("--config", metavar="PATH", type=Path,
+                       help="read [tool.analytiq_migrations] from this file (default: the "
+                       "nearest pyproject.toml with that table, from here up to the "
+                       "repository root)")
     output = common.add_argument_group("output")
     output.add_argument("--json", action="store_true",
                         help="print one JSON document (results, or {\"error\": ...})")
@@ -155,9 +163,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             add_fleet_options(parser)
         return parser
 
-    verb("status").add_argument(
+    strict_help = ("also fail (exit 4) on warnings: versions applied above the code's newest "
+                   "one (a database ahead of older code)")
+    status = verb("status")
+    status.add_argument(
         "--check", action="store_true",
         help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
+    status.add_argument("--strict", action="store_true", help=strict_help)
     verb("current")
     verb("show").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("plan").add_argument("target", nargs="?", **target)
@@ -177,7 +189,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     history.add_argument("version", nargs="?", type=_version_arg, metavar="VERSION")
     history.add_argument("--limit", type=int, default=0, metavar="N",
                          help="newest N entries only (default: all)")
-    verb("validate")
+    verb("validate").add_argument("--strict", action="store_true", help=strict_help)
     repair = verb("repair")
     repair.add_argument("--accept-checksums", action="store_true",
                         help="record the current code's checksums for edited applied migrations")
@@ -185,12 +197,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="forget failed/interrupted attempts you undid by hand, so the "
                         "next run starts them afresh (finished by hand instead: `up --fake "
                         "VERSION`, or `down --fake` to the version below, for a revert)")
+    repair.add_argument("--accept-missing", action="store_true",
+                        help="record applied versions whose files were pruned or squashed as "
+                        "removed on purpose, so they are no longer reported missing")
     verb("baseline").add_argument("version", type=_version_arg, metavar="VERSION")
     verb("unlock").add_argument("--force", action="store_true",
                                 help="break the lock even if its holder's lease is live")
     verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
     verb("verify").add_argument("--seed", metavar="MODULE:ATTR",
                                 help="{version: data} inserted before that version's up")
+    server = verb("server")
+    server.add_argument("--port", type=int, default=27017, metavar="P",
+                        help="TCP port on 127.0.0.1 (default 27017, mongod's)")
+    server.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                        help="keep the data in DIR (default: a temporary directory, removed "
+                        "when it stops)")
     return parser
 
 
@@ -406,7 +427,8 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     command: Optional[Command] = None
     try:
         flags = {name: value for name, value in vars(args).items() if name in BY_NAME}
-        settings, layers = load(flags, framework() if framework else None)
+        settings, layers = load(flags, framework() if framework else None,
+                                config=vars(args).get("config"))
         logging.getLogger("analytiq_migrations").debug("settings:\n%s", settings.describe())
         command = Command(args, settings, layers, out)
         if wants_fleet(args):
@@ -539,8 +561,14 @@ def _plain(value: Any) -> Any:
 
 
 def _problems_text(problems: Sequence[Any]) -> str:
-    """A bulleted list of problems with what to do about each."""
-    return "\n".join(f"  - {p.message}\n    -> {p.hint}" for p in problems)
+    """A bulleted list of problems with what to do about each (warnings say so)."""
+    return "\n".join(f"  - {'warning: ' if p.severity == 'warning' else ''}{p.message}\n"
+                     f"    -> {p.hint}" for p in problems)
+
+
+def _failing(problems: Sequence[Any], strict: bool) -> list[Any]:
+    """The problems that fail a gate: errors, and with ``--strict`` warnings too."""
+    return [p for p in problems if strict or p.severity != "warning"]
 
 
 def _yes(flag: bool) -> str:
@@ -571,7 +599,7 @@ def cmd_status(cmd: Command) -> int:
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
-        "pending": pending, "healthy": not problems,
+        "pending": pending, "healthy": not _failing(problems, False),
         "migrations": _dump(rows), "problems": _dump(problems),
         "lock": _plain(lock.model_dump()) if lock else None,
     }
@@ -583,7 +611,9 @@ def cmd_status(cmd: Command) -> int:
     ) if rows else "  (no migrations in the code or the database)"
     lock_text = "lock free" if lock is None else \
         f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
-    text = (f"Database {cmd.where} at version {current} (latest {head}): "
+    latest = f"latest {head}" if current <= head else \
+        f"the code's latest is {head}: the database is ahead of the code"
+    text = (f"Database {cmd.where} at version {current} ({latest}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
     checkpoints = [f"  {r.version}: {r.checkpoint}" for r in rows if r.checkpoint]
     if checkpoints:
@@ -594,11 +624,11 @@ def cmd_status(cmd: Command) -> int:
     cmd.out.result(text, data)
     if not cmd.args.check:
         return EXIT_OK
-    blocking = [p for p in problems if p.kind != "running"]
+    blocking = [p for p in _failing(problems, cmd.args.strict) if p.kind != "running"]
     if blocking:
         cmd.out.explain(f"{cmd.where} is unhealthy:\n{_problems_text(blocking)}")
         return EXIT_PROBLEMS
-    if pending or problems:
+    if pending or any(p.kind == "running" for p in problems):
         waiting = ", ".join(str(v) for v in pending) or "a run in progress"
         cmd.out.explain(f"{cmd.where} has pending migrations: {waiting}")
         return EXIT_PENDING
@@ -859,26 +889,31 @@ def cmd_validate(cmd: Command) -> int:
     """``validate``."""
     m = cmd.open()
     problems = m.validate()
-    data = {"database": m.db.name, "healthy": not problems, "problems": _dump(problems)}
+    failing = _failing(problems, cmd.args.strict)
+    data = {"database": m.db.name, "healthy": not failing, "problems": _dump(problems)}
     if not problems:
         cmd.out.result(f"No problems: {cmd.where} matches the code.", data)
         return EXIT_OK
     text = f"{_plural(len(problems), 'problem')} in {cmd.where}:\n{_problems_text(problems)}"
     cmd.out.result(text, data)
+    if not failing:
+        return EXIT_OK  # warnings only (a database ahead of older code)
     cmd.out.explain(text)
     return EXIT_PROBLEMS
 
 
 def cmd_repair(cmd: Command) -> int:
-    """``repair [--accept-checksums] [--clear-failed]``."""
-    if not (cmd.args.accept_checksums or cmd.args.clear_failed):
+    """``repair [--accept-checksums] [--clear-failed] [--accept-missing]``."""
+    if not (cmd.args.accept_checksums or cmd.args.clear_failed or cmd.args.accept_missing):
         raise ConfigurationError(
-            "repair needs to be told what to fix: --accept-checksums and/or --clear-failed.",
+            "repair needs to be told what to fix: --accept-checksums, --clear-failed and/or "
+            "--accept-missing.",
             hint="Run `validate` first: each problem it lists says which repair fits.",
         )
     m = cmd.open()
     actions = m.repair(accept_checksums=cmd.args.accept_checksums,
-                       clear_failed=cmd.args.clear_failed)
+                       clear_failed=cmd.args.clear_failed,
+                       accept_missing=cmd.args.accept_missing)
     text = ("Repaired:\n" + "\n".join(f"  version {a.version}: {a.detail}" for a in actions)
             ) if actions else f"Nothing to repair in {cmd.where}."
     cmd.out.result(text, {"database": m.db.name, "actions": _dump(actions)})
@@ -939,7 +974,29 @@ def cmd_verify(cmd: Command) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def cmd_server(cmd: Command) -> int:
+    """``server [--port P] [--dir DIR]``: runs until Ctrl-C / SIGTERM, then exits 0."""
+    from .localserver import banner, serve
+
+    def announce(server: Any) -> None:
+        data = {"uri": server.uri, "address": server.address, "port": server.port,
+                "data_dir": str(server.data_dir), "kept": cmd.args.dir is not None,
+                "log": str(server.log_path)}
+        if cmd.out.quiet:
+            cmd.out.stdout.write(server.uri + "\n")  # -q still says where it is
+            cmd.out.stdout.flush()
+        cmd.out.result(banner(server, kept=cmd.args.dir is not None), data)
+
+    try:
+        serve(cmd.args.port, cmd.args.dir, announce)
+    except (KeyboardInterrupt, _Terminated):
+        if not cmd.out.quiet:
+            cmd.out.note("Stopped the local server.")
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Callable[[Command], int]] = {
+    "server": cmd_server,
     "status": cmd_status,
     "current": cmd_current,
     "show": cmd_show,

@@ -162,12 +162,13 @@ class _Printer:
         from .cli import _plain
         from .fleetreport import DatabaseProblems, DatabaseStatus, version_of
 
-        if isinstance(outcome, DatabaseStatus):
-            if outcome.pending:
-                self.pending.append(name)
-            if not outcome.healthy:
-                self.unhealthy.append(name)
-        if isinstance(outcome, DatabaseProblems) and outcome.problems:
+        strict = getattr(self.cmd.args, "strict", False)  # warnings fail too
+        if isinstance(outcome, DatabaseStatus) and outcome.pending:
+            self.pending.append(name)
+        if isinstance(outcome, (DatabaseStatus, DatabaseProblems)) and any(
+                (strict or p.severity != "warning") and
+                (isinstance(outcome, DatabaseProblems) or p.kind != "running")
+                for p in outcome.problems):
             self.unhealthy.append(name)
         if self.cmd.out.json:
             self.documents[name] = _document(outcome, version_of(outcome), _plain)

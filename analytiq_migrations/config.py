@@ -2,7 +2,9 @@
 
 Precedence, highest first: command-line flags, the framework's settings (Flask
 ``app.config`` / Django ``settings.ANALYTIQ_MIGRATIONS``, when a hook is used), the
-environment, then ``[tool.analytiq_migrations]`` in ``./pyproject.toml``. Every option
+environment, then ``[tool.analytiq_migrations]`` of the nearest ``pyproject.toml`` that
+has one, from the working directory up to the repository root (or the file ``--config``
+names). Every option
 has one flag, one ``ANALYTIQ_MIGRATIONS_<NAME>`` variable and one pyproject key, so an
 error can always say every way to set a missing value.
 """
@@ -12,21 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
+from .pyprojectfile import beside, find_pyproject, named_config, read_table
 from .server import client_options, topology
 
 log = logging.getLogger("analytiq_migrations")
-
-#: Where settings of the ``pyproject.toml`` in the working directory live.
-PYPROJECT_TABLE = ("tool", "analytiq_migrations")
-
-#: ``[tool.analytiq_migrations]`` as a line of TOML (for when no TOML parser is around).
-_TABLE_HEADER = re.compile(r'^\s*\[\s*"?tool"?\s*\.\s*"?analytiq_migrations"?\s*\]', re.M)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -223,67 +219,38 @@ def env_layer(environ: Optional[Mapping[str, str]] = None) -> Layer:
         option.name, " or ".join(option.env)))
 
 
-def pyproject_layer(directory: Optional[Path] = None) -> Layer:
-    """``[tool.analytiq_migrations]`` of ``pyproject.toml`` in ``directory`` (default: cwd)."""
-    path = (directory or Path.cwd()) / "pyproject.toml"
-    table = _read_pyproject(path)
+def pyproject_layer(directory: Optional[Path] = None, path: Optional[Path] = None) -> Layer:
+    """``[tool.analytiq_migrations]`` of ``path`` (``--config``), else of the nearest
+    ``pyproject.toml`` that has one, searched from ``directory`` (default: cwd) upward."""
+    found: Optional[Path]
+    if path is not None:
+        found, table = named_config(path), read_table(path)
+        if not table:
+            raise ConfigurationError(
+                f"--config {path}: the file has no [tool.analytiq_migrations] table.",
+                hint="Name a pyproject.toml (or another TOML file) with a "
+                "[tool.analytiq_migrations] table, or leave --config out to search for one.",
+            )
+        where = f"of {found}"
+    else:
+        start = (directory or Path.cwd()).resolve()
+        found, table, looked = find_pyproject(start)
+        where = f"of {found}" if found is not None else \
+            f"of a pyproject.toml (none has one from {start} up to {looked})"
     values: dict[str, Any] = {}
     for key, value in table.items():
         option = BY_NAME.get(key) or next((o for o in OPTIONS if key in o.keys), None)
         if option is None:
             known = ", ".join(o.key for o in OPTIONS)
             raise ConfigurationError(
-                f"Unknown setting '{key}' in [tool.analytiq_migrations] of {path}.",
+                f"Unknown setting '{key}' in [tool.analytiq_migrations] of {found}.",
                 hint=f"Known settings: {known}.",
             )
         values[option.name] = value
+    if found is not None and isinstance(values.get("migrations"), str):
+        values["migrations"] = beside(found.parent, values["migrations"])
     return Layer(values, lambda option: f"{option.key} = \"...\" in [tool.analytiq_migrations] "
-                 "of ./pyproject.toml", how="put")
-
-
-def _read_pyproject(path: Path) -> dict[str, Any]:
-    """The ``[tool.analytiq_migrations]`` table, ``{}`` without one (or without the file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read {path}: {exc}") from None
-    if "analytiq_migrations" not in text:
-        return {}  # nothing of ours: don't parse (or need a TOML parser) at all
-    toml = _toml_module()
-    if toml is None:
-        if not _TABLE_HEADER.search(text):
-            return {}  # only mentions the package (a dependency list, say)
-        raise ConfigurationError(
-            f"{path} has a [tool.analytiq_migrations] table but this Python has no TOML "
-            "parser.",
-            hint="pip install tomli (built in from Python 3.11 on), or pass the settings as "
-            "flags or environment variables.",
-        )
-    try:
-        data = toml.loads(text)
-    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
-    table: Any = data
-    for part in PYPROJECT_TABLE:
-        table = table.get(part, {}) if isinstance(table, dict) else {}
-    if not isinstance(table, dict):
-        raise ConfigurationError(f"[tool.analytiq_migrations] in {path} must be a table.")
-    return table
-
-
-def _toml_module() -> Any:
-    """``tomllib`` (3.11+) or ``tomli`` if installed; ``None`` otherwise."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    try:
-        import tomli  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    return tomli
+                 + where, how="put")
 
 
 def resolve(layers: Sequence[Layer]) -> Settings:
@@ -315,12 +282,14 @@ def resolve(layers: Sequence[Layer]) -> Settings:
 
 def load(flags: Mapping[str, Any], framework: Optional[Layer] = None,
          environ: Optional[Mapping[str, str]] = None,
-         directory: Optional[Path] = None) -> tuple[Settings, list[Layer]]:
-    """Resolve flags > framework > environment > pyproject; also returns the layers used."""
+         directory: Optional[Path] = None,
+         config: Optional[Path] = None) -> tuple[Settings, list[Layer]]:
+    """Resolve flags > framework > environment > pyproject (``config``: the file named by
+    ``--config``, else the nearest one found); also returns the layers used."""
     layers = [flags_layer(flags)]
     if framework is not None:
         layers.append(framework)
-    layers += [env_layer(environ), pyproject_layer(directory)]
+    layers += [env_layer(environ), pyproject_layer(directory, config)]
     return resolve(layers), layers
 
 
@@ -363,10 +332,13 @@ def make_client(settings: Settings) -> Any:
     import pymongo
     from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
+    from .reach import SetNames
     from .server import SERVER_SELECTION_TIMEOUT_MS
 
     uri = settings.uri or ""
-    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False}
+    # SetNames: the servers' replica-set names, for the error when the URI's is not theirs.
+    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False,
+                               "event_listeners": [SetNames()]}
     timeout = settings.server_timeout
     if timeout is None and "serverselectiontimeoutms=" not in uri.lower():
         timeout = SERVER_SELECTION_TIMEOUT_MS / 1000
@@ -382,18 +354,36 @@ def make_client(settings: Settings) -> Any:
 
 
 def ping(client: Any) -> None:
-    """Fail fast when the server does not answer in time or refuses the credentials."""
+    """Fail fast when nothing listens at the URI's hosts, the server does not answer in time,
+    is another replica set than the URI says, or refuses the credentials."""
     from pymongo.errors import ConnectionFailure, OperationFailure
 
+    from .reach import nobody_listens, seeds, set_name_mismatch, show
+
+    addresses = seeds(client)
+    refused = nobody_listens(client, addresses)
+    if refused is not None:  # at once, not after the whole server selection timeout
+        raise ConnectionFailedError(
+            f"Cannot reach MongoDB at {show(addresses)}: {redact(refused)[:300]}",
+            hint="Check the host names and ports in the URI, and that the server is running "
+            "(nothing accepts connections there). Nothing was changed.",
+        )
     try:
         # One ping, not retried: server selection has already waited the whole timeout.
         client.admin.command("ping")
     except ConnectionFailure as exc:
+        mismatch = set_name_mismatch(client)
+        if mismatch is not None:
+            raise ConnectionFailedError(
+                f"Cannot use MongoDB at {show(addresses)}: {redact(mismatch)}.",
+                hint="Put the server's replica-set name in the URI's replicaSet option (or "
+                "point the URI at the intended servers). Nothing was changed.",
+            ) from None
         waited = client_options(client).server_selection_timeout
         cause = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
         raise ConnectionFailedError(
-            f"Cannot reach MongoDB at {_hosts(client)} within {waited:g} s: "
-            f"{redact(cause)[:300]}",
+            f"Cannot reach MongoDB at {show(addresses) if addresses else _hosts(client)} "
+            f"within {waited:g} s: {redact(cause)[:300]}",
             hint="Check the URI, that the server is running and reachable from here, and any "
             "firewall/TLS settings (--server-timeout waits longer). Nothing was changed.",
         ) from None

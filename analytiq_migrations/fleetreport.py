@@ -29,8 +29,8 @@ class DatabaseStatus:
 
     @property
     def healthy(self) -> bool:
-        """No problem other than a run in progress."""
-        return not [p for p in self.problems if p.kind != "running"]
+        """No problem other than a run in progress or a warning (a database ahead of the code)."""
+        return not [p for p in self.problems if p.kind != "running" and p.severity != "warning"]
 
 
 @dataclass

@@ -135,7 +135,7 @@ class Lifecycle:
               previous: Optional[MigrationRecord]) -> None:
         """``running`` (non-transactional step), from the record as this run read it."""
         # A real run replaces a record written by --fake/baseline: it is no longer faked.
-        update = {"$set": fields, "$unset": {"faked": "", "last_error": ""}}
+        update = {"$set": fields, "$unset": {"faked": "", "last_error": "", "pruned": ""}}
         try:
             self.fenced(f"record version {version} as running",
                         lambda s: self._move(version, expected_state(previous), update, s,

@@ -7,7 +7,7 @@ refused can be read (and tested) in one place.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 from .errors import (
     ConfigurationError,
@@ -32,6 +32,8 @@ from .stored import APPLIED_STATUSES
 
 Target = Union[int, str, None]
 UseTransaction = Callable[[Migration], bool]
+#: What an applied version whose file is absent is (see ``_without_code``).
+Gone = Literal["pruned", "ahead_of_code", "missing"]
 
 #: ASCII digits only: ``\d`` also matches other scripts' digits ("²"), which ``int`` refuses.
 _RELATIVE = re.compile(r"^([+-])([0-9]+)$")
@@ -378,6 +380,7 @@ def status_rows(
     """One row per version known to the code or the database, in version order
     (``live_step``: the version a live run's transaction is running now)."""
     by_version = {int(m.version or 0): m for m in migrations}
+    head = max(by_version, default=0)
     rows = []
     for version in sorted(set(by_version) | set(records)):
         migration, record = by_version.get(version), records.get(version)
@@ -409,7 +412,7 @@ def status_rows(
                 row.status = "interrupted"  # settled by a later run: still what happened
             if record.status in APPLIED_STATUSES:
                 if migration is None:
-                    row.status = "missing" if record.status == "applied" else "baselined"
+                    row.status = _without_code(record, head) or record.status
                 elif record.checksum:
                     row.checksum_ok = checksum_ok(migration, record)
         if version == live_step:
@@ -430,6 +433,7 @@ def find_problems(
         for e in corrupt
     ]
     by_version = {int(m.version or 0): m for m in migrations}
+    head = max(by_version, default=0)
     current = current_version(records)
     for version in sorted(set(by_version) | set(records)):
         migration, record = by_version.get(version), records.get(version)
@@ -444,12 +448,23 @@ def find_problems(
                 ))
             continue
         label = f"Migration {version} ({record.description})"
-        if record.status == "applied" and migration is None:
+        gone = _without_code(record, head) if migration is None else None
+        if gone == "ahead_of_code":
+            problems.append(Problem(
+                kind="ahead_of_code", version=version, severity="warning",
+                message=f"{label} is applied but the code stops at version {head}: the "
+                "database is ahead of the code (older code deployed, a rollback).",
+                hint="Nothing to do for a rollback: the code runs on a database migrated "
+                "further, and redeploying the newer code clears this. "
+                + _accept_missing_hint() + " if the file was removed on purpose.",
+            ))
+        elif gone == "missing":
             problems.append(Problem(
                 kind="missing", version=version,
-                message=f"{label} is applied but its code is gone.",
-                hint="Restore the migration file (deploying older code onto a newer database "
-                "does this), or leave it if it was deliberately squashed.",
+                message=f"{label} is applied but its file is gone, below the code's newest "
+                f"version {head}.",
+                hint="Restore the migration file, or, if it was pruned or squashed on "
+                "purpose, record that: " + _accept_missing_hint() + ".",
             ))
         elif record.status in APPLIED_STATUSES and migration is not None and record.checksum \
                 and not checksum_ok(migration, record):
@@ -484,6 +499,29 @@ def find_problems(
                 hint=_unfinished_hint(migration, record, below(version, migrations, records)),
             ))
     return problems
+
+
+def _without_code(record: MigrationRecord, head: int) -> Optional[Gone]:
+    """What an applied version without a file in the code is: ``pruned`` (removed on
+    purpose, ``repair(accept_missing=True)``), ``ahead_of_code`` (above the code's newest
+    version), ``missing`` (a gap below it); ``None`` for a baselined one (never code)."""
+    if getattr(record, "pruned", False):
+        return "pruned"
+    if record.status != "applied":
+        return None
+    return "ahead_of_code" if record.version > head else "missing"
+
+
+def accepts_missing(record: MigrationRecord, migration: Optional[Migration]) -> bool:
+    """Does ``repair(accept_missing=True)`` mark this record's file as removed on purpose?"""
+    return migration is None and record.status == "applied" and \
+        not getattr(record, "pruned", False)
+
+
+def _accept_missing_hint() -> str:
+    """How to record removed files as gone on purpose, spelled for the entry point."""
+    return spell("`analytiq-migrations repair --accept-missing` (repair(accept_missing=True))",
+                 cli="`analytiq-migrations repair --accept-missing`")
 
 
 def _unfinished_hint(migration: Optional[Migration], record: MigrationRecord,

@@ -31,7 +31,11 @@ StepStatus = Literal[
     "applied", "failed", "rolled_back", "interrupted", "baselined", "rehearsed", "not_rehearsed"
 ]
 RowStatus = Literal[
-    "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing"
+    "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing",
+    # applied, its file absent above the code's newest version (older code deployed)
+    "ahead_of_code",
+    # applied, its file removed on purpose (``repair(accept_missing=True)``)
+    "pruned",
 ]
 
 
@@ -372,7 +376,7 @@ class StatusRow(_Model):
 
 ProblemKind = Literal[
     "checksum_drift", "missing", "out_of_order", "interrupted", "failed", "corrupt", "running",
-    "refused_in_transaction",
+    "refused_in_transaction", "ahead_of_code",
 ]
 
 
@@ -383,6 +387,9 @@ class Problem(_Model):
     version: Optional[int]
     message: str
     hint: str
+    #: ``warning``: reported, but healthy enough to serve (``status --check`` and
+    #: ``validate`` exit 0 unless ``--strict``); ``error``: exit 4.
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         return f"{self.message} -> {self.hint}"
@@ -427,5 +434,5 @@ class RepairAction(_Model):
     """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
 
     version: int
-    action: Literal["accept_checksum", "clear_failed"]
+    action: Literal["accept_checksum", "clear_failed", "accept_missing"]
     detail: str

@@ -46,6 +46,7 @@ from .migration import Migration
 from .outside import note_joining
 from .plan import (
     Target,
+    accepts_missing,
     current_version,
     find_problems,
     plan_downgrade,
@@ -55,6 +56,7 @@ from .plan import (
     unchanged,
     virtual_records,
 )
+from .reach import SetNames, set_name_mismatch
 from .records import (
     HistoryEntry,
     LockInfo,
@@ -372,9 +374,11 @@ class Migrator:
 
     @_translate_errors
     def repair(
-        self, accept_checksums: bool = False, clear_failed: bool = False
+        self, accept_checksums: bool = False, clear_failed: bool = False,
+        accept_missing: bool = False,
     ) -> list[RepairAction]:
-        """Explicit fixes: accept edited checksums, forget failed/interrupted attempts."""
+        """Explicit fixes: accept edited checksums, forget failed/interrupted attempts,
+        record applied versions whose files were pruned or squashed as gone on purpose."""
         run = self._new_run()
         actions: list[RepairAction] = []
         with self._locked(run):
@@ -406,6 +410,13 @@ class Migrator:
                         "error": record.error.model_dump() if record.error else None})
                     actions.append(RepairAction(version=version, action="clear_failed",
                                                 detail=detail))
+                if accept_missing and accepts_missing(record, migration):
+                    self.store.note_repair(version, {"pruned": True}, {
+                        **note, "id": f"{run.run_id}/accept_missing",
+                        "action": "accept_missing"})
+                    actions.append(RepairAction(
+                        version=version, action="accept_missing",
+                        detail="file removed on purpose: applied, no longer reported missing"))
         for action in actions:
             log.warning("repair: version %d: %s", action.version, action.detail)
         return actions
@@ -892,6 +903,13 @@ class Migrator:
                 hint="Install a pymongo release that supports this server (pymongo 4.10 and "
                 "3.12 both talk to MongoDB 4.0), or upgrade the server. Nothing was changed.",
             )
+        mismatch = set_name_mismatch(self.client)
+        if isinstance(exc, ServerSelectionTimeoutError) and mismatch is not None:
+            return ConnectionFailedError(
+                f"Cannot use MongoDB at {where}: {mismatch}.",
+                hint="Put the server's replica-set name in the URI's replicaSet option. "
+                "Nothing was changed.",
+            )
         if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)):
             return ConnectionFailedError(
                 f"Cannot reach MongoDB at {where}: {first_line(exc)}",
@@ -929,7 +947,8 @@ def _resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
         options = {k: v for k, v in options.items() if f"{k.lower()}=" not in
                    client_or_db.lower()}
         try:
-            client: Any = pymongo.MongoClient(client_or_db, connect=False, **options)
+            client: Any = pymongo.MongoClient(client_or_db, connect=False,
+                                              event_listeners=[SetNames()], **options)
         except (PyMongoConfigurationError, ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"Bad MongoDB URI {redact(client_or_db)!r}: {redact(str(exc))}",

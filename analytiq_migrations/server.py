@@ -81,10 +81,12 @@ def topology(client: Any) -> Any:
 def hosts(client: Any) -> str:
     """host:port list of a client, for messages (never credentials)."""
     try:
-        addresses = topology(client).server_descriptions().keys()
-        return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
+        addresses = list(topology(client).server_descriptions().keys())
     except AttributeError:
         return "?"
+    if not addresses:  # the driver dropped them (another replica set): the URI's seeds
+        addresses = sorted(getattr(getattr(client, "_topology_settings", None), "seeds", ()))
+    return ", ".join(f"{h}:{p}" for h, p in addresses) or "?"
 
 
 def describe_client(client: Any) -> str:

@@ -306,7 +306,7 @@ class _Step:
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
-        unset = ["faked", "last_error", "outside_writes"] + \
+        unset = ["faked", "last_error", "outside_writes", "pruned"] + \
             (["applied_at"] if self.success == "rolled_back" else [])
         legacy = None
         if env.legacy:

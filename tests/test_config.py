@@ -67,7 +67,7 @@ def test_pyproject_alone_is_enough(tmp_path: Path) -> None:
     settings = settings_from(tmp_path)
     assert settings.uri == "mongodb://toml-host/"
     assert settings.database == "toml_db"
-    assert settings.migrations == "db/migrations"
+    assert settings.migrations == str(tmp_path / "db" / "migrations")  # beside the file
     assert settings.lock_wait == 30.0
     assert settings.allow_out_of_order is True
     assert settings.transactions == "never"
@@ -186,9 +186,9 @@ def test_every_option_has_a_flag_an_environment_variable_and_a_framework_key() -
 def test_without_a_toml_parser_only_our_table_needs_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Python 3.9/3.10 without tomli: a project that merely depends on us still works."""
-    from analytiq_migrations import config
+    from analytiq_migrations import pyprojectfile
 
-    monkeypatch.setattr(config, "_toml_module", lambda: None)
+    monkeypatch.setattr(pyprojectfile, "_toml_module", lambda: None)
     (tmp_path / "pyproject.toml").write_text(
         "[project]\nname = 'shop'\ndependencies = ['analytiq_migrations>=0.1']\n")
     assert settings_from(tmp_path, env=ENV).uri == ENV["MONGODB_URI"]
@@ -196,3 +196,70 @@ def test_without_a_toml_parser_only_our_table_needs_one(
     with pytest.raises(ConfigurationError, match="no TOML parser") as caught:
         settings_from(tmp_path, env=ENV)
     assert "pip install tomli" in str(caught.value)
+
+
+# -- which pyproject.toml: searched upward, or named by --config -------------------------------
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """outer/pyproject.toml (settings of something else) around repo/ (a git checkout with
+    its settings at the top and a service two levels down)."""
+    write_pyproject(tmp_path, 'database = "outside_db"\n')
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "db" / "migrations").mkdir(parents=True)
+    (repo / "services" / "api").mkdir(parents=True)
+    # a pyproject of its own without our table does not stop the search
+    (repo / "services" / "api" / "pyproject.toml").write_text("[project]\nname = 'api'\n")
+    return repo
+
+
+def test_pyproject_is_found_upward_up_to_the_repository_root(repository: Path) -> None:
+    write_pyproject(repository, 'database = "repo_db"\nmigrations = "db/migrations"\n')
+    settings, _ = load({}, environ={}, directory=repository / "services" / "api")
+    assert settings.database == "repo_db"
+    # relative to the file that says it, not to where the command runs
+    assert settings.migrations == str(repository / "db" / "migrations")
+    assert f"of {repository / 'pyproject.toml'}" in settings.origin["database"]
+
+
+def test_search_stops_at_the_repository_root_and_says_where_it_looked(
+        repository: Path) -> None:
+    start = repository / "services" / "api"
+    settings, layers = load({}, environ={}, directory=start)
+    assert settings.database is None  # outer/pyproject.toml is outside the repository
+    with pytest.raises(ConfigurationError) as caught:
+        require(settings, ["uri", "database"], layers)
+    assert f"none has one from {start} up to {repository} (the repository root)" \
+        in str(caught.value)
+
+
+def test_config_names_the_file(repository: Path, tmp_path: Path) -> None:
+    other = tmp_path / "deploy.toml"
+    other.write_text('[tool.analytiq_migrations]\ndatabase = "named_db"\n')
+    settings, _ = load({}, environ={}, directory=repository, config=other)
+    assert settings.database == "named_db"
+    assert str(other) in settings.origin["database"]
+    with pytest.raises(ConfigurationError, match=r"--config .*nothere\.toml: no such file"):
+        load({}, environ={}, config=tmp_path / "nothere.toml")
+    (tmp_path / "empty.toml").write_text("[tool.black]\nline-length = 100\n")
+    with pytest.raises(ConfigurationError, match=r"has no \[tool\.analytiq_migrations\] table"):
+        load({}, environ={}, config=tmp_path / "empty.toml")
+
+
+def test_config_flag_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from analytiq_migrations.cli import main
+
+    for name in ("ANALYTIQ_MIGRATIONS_SOURCE", "MONGODB_URI", "ANALYTIQ_MIGRATIONS_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = tmp_path / "conf" / "migrate.toml"
+    settings.parent.mkdir()
+    (tmp_path / "conf" / "steps").mkdir()
+    settings.write_text('[tool.analytiq_migrations]\nmigrations = "steps"\n')
+    assert main(["new", "add plan", "--config", str(settings)]) == 0
+    assert (tmp_path / "conf" / "steps" / "0001_add_plan.py").exists()
+    assert main(["--config", "missing.toml", "new", "x"]) == 2
+    assert "--config missing.toml: no such file" in capsys.readouterr().err
