@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         RepairAction,
         RunReport,
         StatusRow,
+        StepEvent,
         StepResult,
     )
     from .retry import RetryPolicy
@@ -66,7 +67,7 @@ _LAZY: Dict[str, str] = {
     "Migration": "migration",
     **{name: "records" for name in (
         "HistoryEntry", "MigrationRecord", "Plan", "PlanStep", "Problem", "ProgressEvent",
-        "RepairAction", "RunReport", "StatusRow", "StepResult")},
+        "RepairAction", "RunReport", "StatusRow", "StepEvent", "StepResult")},
     "RetryPolicy": "retry",
     "Migrator": "runner",
     "run_migrations": "runner",
@@ -115,6 +116,7 @@ __all__ = [
     "RetryPolicy",
     "RunReport",
     "StatusRow",
+    "StepEvent",
     "StepResult",
     "TransactionsUnsupportedError",
     "ValidationProblemError",

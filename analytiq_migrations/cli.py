@@ -244,12 +244,15 @@ class Output:
             self._write(self.stderr, text.rstrip("\n") + "\n")
 
     def error(self, exc: MigrationError, prog: str) -> None:
-        """An error: a message on stderr (and, with --json, an error document on stdout)."""
+        """An error: a message on stderr (and, with --json, an error document on stdout:
+        a failed run's report with its ``error``)."""
         self._write(self.stderr, f"{prog}: error: {exc}\n")
         if self.json and not self.quiet:
-            self._write(self.stdout, json.dumps({"error": {
+            data = _plain(exc.report.model_dump()) if exc.report is not None else {}
+            data["error"] = {
                 "type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-                "version": exc.version, "exit_code": exc.exit_code}}, indent=2) + "\n")
+                "version": exc.version, "exit_code": exc.exit_code, "location": exc.location}
+            self._write(self.stdout, json.dumps(data, indent=2) + "\n")
 
     def note(self, text: str) -> None:
         """A plain message on stderr (interruptions, internal errors)."""
@@ -343,6 +346,8 @@ class Command:
         client, self.client = self.client, None
         self.migrator = open_migrator(self.settings, migrations=source, progress=progress,
                                       client=client)
+        if progress is not None and not self.out.json:  # a line as each step starts and ends
+            self.migrator.on_step = progress.step
         return self.migrator
 
     @property
@@ -432,7 +437,12 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
         command = Command(args, settings, layers, out)
         return HANDLERS[args.command](command)
     except MigrationError as exc:
+        if exc.report is not None and not out.json:
+            _failed_run(out, exc, f"'{command.migrator.db.name}'" if command and
+                        command.migrator else "the database")
         out.error(exc, prog)
+        if exc.trace and args.__dict__.get("verbose"):
+            out.note(f"The migration's traceback:\n{exc.trace}")
         return exc.exit_code
     except KeyboardInterrupt:
         out.note(f"{prog}: interrupted (Ctrl-C). {_AFTER_INTERRUPT}")
@@ -674,14 +684,8 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
     if not report.steps:
         text = f"Nothing to do: {cmd.where} is at version {report.end_version}."
     else:
-        table = _table(
-            ["VERSION", "DESCRIPTION", "RESULT", "MS", "TRANSACTION"],
-            [[str(s.version), _clip(s.description), s.status, str(s.duration_ms),
-              _yes(s.transactional)] for s in report.steps],
-            right=[0, 3],
-        )
         text = (f"{verb} {_plural(len(report.steps), 'migration')} on {cmd.where}: version "
-                f"{report.start_version} -> {report.end_version}\n\n{table}")
+                f"{report.start_version} -> {report.end_version}\n\n{_steps_table(report)}")
         if faked:
             text += "\n\nNothing was run: only the records changed (faked: true)."
     data = _plain(report.model_dump())
@@ -689,6 +693,34 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
         data["faked"] = True
     cmd.out.result(text, data)
     return EXIT_OK
+
+
+def _steps_table(report: Any) -> str:
+    """A run's steps, one row each (a revert reads "reverted", a failure "FAILED")."""
+    return _table(
+        ["VERSION", "DESCRIPTION", "RESULT", "MS", "TRANSACTION"],
+        [[str(s.version), _clip(s.description), _shown(s.status).replace("failed", "FAILED"),
+          str(s.duration_ms), _yes(s.transactional)] for s in report.steps],
+        right=[0, 3],
+    )
+
+
+def _shown(status: str) -> str:
+    """A status as people read it: a successful revert is "reverted" (stored as
+    ``rolled_back``, which reads like a failure)."""
+    return "reverted" if status == "rolled_back" else status
+
+
+def _failed_run(out: Output, exc: MigrationError, where: str) -> None:
+    """What a failed ``up``/``down`` did before its failure: the steps done, then the
+    failed one (text on stdout; the error follows on stderr)."""
+    report = exc.report
+    done = [s for s in report.steps if s.status != "failed"]
+    verb = {"up": "Applied", "down": "Reverted"}[report.direction]
+    failed = report.failed
+    what = f"migration {failed.version} failed" if failed is not None else "the run stopped"
+    out.result(f"{verb} {_plural(len(done), 'migration')} on {where} before {what}: version "
+               f"{report.start_version} -> {report.end_version}\n\n{_steps_table(report)}", None)
 
 
 _COUNTS = ("matched", "modified", "inserted", "deleted", "upserted")
@@ -848,6 +880,7 @@ def cmd_show(cmd: Command) -> int:
         lines.append(f"  last error    {_when(failure.started_at)} ({failure.direction}, "
                      f"{failure.status}): {failure.error.type}: "
                      f"{_clip(failure.error.message, 200)}")
+        lines += _stored_traceback(failure.error)
     if details.history:
         lines += ["", "History (newest first):", _history_table(details.history)]
     else:
@@ -856,6 +889,15 @@ def cmd_show(cmd: Command) -> int:
     data["database"] = m.db.name
     cmd.out.result("\n".join(lines), data)
     return EXIT_OK
+
+
+def _stored_traceback(error: Any) -> list[str]:
+    """A stored error's place and traceback, indented under ``last error``."""
+    location, trace = getattr(error, "location", None), getattr(error, "traceback", None)
+    lines = [f"  at            {location}"] if location else []
+    if trace:
+        lines += ["  traceback:"] + [f"    {line}" for line in str(trace).rstrip().splitlines()]
+    return lines
 
 
 def cmd_history(cmd: Command) -> int:

@@ -8,7 +8,7 @@ CLI message is enough to act on at 3 a.m.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any, Optional
 
 
 class MigrationError(Exception):
@@ -16,6 +16,13 @@ class MigrationError(Exception):
 
     #: Exit code the CLI uses for this kind of error (the contract's table).
     exit_code = 1
+    #: What the run did before it stopped: a ``RunReport`` whose last step is the failed
+    #: one (set by ``upgrade``/``downgrade``; ``None`` for errors raised before any step).
+    report: Any = None
+    #: Where the migration's own code failed (``0005_backfill.py:41``), when known.
+    location: Optional[str] = None
+    #: The migration's traceback, credentials removed (the CLI prints it with ``-v``).
+    trace: Optional[str] = None
 
     def __init__(
         self, message: str, *, version: Optional[int] = None, hint: Optional[str] = None
@@ -24,6 +31,16 @@ class MigrationError(Exception):
         self.version = version
         self.hint = redact(hint) if hint else hint
         super().__init__(self.__str__())
+
+    def locate(self, location: Optional[str], trace: Optional[str]) -> None:
+        """Name where the migration failed: ``location`` ends the message's first line."""
+        self.trace = trace
+        if location is None or self.location is not None:
+            return
+        self.location = location
+        first, newline, rest = self.message.partition("\n")
+        self.message = f"{first} ({location}){newline}{rest}"
+        self.args = (self.__str__(),)
 
     def __str__(self) -> str:
         text = self.message

@@ -415,6 +415,23 @@ class ProgressEvent(_Model):
     done: bool = False
 
 
+class StepEvent(_Model):
+    """A step of ``upgrade``/``downgrade`` starting, or ending (``Migrator(on_step=...)``)."""
+
+    version: int
+    direction: Direction
+    description: str
+    transactional: bool
+    #: ``started``, or how the step ended (``applied``, ``rolled_back``, ``failed``).
+    status: Literal["started", "applied", "rolled_back", "failed"]
+    #: Its place in the run (1-based) and the run's number of steps.
+    index: int
+    total: int
+    #: When it ended: how long it took, and its error if it failed.
+    duration_ms: Optional[int] = None
+    error: Optional[ErrorInfo] = None
+
+
 class RepairAction(_Model):
     """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
 

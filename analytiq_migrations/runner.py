@@ -64,10 +64,12 @@ from .records import (
     RunInfo,
     RunReport,
     StatusRow,
+    StepEvent,
     StepResult,
     field_names,
 )
 from .retry import RetryPolicy
+from .runsteps import run_steps
 from .server import (
     MIN_WIRE_VERSION,
     PIPELINE_UPDATE_WIRE_VERSION,
@@ -76,7 +78,7 @@ from .server import (
     mongodb_release,
     own_collection,
 )
-from .step import StepEnv, run_step, step_marker
+from .step import StepEnv, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
 from .txnrules import way_out
@@ -172,6 +174,7 @@ class Migrator:
         allow_out_of_order: bool = False,
         retry: Optional[RetryPolicy] = None,
         progress: Optional[Callable[[ProgressEvent], None]] = None,
+        on_step: Optional[Callable[[StepEvent], None]] = None,
     ) -> None:
         if transactions not in TRANSACTION_MODES:
             raise ConfigurationError(
@@ -201,6 +204,8 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.retry = retry or RetryPolicy()
         self.progress = progress
+        #: Told as each step of ``upgrade``/``downgrade`` starts and ends.
+        self.on_step = on_step
         self.store = Store(self.db, collection, self.retry)
         lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
         self.lock_collection = own_collection(self.db, lock_name)
@@ -558,7 +563,6 @@ class Migrator:
             log.info("Nothing to do: database at version %d", current)
             return RunReport(run_id=run.run_id, direction=direction, start_version=current,  # type: ignore[arg-type]
                              end_version=current, started_at=started, finished_at=utcnow())
-        steps: list[StepResult] = []
         # The lock says which transactional step runs: the first one goes with acquiring it.
         first = step_marker(plan.steps[0]) if plan is not None else None
         with self._locked(run, first) as (lease, session):
@@ -585,10 +589,8 @@ class Migrator:
                 wire_version=self._wire_version() if real else 0, progress=self.progress,
                 lifecycle=book,
             )
-            for step, after in zip(plan.steps, [*plan.steps[1:], None]):
-                result = run_step(env, step, self._by_version[step.version].loaded(),
-                                  records, after)
-                steps.append(result)
+            steps = run_steps(env, plan, self._by_version, records, started=started,
+                              start=start, on_step=self.on_step)
         end = current_version(records)
         log.info("Database now at version %d (was %d)", end, start)
         return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ from .errors import (
     first_line,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
+from .locate import failure_site
 from .lock import TRANSACTION_LIFETIME, Lease
 from .migration import Migration
 from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
@@ -367,8 +368,9 @@ class _Step:
         exc = self._foreign_client_error(exc) or exc
         in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
             self.ctx.batch_error is exc
+        site = failure_site(exc, self.migration)
         error = ErrorInfo(type=type(exc).__name__, message=error_message(exc),
-                          **({"at": "batch_update"} if in_batch else {}))
+                          **({"at": "batch_update"} if in_batch else {}), **site.stored())
         fields, entry = self._outcome("failed", error)
         fields.pop("progress", None)  # keep the checkpoint: the next run resumes from it
         unchanged = step.transactional and previous is not None and \
@@ -377,7 +379,8 @@ class _Step:
             # Rolled back: the version is what it was. Only the failure is new.
             assert previous is not None
             fields = {"last_error": {"type": error.type, "message": error.message,
-                                     "direction": step.direction, "at": fields["finished_at"]},
+                                     "direction": step.direction, "at": fields["finished_at"],
+                                     **site.stored()},
                       "attempts": self.attempts}
         elif step.transactional:
             fields = {**self.start, **fields}
@@ -387,6 +390,7 @@ class _Step:
             previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
                                         "attempts": self.attempts})
         if isinstance(exc, MigrationError):
+            exc.locate(site.location, site.trace)
             raise exc  # already says what happened and what to do
         rolled_back = "The transaction was rolled back: nothing of it was written"
         if unchanged:
@@ -407,11 +411,13 @@ class _Step:
                     + by_hand_hint(step.version, step.direction,
                                    max((v for v in self.records if v < step.version),
                                        default=0)))
-        raise MigrationFailedError(
+        failure = MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
             f"'{step.direction}': {error.type}: {error.message}",
             version=step.version, hint=hint,
-        ) from exc
+        )
+        failure.locate(site.location, site.trace)
+        raise failure from exc
 
     def _foreign_client_error(self, exc: BaseException) -> Optional[MigrationFailedError]:
         """Ours, for pymongo's refusal of another client's operation in a transaction."""
