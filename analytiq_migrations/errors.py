@@ -139,8 +139,8 @@ _SECRET_OPTION = re.compile(
     re.IGNORECASE,
 )
 
-#: The key a duplicate-key error quotes: a value from the user's data.
-_DUP_KEY = re.compile(r"dup key: [^\n]*")
+#: Where a duplicate-key error quotes the key: a value from the user's data follows.
+_DUP_KEY = "dup key: "
 
 
 def redact(text: str) -> str:
@@ -202,7 +202,46 @@ def error_message(exc: BaseException, limit: int = 2000) -> str:
 def scrub(text: str) -> str:
     """A message without pymongo's ``full error`` document, a duplicate key's value or
     credentials."""
-    return redact(_DUP_KEY.sub("dup key: {...}", text.split(", full error:")[0]))
+    return redact(_hide_dup_keys(text.split(", full error:")[0]))
+
+
+def _hide_dup_keys(text: str) -> str:
+    """Each ``dup key: { ... }`` as ``dup key: {...}``: the braces matched (quoted text
+    skipped), so what follows the key stays; an unclosed key is hidden to the line's end."""
+    out, position = [], 0
+    while True:
+        start = text.find(_DUP_KEY, position)
+        if start < 0:
+            break
+        out.append(text[position:start] + _DUP_KEY + "{...}")
+        position = _key_end(text, start + len(_DUP_KEY))
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _key_end(text: str, start: int) -> int:
+    """Where the key document beginning at ``start`` ends (the line's end if it does not)."""
+    depth, quoted, index = 0, False, start
+    while index < len(text) and text[index] != "\n":
+        char = text[index]
+        if quoted:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        elif depth == 0 and char != " ":
+            break  # not a document: hide to the line's end
+        index += 1
+    end = text.find("\n", start)
+    return len(text) if end < 0 else end
 
 
 def first_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Set
 
-from .errors import redact
+from .errors import MigrationError, error_message, redact
 from .migration import Migration
 
 #: The record's traceback is cut to this many characters (its innermost end kept): enough
@@ -28,16 +28,19 @@ class Site:
 
     #: ``0005_backfill.py:41``: the file's name and the line of the innermost frame there.
     location: Optional[str] = None
-    #: The whole traceback of the error raised there, credentials removed.
+    #: The traceback of the error raised there, credentials removed (for ``-v``).
     trace: Optional[str] = None
+    #: The same without the source lines (they may quote data or secrets written in the
+    #: code; file, line and function locate it), for the record.
+    frames_only: Optional[str] = None
 
     def stored(self) -> Dict[str, str]:
         """The fields the record's ``error`` gains (``location``, a bounded ``traceback``)."""
         fields: Dict[str, str] = {}
         if self.location:
             fields["location"] = self.location
-        if self.trace:
-            fields["traceback"] = bounded(self.trace)
+        if self.frames_only:
+            fields["traceback"] = bounded(self.frames_only)
         return fields
 
 
@@ -65,11 +68,26 @@ def failure_site(exc: BaseException, migration: Migration) -> Site:
         if inside:
             last = frames[inside[-1]]
             # From the migration's first frame in: the library's frames above it say nothing.
-            text = "Traceback (most recent call last):\n" + "".join(
-                traceback.format_list(frames[inside[0]:]) +
-                traceback.format_exception_only(type(error), error))
-            return Site(f"{os.path.basename(last.filename)}:{last.lineno}", redact(text))
+            head, tail = "Traceback (most recent call last):\n", _last_line(error)
+            shown = frames[inside[0]:]
+            text = head + "".join(traceback.format_list(shown)) + tail
+            bare = head + "".join(f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
+                                  for f in shown) + tail
+            return Site(f"{os.path.basename(last.filename)}:{last.lineno}", redact(text),
+                        redact(bare))
+    if isinstance(exc, MigrationError):  # located when raised (where it logged, say)
+        return Site(exc.location, exc.trace)
     return Site()
+
+
+def _last_line(error: BaseException) -> str:
+    """The traceback's last line, ``pymongo.errors.DuplicateKeyError: ...``, with what
+    ``error_message`` keeps (never a server's raw reply or a duplicate key's value)."""
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    message = error_message(error)
+    return f"{name}: {message}\n" if message else f"{name}\n"
 
 
 def line_in(files: Set[str], path: str, line: int) -> Optional[str]:

@@ -28,13 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import pymongo
 from pymongo.errors import PyMongoError
-from pymongo.results import (
-    BulkWriteResult,
-    DeleteResult,
-    InsertManyResult,
-    InsertOneResult,
-    UpdateResult,
-)
 
 from .context import RunContext
 from .dbproxy import HAS_BIND, StepWatch, joined
@@ -61,6 +54,7 @@ from .records import (
 from .retry import has_label
 from .store import utcnow
 from .txnrules import Catalog
+from .writes import Changes, count_write
 
 if TYPE_CHECKING:
     from .lock import Lease
@@ -81,8 +75,6 @@ LIMITS = ("One transaction holds every rehearsed step, so MongoDB's limits for o
           "the default) and, before MongoDB 4.2, 16 MB of writes. The real run commits each "
           "step in its own transaction; if the rehearsal hits a limit, rehearse fewer steps "
           "at a time (a lower TARGET).")
-
-Changes = Dict[str, Dict[str, int]]
 
 
 def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
@@ -228,7 +220,7 @@ class _Rehearsal:
         home = self.m.db.name
         watch.observers.append(
             lambda database, collection, method, result:
-            _count(changes, home, database, collection, method, result))
+            count_write(changes, home, database, collection, method, result))
         migration._context = self._context(step)
         migration.session = self.session
         clock = time.monotonic()
@@ -319,42 +311,6 @@ def _error(step: PlanStep, watch: StepWatch, raised: Optional[BaseException],
             f"Migration {step.version} {step.direction}() returned False.",
             version=step.version)
     return None
-
-
-def _count(changes: Changes, home: str, database: str, collection: Optional[str],
-           method: str, result: Any) -> None:
-    """Add one call's write result to ``changes`` (reads and other calls add nothing)."""
-    if collection is None or not getattr(result, "acknowledged", True):
-        return
-    counts: Dict[str, int] = {}
-    if isinstance(result, InsertOneResult):
-        counts["inserted"] = 1
-    elif isinstance(result, InsertManyResult):
-        counts["inserted"] = len(result.inserted_ids)
-    elif isinstance(result, UpdateResult):
-        counts.update(matched=result.matched_count, modified=result.modified_count,
-                      upserted=int(result.upserted_id is not None))
-    elif isinstance(result, DeleteResult):
-        counts["deleted"] = result.deleted_count
-    elif isinstance(result, BulkWriteResult):
-        counts.update(inserted=result.inserted_count, matched=result.matched_count,
-                      modified=result.modified_count, deleted=result.deleted_count,
-                      upserted=result.upserted_count)
-    elif method.startswith("find_one_and_"):
-        # The server's own counts do not come back from these: the document does.
-        if result is None:
-            counts["matched"] = 0
-        elif method == "find_one_and_delete":
-            counts["deleted"] = 1
-        else:
-            counts["matched"] = 1
-    else:
-        return
-    key = collection if database == home else f"{database}.{collection}"
-    total = changes.setdefault(key, {name: 0 for name in
-                                     ("matched", "modified", "inserted", "deleted", "upserted")})
-    for name, value in counts.items():
-        total[name] += value
 
 
 __all__: List[str] = ["LIMITS", "ONE_TRANSACTION", "rehearse"]

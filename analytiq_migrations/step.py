@@ -29,7 +29,7 @@ import pymongo
 from pymongo.errors import InvalidOperation, PyMongoError
 
 from .context import RunContext
-from .dbproxy import StepWatch, joined
+from .dbproxy import StepWatch, joined, watched
 from .errors import (
     CommitUnknownError,
     LockLostError,
@@ -39,7 +39,7 @@ from .errors import (
     first_line,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
-from .locate import failure_site
+from .locate import failure_site, migration_files
 from .lock import TRANSACTION_LIFETIME, Lease
 from .migration import Migration
 from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
@@ -56,7 +56,9 @@ from .retry import RetryPolicy, run_transaction
 from .server import describe_client
 from .store import Store, utcnow
 from .stored import APPLIED_STATUSES
+from .swallowed import logged_during, returned_false
 from .txnrules import Catalog
+from .writes import Changes, count_write
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -207,9 +209,14 @@ class _Step:
             handle: Any = joined(self.env.db, session, self.watch)
         else:
             self.env.catalog = None
-            handle = contextlib.nullcontext(self.env.db)
+            self.watch = StepWatch(step.version, step.direction, None)  # watched, not bound
+            handle = contextlib.nullcontext(watched(self.env.db, self.watch))
+        writes: Changes = {}
+        home = self.env.db.name
+        self.watch.observers.append(lambda database, collection, method, result: count_write(
+            writes, home, database, collection, method, result))
         try:
-            with handle as db:
+            with handle as db, logged_during() as logged:
                 result = fn(db)
         except SystemExit as exc:
             # sys.exit() in migration code is that migration failing, not the run being
@@ -226,18 +233,18 @@ class _Step:
             raise
         self._raise_hidden(None, returned_false=result is False)
         if result is False:
-            raise MigrationFailedError(
-                f"Migration {step.version} {step.direction}() returned False.",
-                version=step.version,
-            )
+            raise returned_false(step, self.watch, logged, writes, in_transaction=in_txn,
+                                 below=max((v for v in self.records if v < step.version),
+                                           default=0),
+                                 files=migration_files(self.migration))
         # Any other return value (a pymongo result, say) is ignored: only False means failure.
 
     def _raise_hidden(self, raised: Optional[BaseException], returned_false: bool = False) -> None:
         """Raise what the migration hid inside its transaction: a refused call it caught, or
         the first driver error it caught (which aborted the transaction on the server)."""
         watch, step = self.watch, self.step
-        if watch is None:
-            return
+        if watch is None or watch.catalog is None:
+            return  # outside a transaction a caught error is the migration's own business
         if watch.refused is not None and watch.refused is not raised:
             raise watch.refused
         hidden = watch.first_error

@@ -5,13 +5,12 @@ and the whole run reported (what was applied or reverted before the failure)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, List
 
 import pytest
+from support import ProjectCli
 
 from analytiq_migrations import MigrationFailedError, Migrator, StepEvent
-from analytiq_migrations.cli import main
 from analytiq_migrations.locate import TRACEBACK_LIMIT
 
 CREATE = '''\
@@ -91,40 +90,17 @@ def down(db):
 '''
 
 
-class Cli:
-    """Runs ``main(argv)`` in this process against one database and migrations directory."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], db: Any, directory: Path,
-                 uri: str) -> None:
-        self.capsys, self.db, self.dir, self.uri = capsys, db, directory, uri
-
-    def __call__(self, *args: str) -> Any:
-        code = main(["--uri", self.uri, "--database", self.db.name,
-                     "--migrations", str(self.dir), *args])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def write(self, files: Dict[str, str]) -> None:
-        for name, text in files.items():
-            (self.dir / name).write_text(text)
-
-
 @pytest.fixture
-def cli(tmp_path: Path, mongo_uri: str, db: Any, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)
-    directory = tmp_path / "migrations"
-    directory.mkdir()
-    made = Cli(capsys, db, directory, mongo_uri)
-    made.write({"0001_create_users.py": CREATE, "0002_tag_users.py": TAG,
-                "0003_backfill_plan.py": BACKFILL})
-    return made
+def cli(project_cli: ProjectCli) -> ProjectCli:
+    project_cli.write({"0001_create_users.py": CREATE, "0002_tag_users.py": TAG,
+                       "0003_backfill_plan.py": BACKFILL})
+    return project_cli
 
 
 # -- where it failed ---------------------------------------------------------------------------
 
 
-def test_the_error_names_the_file_and_line_of_the_failing_frame(cli: Cli) -> None:
+def test_the_error_names_the_file_and_line_of_the_failing_frame(cli: ProjectCli) -> None:
     code, out, err = cli("up")
     assert code == 1
     first = next(line for line in err.splitlines() if "error:" in line)
@@ -135,7 +111,7 @@ def test_the_error_names_the_file_and_line_of_the_failing_frame(cli: Cli) -> Non
     assert "Traceback" not in err  # only with -v
 
 
-def test_verbose_prints_the_migrations_traceback(cli: Cli) -> None:
+def test_verbose_prints_the_migrations_traceback(cli: ProjectCli) -> None:
     code, _, err = cli("-v", "up")
     assert code == 1
     trace = err[err.index("The migration's traceback:"):]
@@ -145,11 +121,12 @@ def test_verbose_prints_the_migrations_traceback(cli: Cli) -> None:
     assert "hunter2" not in err
 
 
-def test_the_record_keeps_a_bounded_redacted_traceback_and_show_prints_it(cli: Cli) -> None:
+def test_the_record_keeps_a_bounded_redacted_traceback_and_show_prints_it(cli: ProjectCli) -> None:
     cli("up")
     error = cli.db.migrations.find_one({"_id": 3})["error"]
     assert error["location"] == "0003_backfill_plan.py:9"
     assert "line 9, in plan_of" in error["traceback"] and "hunter2" not in error["traceback"]
+    assert "raise KeyError" not in error["traceback"]  # no source lines: code may hold secrets
     entry = cli.db.migrations_history.find_one({"version": 3, "status": "failed"})
     assert entry["error"]["traceback"] == error["traceback"]
 
@@ -157,7 +134,8 @@ def test_the_record_keeps_a_bounded_redacted_traceback_and_show_prints_it(cli: C
     assert code == 0
     assert "  at            0003_backfill_plan.py:9" in out
     assert "    Traceback (most recent call last):" in out
-    assert '      raise KeyError(f"plan missing' in out
+    assert '      File "' + str(cli.dir / "0003_backfill_plan.py") + '", line 9, in plan_of' in out
+    assert "    KeyError: 'plan missing for 1 (source mongodb://***@db.internal/app)'" in out
 
     # A deep stack is cut from the outside: the innermost frames and the error stay.
     cli.write({"0003_backfill_plan.py": DEEP})
@@ -189,7 +167,7 @@ def test_a_class_listed_in_code_is_located_in_its_module(db: Any) -> None:
 # -- a line per step ---------------------------------------------------------------------------
 
 
-def test_each_step_says_when_it_starts_and_how_it_ended(cli: Cli) -> None:
+def test_each_step_says_when_it_starts_and_how_it_ended(cli: ProjectCli) -> None:
     code, _, err = cli("up", "2")
     assert code == 0
     lines = err.splitlines()
@@ -212,7 +190,7 @@ def test_each_step_says_when_it_starts_and_how_it_ended(cli: Cli) -> None:
            "[3/3] migration 3 up: FAILED after " in err
 
 
-def test_quiet_and_json_runs_print_no_step_lines(cli: Cli) -> None:
+def test_quiet_and_json_runs_print_no_step_lines(cli: ProjectCli) -> None:
     code, out, err = cli("-q", "up", "2")
     assert (code, out, err) == (0, "", "")
     code, out, err = cli("--json", "down", "base")
@@ -253,7 +231,7 @@ def test_the_step_hook_hears_each_start_and_end_and_a_broken_one_is_ignored(db: 
 # -- the whole run -----------------------------------------------------------------------------
 
 
-def test_a_failed_up_lists_what_it_applied_before_the_failure(cli: Cli) -> None:
+def test_a_failed_up_lists_what_it_applied_before_the_failure(cli: ProjectCli) -> None:
     code, out, err = cli("up")
     assert code == 1
     lines = out.splitlines()
@@ -276,7 +254,7 @@ def test_a_failed_up_lists_what_it_applied_before_the_failure(cli: Cli) -> None:
     assert data["steps"][2]["error"]["location"] == "0003_backfill_plan.py:9"
 
 
-def test_a_failed_down_lists_what_it_reverted(cli: Cli) -> None:
+def test_a_failed_down_lists_what_it_reverted(cli: ProjectCli) -> None:
     cli.write({"0003_backfill_plan.py": TAG.replace("tag", "mark"),
                "0002_tag_users.py": BROKEN_DOWN})
     assert cli("up")[0] == 0
