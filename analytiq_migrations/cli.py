@@ -27,6 +27,7 @@ from . import __version__
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
 from .hints import command_line
+from .timetext import TEXT_TIME, json_time, text_time
 
 PROG = "analytiq-migrations"
 
@@ -270,7 +271,7 @@ class _RedactingFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
         moment = datetime.fromtimestamp(record.created, timezone.utc)
-        return moment.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ")
+        return moment.strftime(datefmt or TEXT_TIME)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -281,7 +282,7 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "time": json_time(datetime.fromtimestamp(record.created, timezone.utc)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": redact(record.getMessage()),
@@ -294,7 +295,7 @@ def _logging(stream: TextIO, *, verbose: bool, quiet: bool, as_json: bool) -> It
     logger = logging.getLogger("analytiq_migrations")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_JsonFormatter() if as_json else _RedactingFormatter(
-        "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
+        "%(asctime)s %(levelname)s %(message)s", TEXT_TIME))
     saved = (logger.level, logger.propagate)
     logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False  # the command's handler is the one place it goes
@@ -529,10 +530,11 @@ def _install_sigterm() -> Any:
 
 
 def _when(value: Optional[datetime]) -> str:
-    """``2024-05-01 12:00:03`` (UTC) or ``-``."""
+    """``2024-05-01T12:00:03Z`` or ``-``: the one form of a time in text (JSON adds the
+    milliseconds, ``_plain``)."""
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return text_time(value)
 
 
 def _clip(text: str, width: int = DESCRIPTION_WIDTH) -> str:
@@ -565,8 +567,7 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float)):
         return value
     if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return aware.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return json_time(value)
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -618,7 +619,7 @@ def cmd_status(cmd: Command) -> int:
     }
     table = _table(
         ["VERSION", "DESCRIPTION", "STATUS", "APPLIED AT (UTC)", "CHECKSUM"],
-        [[str(r.version), _clip(r.description), r.status, _when(r.applied_at),
+        [[str(r.version), _clip(r.description), _shown(r.status), _when(r.applied_at),
           {True: "ok", False: "CHANGED", None: "-"}[r.checksum_ok]] for r in rows],
         right=[0],
     ) if rows else "  (no migrations in the code or the database)"
@@ -857,7 +858,7 @@ def cmd_show(cmd: Command) -> int:
     details = m.show(cmd.args.version)
     record = details.record
     lines = [f"Version {details.version} in {cmd.where}: {details.description}",
-             f"  status        {details.status}"
+             f"  status        {_shown(details.status)}"
              + (" (faked: recorded without running the code)" if details.faked else ""),
              f"  file          {details.file or '- (not in the code)'}"]
     if details.checksum or details.recorded_checksum:
@@ -906,27 +907,45 @@ def cmd_history(cmd: Command) -> int:
         raise ConfigurationError(f"--limit must be 0 (all) or more, not {cmd.args.limit}.")
     m = cmd.open(need_code=False)
     entries = m.history(cmd.args.version, limit=cmd.args.limit)
-    if entries:
-        text = _history_table(entries)
+    repairs = m.repairs(cmd.args.version)
+    if cmd.args.limit:  # the newest N lines of the table, repairs included
+        shown = _history_rows(entries, repairs)[:cmd.args.limit]
+        entries = [e for e in entries if any(e is row for row in shown)]
+        repairs = [r for r in repairs if any(r is row for row in shown)]
+    if entries or repairs:
+        text = _history_table(entries, repairs)
     else:
         text = f"No history{f' for version {cmd.args.version}' if cmd.args.version else ''} " \
                f"in {cmd.where}."
-    cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries)})
+    cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries),
+                          "repairs": _dump(repairs)})
     return EXIT_OK
 
 
-def _history_table(entries: Sequence[Any]) -> str:
-    """History entries as a table (a faked entry's status says so)."""
-    return _table(
-        ["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "ERROR"],
-        [[_when(e.started_at), str(e.version), e.direction,
-          e.status + (" (faked)" if getattr(e, "faked", False) else ""),
-          "-" if e.duration_ms is None else str(e.duration_ms),
-          f"{e.user or '?'}@{e.host or '?'}",
-          _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""]
-         for e in entries],
-        right=[1, 4],
-    )
+def _history_rows(entries: Sequence[Any], repairs: Sequence[Any] = ()) -> list[Any]:
+    """Attempts and repairs together, newest first."""
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted([*entries, *repairs], reverse=True,
+                  key=lambda row: getattr(row, "started_at", None) or
+                  getattr(row, "at", None) or epoch)
+
+
+def _history_table(entries: Sequence[Any], repairs: Sequence[Any] = ()) -> str:
+    """History entries and repairs as a table, newest first (a faked entry's status says
+    so; a revert reads "reverted"; a repair says what it changed)."""
+    rows = []
+    for e in _history_rows(entries, repairs):
+        by = f"{e.user or '?'}@{e.host or '?'}"
+        if hasattr(e, "action"):  # a repair noted on the record
+            rows.append([_when(e.at), str(e.version), "-", f"repair {e.action}", "-", by,
+                         _clip(e.detail, 60)])
+            continue
+        rows.append([_when(e.started_at), str(e.version), e.direction,
+                     _shown(e.status) + (" (faked)" if getattr(e, "faked", False) else ""),
+                     "-" if e.duration_ms is None else str(e.duration_ms), by,
+                     _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""])
+    return _table(["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "DETAIL"], rows,
+                  right=[1, 4])
 
 
 def cmd_validate(cmd: Command) -> int:

@@ -432,6 +432,19 @@ class StepEvent(_Model):
     error: Optional[ErrorInfo] = None
 
 
+class RepairNote(_Model, extra="allow"):
+    """A fix ``repair()`` made, as the record notes it (``repairs``): shown in the history."""
+
+    version: int
+    action: str
+    at: Optional[UTCDateTime] = None
+    run_id: Optional[str] = None
+    host: Optional[str] = None
+    user: Optional[str] = None
+    #: What it changed, for people (``checksum 1a2b... -> 3c4d...``).
+    detail: str = ""
+
+
 class RepairAction(_Model):
     """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
 

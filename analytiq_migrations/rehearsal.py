@@ -115,15 +115,20 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
         return RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                          start_version=current, end_version=current, started_at=started,
                          finished_at=utcnow(), dry_run=True, target_version=current)
-    with m._locked(run) as (lease, session):
-        state = m._load()
-        m._raise_corrupt(state)
-        records = _settled(m._records(state), run.run_id)
-        start = current_version(records)
-        resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
-        plan = m._plan(direction, records, resolved, remember=False)
-        rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
-        steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
+    fresh = not _exists(m.lock_collection)
+    try:
+        with m._locked(run) as (lease, session):
+            state = m._load()
+            m._raise_corrupt(state)
+            records = _settled(m._records(state), run.run_id)
+            start = current_version(records)
+            resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
+            plan = m._plan(direction, records, resolved, remember=False)
+            rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
+            steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
+    finally:
+        if fresh:
+            _drop_if_empty(m.lock_collection)
     notes = [ONE_TRANSACTION, LIMITS]
     report = RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                        start_version=start, end_version=start, started_at=started,
@@ -134,6 +139,24 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
              direction, plan.target_version, sum(s.status == "rehearsed" for s in steps),
              f", {failed.version} would fail" if failed else "")
     return report
+
+
+def _exists(collection: Any) -> bool:
+    """Whether ``collection`` exists (a dry run leaves none behind that it created)."""
+    return bool(collection.database.list_collection_names(filter={"name": collection.name}))
+
+
+def _drop_if_empty(collection: Any) -> None:
+    """Drop the lock collection this dry run created, unless a lock is in it now. (A run
+    that took the lock between the count and the drop loses its lock document: its next
+    lease check, before each step and inside each transaction, stops it with
+    ``LockLostError`` before it writes anything more.)"""
+    try:
+        if collection.count_documents({}) == 0:
+            collection.drop()
+    except PyMongoError as exc:
+        log.warning("Could not remove the empty lock collection the dry run created: %s",
+                    first_line(exc))
 
 
 def _nothing_to_do(m: Migrator, direction: str, records: Dict[int, MigrationRecord],

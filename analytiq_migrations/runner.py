@@ -61,6 +61,7 @@ from .records import (
     Problem,
     ProgressEvent,
     RepairAction,
+    RepairNote,
     RunInfo,
     RunReport,
     StatusRow,
@@ -68,6 +69,7 @@ from .records import (
     StepResult,
     field_names,
 )
+from .repairnotes import repair_notes
 from .retry import RetryPolicy
 from .runsteps import run_steps
 from .server import (
@@ -272,6 +274,11 @@ class Migrator:
     def history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
         """Audit entries, newest first."""
         return self.store.read_history(version, limit)
+
+    @_translate_errors
+    def repairs(self, version: Optional[int] = None) -> list[RepairNote]:
+        """The fixes ``repair()`` made (noted on the records), newest first."""
+        return repair_notes(self._load().records, version)
 
     @_translate_errors
     def lock_info(self) -> Optional[LockInfo]:
@@ -748,10 +755,12 @@ class Migrator:
             for problem in drifted:
                 log.warning("%s", problem)
             return
-        versions = ", ".join(str(p.version) for p in drifted)
+        # Each problem's message says it all once; several are listed under one sentence.
+        said = drifted[0].message if len(drifted) == 1 else (
+            f"{len(drifted)} applied migrations were changed: "
+            + " ".join(p.message for p in drifted))
         raise ChecksumDriftError(
-            f"Applied migration(s) {versions} changed since they were applied: "
-            + "; ".join(p.message for p in drifted),
+            f"{said} Nothing was run.",
             version=drifted[0].version,
             hint=spell("Revert the edits, or accept them with `analytiq-migrations repair "
                        "--accept-checksums` (repair(accept_checksums=True)), or run with "
