@@ -154,7 +154,9 @@ def _translate_errors(method: F) -> F:
         except MigrationError:
             raise
         except PyMongoError as exc:
-            raise self.translate_error(exc) from exc
+            translated = self.translate_error(exc)
+            translated.report = getattr(exc, "report", None)  # what a run did before it
+            raise translated from exc
 
     return wrapper  # type: ignore[return-value]
 

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from typing import Callable, Dict, List, Optional
 
-from .errors import MigrationError
+from .errors import MigrationError, first_line
 from .migration import Migration
 from .plan import current_version
 from .records import ErrorInfo, MigrationRecord, Plan, RunReport, StepEvent, StepResult
@@ -23,8 +23,9 @@ StepHook = Callable[[StepEvent], None]
 def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
               records: Dict[int, MigrationRecord], *, started: datetime, start: int,
               on_step: Optional[StepHook] = None) -> List[StepResult]:
-    """Run ``plan``'s steps (``records`` kept current). A failing step's ``MigrationError``
-    leaves with ``report``: the steps done in this run, then the failed one."""
+    """Run ``plan``'s steps (``records`` kept current). A failing step's error (a
+    ``MigrationError``, or a driver error the Migrator translates into one) leaves with
+    ``report``: the steps done in this run, then the failed one."""
     results: List[StepResult] = []
     total = len(plan.steps)
     for index, (step, after) in enumerate(zip(plan.steps, [*plan.steps[1:], None]), 1):
@@ -35,20 +36,24 @@ def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
         clock = time.monotonic()
         try:
             result = run_step(env, step, migrations[step.version].loaded(), records, after)
-        except MigrationError as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=exc.message,
-                              **({"location": exc.location} if exc.location else {}))
+        except Exception as exc:  # (Ctrl-C and SIGTERM: the CLI's interrupted report)
+            located = exc.location if isinstance(exc, MigrationError) else None
+            error = ErrorInfo(type=type(exc).__name__,
+                              message=exc.message if isinstance(exc, MigrationError)
+                              else first_line(exc),
+                              **({"location": located} if located else {}))
             failed = StepResult(version=step.version, direction=step.direction,
                                 description=step.description, status="failed",
                                 transactional=step.transactional,
                                 duration_ms=int((time.monotonic() - clock) * 1000), error=error)
             _tell(on_step, event.model_copy(update={
                 "status": "failed", "duration_ms": failed.duration_ms, "error": error}))
-            if exc.report is None:
-                exc.report = RunReport(run_id=env.run.run_id, direction=plan.direction,
-                                       start_version=start, end_version=current_version(records),
-                                       started_at=started, finished_at=utcnow(),
-                                       steps=[*results, failed])
+            if getattr(exc, "report", None) is None:
+                # A driver error keeps it too: the Migrator's translation carries it over.
+                exc.report = RunReport(  # type: ignore[attr-defined]
+                    run_id=env.run.run_id, direction=plan.direction, start_version=start,
+                    end_version=current_version(records), started_at=started,
+                    finished_at=utcnow(), steps=[*results, failed])
             raise
         results.append(result)
         _tell(on_step, event.model_copy(update={"status": result.status,

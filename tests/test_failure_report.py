@@ -266,3 +266,36 @@ def test_a_failed_down_lists_what_it_reverted(cli: ProjectCli) -> None:
     assert [(r.split()[0], r.split()[-3]) for r in lines[3:]] == [("3", "reverted"),
                                                                    ("2", "FAILED")]
     assert "(0002_tag_users.py:9)" in err
+
+
+def test_a_driver_error_that_stops_the_run_still_reports_what_it_did(
+        db: Any, client: Any) -> None:
+    from analytiq_migrations import Migration, MigrationError
+
+    class One(Migration):
+        version = 1
+
+        def up(self, db: Any) -> None:
+            db.things.insert_one({"_id": 1})
+
+    class BreaksTheServer(Migration):
+        version = 2
+        transactional = False
+
+        def up(self, db: Any) -> None:
+            # From here on the server refuses every update: the failure cannot be recorded.
+            db.client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                                     "data": {"failCommands": ["update"], "errorCode": 2}})
+            raise RuntimeError("and then the disk filled up")
+
+    try:
+        with pytest.raises(MigrationError) as info:
+            Migrator(db, [One, BreaksTheServer]).upgrade()
+    finally:
+        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    assert "MongoDB error" in str(info.value)
+    report = info.value.report
+    assert report is not None
+    assert [(s.version, s.status) for s in report.steps] == [(1, "applied"), (2, "failed")]
+    assert report.steps[1].error is not None and \
+        report.steps[1].error.type == "OperationFailure"
