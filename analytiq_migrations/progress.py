@@ -127,7 +127,7 @@ def log_line(event: ProgressEvent) -> str:
 
 #: How a step's end reads: a revert is "reverted" (the stored ``rolled_back`` reads like a
 #: failure to people).
-_ENDED = {"applied": "applied", "rolled_back": "reverted", "failed": "FAILED"}
+_ENDED = {"applied": "applied", "rolled_back": "reverted", "rehearsed": "rehearsed"}
 
 
 def step_line(event: StepEvent) -> str:

@@ -422,8 +422,9 @@ class StepEvent(_Model):
     direction: Direction
     description: str
     transactional: bool
-    #: ``started``, or how the step ended (``applied``, ``rolled_back``, ``failed``).
-    status: Literal["started", "applied", "rolled_back", "failed"]
+    #: ``started``, or how the step ended (``applied``, ``rolled_back``, ``failed``; in a
+    #: dry run ``rehearsed``, or ``failed``: it would fail).
+    status: Literal["started", "applied", "rolled_back", "failed", "rehearsed"]
     #: Its place in the run (1-based) and the run's number of steps.
     index: int
     total: int

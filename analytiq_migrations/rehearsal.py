@@ -49,9 +49,11 @@ from .records import (
     Plan,
     PlanStep,
     RunReport,
+    StepEvent,
     StepResult,
 )
 from .retry import has_label
+from .runsteps import tell
 from .store import utcnow
 from .txnrules import Catalog
 from .writes import Changes, count_write
@@ -196,7 +198,7 @@ class _Rehearsal:
         results: List[StepResult] = []
         blocked: Optional[str] = None
         with self._transaction():
-            for step in self.plan.steps:
+            for index, step in enumerate(self.plan.steps, 1):
                 if blocked is None and not step.transactional:
                     results.append(_skipped(step, self._why_not(step)))
                     blocked = (f"not rehearsed: it comes after {step.version}, which was not "
@@ -206,7 +208,14 @@ class _Rehearsal:
                     results.append(_skipped(step, blocked))
                     continue
                 self.lease.check()  # renews outside the transaction: the lock never says "step"
+                event = StepEvent(version=step.version, direction=step.direction,
+                                  description=step.description, transactional=True,
+                                  status="started", index=index, total=len(self.plan.steps))
+                tell(self.m.on_step, event)
                 result = self._step(step, catalog)
+                tell(self.m.on_step, event.model_copy(update={
+                    "status": result.status, "duration_ms": result.duration_ms,
+                    "error": result.error}))
                 results.append(result)
                 if result.status == "failed":
                     blocked = f"not rehearsed: {result.version} would fail before it"

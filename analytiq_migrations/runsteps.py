@@ -32,7 +32,7 @@ def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
         event = StepEvent(version=step.version, direction=step.direction,
                           description=step.description, transactional=step.transactional,
                           status="started", index=index, total=total)
-        _tell(on_step, event)
+        tell(on_step, event)
         clock = time.monotonic()
         try:
             result = run_step(env, step, migrations[step.version].loaded(), records, after)
@@ -46,7 +46,7 @@ def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
                                 description=step.description, status="failed",
                                 transactional=step.transactional,
                                 duration_ms=int((time.monotonic() - clock) * 1000), error=error)
-            _tell(on_step, event.model_copy(update={
+            tell(on_step, event.model_copy(update={
                 "status": "failed", "duration_ms": failed.duration_ms, "error": error}))
             if getattr(exc, "report", None) is None:
                 # A driver error keeps it too: the Migrator's translation carries it over.
@@ -56,13 +56,13 @@ def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
                     finished_at=utcnow(), steps=[*results, failed])
             raise
         results.append(result)
-        _tell(on_step, event.model_copy(update={"status": result.status,
+        tell(on_step, event.model_copy(update={"status": result.status,
                                                 "duration_ms": result.duration_ms}))
     return results
 
 
-def _tell(hook: Optional[StepHook], event: StepEvent) -> None:
-    """Call the hook; a broken display never stops a migration."""
+def tell(hook: Optional[StepHook], event: StepEvent) -> None:
+    """Call the ``on_step`` hook; a broken display never stops a migration."""
     if hook is None:
         return
     try:

@@ -190,6 +190,16 @@ def test_each_step_says_when_it_starts_and_how_it_ended(cli: ProjectCli) -> None
            "[3/3] migration 3 up: FAILED after " in err
 
 
+def test_a_dry_run_streams_its_steps_too(cli: ProjectCli) -> None:
+    code, out, err = cli("up", "2", "--dry-run")
+    assert code == 0 and "nothing was stored" in out
+    assert [line.split(" in ")[0] for line in err.splitlines()] == [
+        "[1/2] migration 1 up: Create the users (in a transaction)",
+        "[1/2] migration 1 up: rehearsed",
+        "[2/2] migration 2 up: Tag the users (in a transaction)",
+        "[2/2] migration 2 up: rehearsed"]
+
+
 def test_quiet_and_json_runs_print_no_step_lines(cli: ProjectCli) -> None:
     code, out, err = cli("-q", "up", "2")
     assert (code, out, err) == (0, "", "")
