@@ -41,6 +41,7 @@ from .errors import (
     error_message,
     first_line,
 )
+from .locate import migration_files
 from .plan import Target, current_version
 from .records import (
     CollectionChanges,
@@ -55,6 +56,7 @@ from .records import (
 from .retry import has_label
 from .runsteps import tell
 from .store import utcnow
+from .swallowed import logged_during, returned_false
 from .txnrules import Catalog
 from .writes import Changes, count_write
 
@@ -259,7 +261,7 @@ class _Rehearsal:
         raised: Optional[BaseException] = None
         returned: Any = None
         try:
-            with joined(self.m.db, self.session, watch) as db:
+            with joined(self.m.db, self.session, watch) as db, logged_during() as logged:
                 returned = fn(db)
         except Exception as exc:
             raised = exc
@@ -268,6 +270,13 @@ class _Rehearsal:
             migration.session = None
         duration = int((time.monotonic() - clock) * 1000)
         error = _error(step, watch, raised, returned)
+        if returned is False and isinstance(error, MigrationFailedError) and \
+                watch.first_error is None:  # the cause it hid, as the real run says it
+            error = returned_false(step, watch, logged, changes, in_transaction=True,
+                                   below=max([s.version for s in self.plan.steps
+                                              if s.version < step.version] +
+                                             [self.plan.target_version]),
+                                   files=migration_files(migration))
         if error is not None and _retry_rehearsal(error):
             raise error  # rehearse everything again (the transaction is gone)
         counted = {name: CollectionChanges(**counts) for name, counts in sorted(changes.items())}

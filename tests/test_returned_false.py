@@ -189,3 +189,20 @@ def test_a_migrations_log_still_reaches_stderr_when_nothing_else_handles_it(
     """)
     assert "heads up: slow\nit broke\n" in done.stderr
     assert 'it logged "it broke" (ERROR at <string>:' in done.stdout
+
+
+def test_a_dry_run_says_the_same(db: Any) -> None:
+    import logging
+
+    class Gives(Migration):
+        version = 1
+        description = "Check the invariant"
+
+        def up(self, db: Any) -> bool:
+            logging.getLogger("app.migrations").error("invariant broken")
+            return False
+
+    failed = Migrator(db, [Gives]).upgrade(dry_run=True).failed
+    assert failed is not None and failed.error is not None
+    assert 'up() returned False: it logged "invariant broken" (ERROR at ' in \
+        failed.error.message
