@@ -229,6 +229,8 @@ class Output:
     stderr: TextIO
     json: bool = False
     quiet: bool = False
+    #: ``-v``: a failed migration's traceback too (stderr, or the JSON error's ``traceback``).
+    verbose: bool = False
 
     def result(self, text: str, data: Any) -> None:
         """The command's result: text, or one JSON document; nothing with ``-q``."""
@@ -253,7 +255,11 @@ class Output:
             data["error"] = {
                 "type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
                 "version": exc.version, "exit_code": exc.exit_code, "location": exc.location}
+            if self.verbose and exc.trace:
+                data["error"]["traceback"] = exc.trace
             self._write(self.stdout, json.dumps(data, indent=2) + "\n")
+        elif self.verbose and exc.trace:
+            self._write(self.stderr, f"The migration's traceback:\n{exc.trace}")
 
     def note(self, text: str) -> None:
         """A plain message on stderr (interruptions, internal errors)."""
@@ -418,7 +424,8 @@ def run(
     except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     given = vars(args)
-    out = Output(stdout, stderr, json=given.get("json", False), quiet=given.get("quiet", False))
+    out = Output(stdout, stderr, json=given.get("json", False), quiet=given.get("quiet", False),
+                 verbose=given.get("verbose", False))
     if given.get("verbose") and out.quiet:
         out.note(f"{prog}: error: -v and -q contradict each other; choose one.")
         return EXIT_USAGE
@@ -442,8 +449,6 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
             _failed_run(out, exc, f"'{command.migrator.db.name}'" if command and
                         command.migrator else "the database")
         out.error(exc, prog)
-        if exc.trace and args.__dict__.get("verbose"):
-            out.note(f"The migration's traceback:\n{exc.trace}")
         return exc.exit_code
     except KeyboardInterrupt:
         out.note(f"{prog}: interrupted (Ctrl-C). {_AFTER_INTERRUPT}")

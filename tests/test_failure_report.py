@@ -120,6 +120,13 @@ def test_verbose_prints_the_migrations_traceback(cli: ProjectCli) -> None:
     assert 'raise KeyError(f"plan missing' in trace
     assert "hunter2" not in err
 
+    # With --json the log lines stay JSON: the traceback is in the error document.
+    cli.db.migrations.delete_many({"_id": 3})
+    code, out, err = cli("-v", "--json", "up")
+    assert code == 1
+    assert "Traceback" not in err
+    assert "line 9, in plan_of" in json.loads(out)["error"]["traceback"]
+
 
 def test_the_record_keeps_a_bounded_redacted_traceback_and_show_prints_it(cli: ProjectCli) -> None:
     cli("up")
