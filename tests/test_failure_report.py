@@ -316,3 +316,63 @@ def test_a_driver_error_that_stops_the_run_still_reports_what_it_did(
     assert [(s.version, s.status) for s in report.steps] == [(1, "applied"), (2, "failed")]
     assert report.steps[1].error is not None and \
         report.steps[1].error.type == "OperationFailure"
+
+
+# -- a long history, end to end ----------------------------------------------------------------
+
+
+def _module_style(version: int) -> str:
+    return (f'"""Set field f{version}"""\n\n\ndef up(db):\n'
+            f'    db.docs.update_many({{}}, {{"$set": {{"f{version}": {version}}}}})\n\n\n'
+            f'def down(db):\n    db.docs.update_many({{}}, {{"$unset": {{"f{version}": ""}}}})\n')
+
+
+def _seed_style(version: int, *, irreversible: bool = False) -> str:
+    down = ('        log.error("cannot be reverted")\n        return False\n' if irreversible
+            else f'        db.docs.update_many({{}}, {{"$unset": {{"s{version}": ""}}}})\n'
+                 '        return True\n')
+    return ("import logging\n\nfrom analytiq_migrations import Migration\n\n"
+            "log = logging.getLogger(__name__)\n\n\n"
+            f"class Seed{version}(Migration):\n    def __init__(self):\n"
+            f'        super().__init__("Seed-style {version}")\n\n'
+            "    def up(self, db) -> bool:\n"
+            f'        db.docs.update_many({{}}, {{"$set": {{"s{version}": True}}}})\n'
+            "        return True\n\n"
+            f"    def down(self, db) -> bool:\n{down}")
+
+
+def test_a_long_history_reports_every_step_and_stops_where_it_says(
+        project_cli: ProjectCli) -> None:
+    files = {f"{v:04d}_step_{v}.py": (_seed_style(v, irreversible=v == 9) if v % 3 == 0
+                                      else _module_style(v)) for v in range(1, 27)}
+    files["0021_step_21.py"] = files["0021_step_21.py"].replace(
+        "        return True\n\n    def down", "        raise ValueError('bad data')\n\n"
+        "    def down", 1)
+    project_cli.write(files)
+    project_cli.db.docs.insert_one({"_id": 1})
+
+    code, out, err = project_cli("up")
+    assert code == 1
+    assert len([line for line in err.splitlines() if line.startswith("[")]) == 2 * 21
+    assert out.splitlines()[0].startswith("Applied 20 migrations on ")
+    assert "before migration 21 failed: version 0 -> 20" in out.splitlines()[0]
+    assert "ValueError: bad data (0021_step_21.py:14)" in err
+
+    project_cli.write({"0021_step_21.py": _seed_style(21)})
+    project_cli.db.migrations.delete_one({"_id": 21})
+    code, out, _ = project_cli("up")
+    assert code == 0 and out.splitlines()[0].endswith("version 20 -> 26")
+
+    code, out, err = project_cli("down", "base")
+    assert code == 1
+    assert out.splitlines()[0].endswith("before migration 9 failed: version 26 -> 9")
+    reverted = [line.split()[0] for line in out.splitlines()[3:] if "reverted" in line]
+    assert reverted == [str(v) for v in range(26, 9, -1)]
+    assert 'down() returned False: it logged "cannot be reverted" (ERROR at ' \
+           "0009_step_9.py:17)" in err
+    assert "`analytiq-migrations down --fake 8`" in err
+
+    assert project_cli("down", "--fake", "8")[0] == 0
+    code, out, _ = project_cli("down", "base")
+    assert code == 0 and out.splitlines()[0].endswith("version 8 -> 0")
+    assert project_cli.db.docs.find_one({"_id": 1}) == {"_id": 1, "s9": True}
