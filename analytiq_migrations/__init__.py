@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         RepairAction,
         RunReport,
         StatusRow,
+        StepEvent,
         StepResult,
     )
     from .retry import RetryPolicy
@@ -68,7 +69,7 @@ _LAZY: Dict[str, str] = {
     "Migration": "migration",
     **{name: "records" for name in (
         "HistoryEntry", "MigrationRecord", "Plan", "PlanStep", "Problem", "ProgressEvent",
-        "RepairAction", "RunReport", "StatusRow", "StepResult")},
+        "RepairAction", "RunReport", "StatusRow", "StepEvent", "StepResult")},
     "RetryPolicy": "retry",
     "Fleet": "fleet",
     "FleetReport": "fleetreport",
@@ -121,6 +122,7 @@ __all__ = [
     "RetryPolicy",
     "RunReport",
     "StatusRow",
+    "StepEvent",
     "StepResult",
     "TransactionsUnsupportedError",
     "ValidationProblemError",

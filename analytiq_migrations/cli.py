@@ -30,6 +30,7 @@ from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
 from .fastexit import exit_code, leave
 from .hints import command_line
+from .timetext import TEXT_TIME, json_time, text_time
 
 PROG = "analytiq-migrations"
 
@@ -243,6 +244,8 @@ class Output:
     stderr: TextIO
     json: bool = False
     quiet: bool = False
+    #: ``-v``: a failed migration's traceback too (stderr, or the JSON error's ``traceback``).
+    verbose: bool = False
 
     def result(self, text: str, data: Any) -> None:
         """The command's result: text, or one JSON document; nothing with ``-q``."""
@@ -259,12 +262,19 @@ class Output:
             self._write(self.stderr, text.rstrip("\n") + "\n")
 
     def error(self, exc: MigrationError, prog: str) -> None:
-        """An error: a message on stderr (and, with --json, an error document on stdout)."""
+        """An error: a message on stderr (and, with --json, an error document on stdout:
+        a failed run's report with its ``error``)."""
         self._write(self.stderr, f"{prog}: error: {exc}\n")
         if self.json and not self.quiet:
-            self._write(self.stdout, json.dumps({"error": {
+            data = _plain(exc.report.model_dump()) if exc.report is not None else {}
+            data["error"] = {
                 "type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-                "version": exc.version, "exit_code": exc.exit_code}}, indent=2) + "\n")
+                "version": exc.version, "exit_code": exc.exit_code, "location": exc.location}
+            if self.verbose and exc.trace:
+                data["error"]["traceback"] = exc.trace
+            self._write(self.stdout, json.dumps(data, indent=2) + "\n")
+        elif self.verbose and exc.trace:
+            self._write(self.stderr, f"The migration's traceback:\n{exc.trace}")
 
     def note(self, text: str) -> None:
         """A plain message on stderr (interruptions, internal errors)."""
@@ -282,7 +292,7 @@ class _RedactingFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
         moment = datetime.fromtimestamp(record.created, timezone.utc)
-        return moment.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ")
+        return moment.strftime(datefmt or TEXT_TIME)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -293,7 +303,7 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "time": json_time(datetime.fromtimestamp(record.created, timezone.utc)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": redact(record.getMessage()),
@@ -306,7 +316,7 @@ def _logging(stream: TextIO, *, verbose: bool, quiet: bool, as_json: bool) -> It
     logger = logging.getLogger("analytiq_migrations")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_JsonFormatter() if as_json else _RedactingFormatter(
-        "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
+        "%(asctime)s %(levelname)s %(message)s", TEXT_TIME))
     saved = (logger.level, logger.propagate)
     logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False  # the command's handler is the one place it goes
@@ -354,6 +364,8 @@ class Command:
         client, self.client = self.client, None
         self.migrator = open_migrator(self.settings, migrations=source, progress=progress,
                                       client=client)
+        if progress is not None and not self.out.json:  # a line as each step starts and ends
+            self.migrator.on_step = progress.step
         return self.migrator
 
     @property
@@ -412,7 +424,8 @@ def run(
     except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     given = vars(args)
-    out = Output(stdout, stderr, json=given.get("json", False), quiet=given.get("quiet", False))
+    out = Output(stdout, stderr, json=given.get("json", False), quiet=given.get("quiet", False),
+                 verbose=given.get("verbose", False))
     if given.get("verbose") and out.quiet:
         out.note(f"{prog}: error: -v and -q contradict each other; choose one.")
         return EXIT_USAGE
@@ -435,6 +448,9 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
             return run_fleet(command)
         return HANDLERS[args.command](command)
     except MigrationError as exc:
+        if exc.report is not None and not out.json:
+            _failed_run(out, exc, f"'{command.migrator.db.name}'" if command and
+                        command.migrator else "the database")
         out.error(exc, prog)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -513,10 +529,11 @@ def _install_sigterm() -> Any:
 
 
 def _when(value: Optional[datetime]) -> str:
-    """``2024-05-01 12:00:03`` (UTC) or ``-``."""
+    """``2024-05-01T12:00:03Z`` or ``-``: the one form of a time in text (JSON adds the
+    milliseconds, ``_plain``)."""
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return text_time(value)
 
 
 def _clip(text: str, width: int = DESCRIPTION_WIDTH) -> str:
@@ -549,8 +566,7 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float)):
         return value
     if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return aware.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return json_time(value)
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -605,7 +621,7 @@ def cmd_status(cmd: Command) -> int:
     }
     table = _table(
         ["VERSION", "DESCRIPTION", "STATUS", "APPLIED AT (UTC)", "CHECKSUM"],
-        [[str(r.version), _clip(r.description), r.status, _when(r.applied_at),
+        [[str(r.version), _clip(r.description), _shown(r.status), _when(r.applied_at),
           {True: "ok", False: "CHANGED", None: "-"}[r.checksum_ok]] for r in rows],
         right=[0],
     ) if rows else "  (no migrations in the code or the database)"
@@ -673,14 +689,8 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
     if not report.steps:
         text = f"Nothing to do: {cmd.where} is at version {report.end_version}."
     else:
-        table = _table(
-            ["VERSION", "DESCRIPTION", "RESULT", "MS", "TRANSACTION"],
-            [[str(s.version), _clip(s.description), s.status, str(s.duration_ms),
-              _yes(s.transactional)] for s in report.steps],
-            right=[0, 3],
-        )
         text = (f"{verb} {_plural(len(report.steps), 'migration')} on {cmd.where}: version "
-                f"{report.start_version} -> {report.end_version}\n\n{table}")
+                f"{report.start_version} -> {report.end_version}\n\n{_steps_table(report)}")
         if faked:
             text += "\n\nNothing was run: only the records changed (faked: true)."
     data = _plain(report.model_dump())
@@ -688,6 +698,34 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
         data["faked"] = True
     cmd.out.result(text, data)
     return EXIT_OK
+
+
+def _steps_table(report: Any) -> str:
+    """A run's steps, one row each (a revert reads "reverted", a failure "FAILED")."""
+    return _table(
+        ["VERSION", "DESCRIPTION", "RESULT", "MS", "TRANSACTION"],
+        [[str(s.version), _clip(s.description), _shown(s.status).replace("failed", "FAILED"),
+          str(s.duration_ms), _yes(s.transactional)] for s in report.steps],
+        right=[0, 3],
+    )
+
+
+def _shown(status: str) -> str:
+    """A status as people read it: a successful revert is "reverted" (stored as
+    ``rolled_back``, which reads like a failure)."""
+    return "reverted" if status == "rolled_back" else status
+
+
+def _failed_run(out: Output, exc: MigrationError, where: str) -> None:
+    """What a failed ``up``/``down`` did before its failure: the steps done, then the
+    failed one (text on stdout; the error follows on stderr)."""
+    report = exc.report
+    done = [s for s in report.steps if s.status != "failed"]
+    verb = {"up": "Applied", "down": "Reverted"}[report.direction]
+    failed = report.failed
+    what = f"migration {failed.version} failed" if failed is not None else "the run stopped"
+    out.result(f"{verb} {_plural(len(done), 'migration')} on {where} before {what}: version "
+               f"{report.start_version} -> {report.end_version}\n\n{_steps_table(report)}", None)
 
 
 _COUNTS = ("matched", "modified", "inserted", "deleted", "upserted")
@@ -823,7 +861,7 @@ def cmd_show(cmd: Command) -> int:
     details = m.show(cmd.args.version)
     record = details.record
     lines = [f"Version {details.version} in {cmd.where}: {details.description}",
-             f"  status        {details.status}"
+             f"  status        {_shown(details.status)}"
              + (" (faked: recorded without running the code)" if details.faked else ""),
              f"  file          {details.file or '- (not in the code)'}"]
     if details.checksum or details.recorded_checksum:
@@ -846,6 +884,7 @@ def cmd_show(cmd: Command) -> int:
         lines.append(f"  last error    {_when(failure.started_at)} ({failure.direction}, "
                      f"{failure.status}): {failure.error.type}: "
                      f"{_clip(failure.error.message, 200)}")
+        lines += _stored_traceback(failure.error)
     if details.history:
         lines += ["", "History (newest first):", _history_table(details.history)]
     else:
@@ -856,33 +895,60 @@ def cmd_show(cmd: Command) -> int:
     return EXIT_OK
 
 
+def _stored_traceback(error: Any) -> list[str]:
+    """A stored error's place and traceback, indented under ``last error``."""
+    location, trace = getattr(error, "location", None), getattr(error, "traceback", None)
+    lines = [f"  at            {location}"] if location else []
+    if trace:
+        lines += ["  traceback:"] + [f"    {line}" for line in str(trace).rstrip().splitlines()]
+    return lines
+
+
 def cmd_history(cmd: Command) -> int:
     """``history [VERSION] [--limit N]``."""
     if cmd.args.limit < 0:
         raise ConfigurationError(f"--limit must be 0 (all) or more, not {cmd.args.limit}.")
     m = cmd.open(need_code=False)
     entries = m.history(cmd.args.version, limit=cmd.args.limit)
-    if entries:
-        text = _history_table(entries)
+    repairs = m.repairs(cmd.args.version)
+    if cmd.args.limit:  # the newest N lines of the table, repairs included
+        shown = _history_rows(entries, repairs)[:cmd.args.limit]
+        entries = [e for e in entries if any(e is row for row in shown)]
+        repairs = [r for r in repairs if any(r is row for row in shown)]
+    if entries or repairs:
+        text = _history_table(entries, repairs)
     else:
         text = f"No history{f' for version {cmd.args.version}' if cmd.args.version else ''} " \
                f"in {cmd.where}."
-    cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries)})
+    cmd.out.result(text, {"database": m.db.name, "entries": _dump(entries),
+                          "repairs": _dump(repairs)})
     return EXIT_OK
 
 
-def _history_table(entries: Sequence[Any]) -> str:
-    """History entries as a table (a faked entry's status says so)."""
-    return _table(
-        ["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "ERROR"],
-        [[_when(e.started_at), str(e.version), e.direction,
-          e.status + (" (faked)" if getattr(e, "faked", False) else ""),
-          "-" if e.duration_ms is None else str(e.duration_ms),
-          f"{e.user or '?'}@{e.host or '?'}",
-          _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""]
-         for e in entries],
-        right=[1, 4],
-    )
+def _history_rows(entries: Sequence[Any], repairs: Sequence[Any] = ()) -> list[Any]:
+    """Attempts and repairs together, newest first."""
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted([*entries, *repairs], reverse=True,
+                  key=lambda row: getattr(row, "started_at", None) or
+                  getattr(row, "at", None) or epoch)
+
+
+def _history_table(entries: Sequence[Any], repairs: Sequence[Any] = ()) -> str:
+    """History entries and repairs as a table, newest first (a faked entry's status says
+    so; a revert reads "reverted"; a repair says what it changed)."""
+    rows = []
+    for e in _history_rows(entries, repairs):
+        by = f"{e.user or '?'}@{e.host or '?'}"
+        if hasattr(e, "action"):  # a repair noted on the record
+            rows.append([_when(e.at), str(e.version), "-", f"repair {e.action}", "-", by,
+                         _clip(e.detail, 60)])
+            continue
+        rows.append([_when(e.started_at), str(e.version), e.direction,
+                     _shown(e.status) + (" (faked)" if getattr(e, "faked", False) else ""),
+                     "-" if e.duration_ms is None else str(e.duration_ms), by,
+                     _clip(f"{e.error.type}: {e.error.message}", 60) if e.error else ""])
+    return _table(["STARTED (UTC)", "VERSION", "DIR", "STATUS", "MS", "BY", "DETAIL"], rows,
+                  right=[1, 4])
 
 
 def cmd_validate(cmd: Command) -> int:

@@ -28,7 +28,9 @@ The rule, on every pymongo this library supports (the table: docs/compatibility.
   transaction's rules (``appddl``): MongoEngine's automatic index creation is held back,
   anything else that cannot be part of the transaction is refused before sending.
 
-Outside a transaction the migration gets the plain ``Database``: no session is added.
+Outside a transaction the migration gets a :class:`SessionDatabase` without a session
+(``watched``): nothing is added to its calls, nothing is bound; they are only watched, so
+that an error it caught is known when it returns ``False``.
 
 In a transaction, a call MongoDB itself refuses there (code 263,
 ``OperationNotSupportedInTransaction``: on 4.4+ a write to a capped collection, which
@@ -113,11 +115,12 @@ class CallError:
 
 
 class StepWatch:
-    """Watches the calls a transactional step makes through ``db``: refuses what MongoDB
-    refuses in a transaction (``txnrules``) before it is sent, and remembers the first error
-    a call raised, so that a migration that caught it cannot hide why the transaction died."""
+    """Watches the calls a step makes through ``db``: in a transaction (``catalog`` given)
+    refuses what MongoDB refuses there (``txnrules``) before it is sent; in or out of one,
+    remembers the first error a call raised, so that a migration that caught it cannot
+    hide why the transaction died, or why it returned ``False``."""
 
-    def __init__(self, version: int, direction: str, catalog: Catalog,
+    def __init__(self, version: int, direction: str, catalog: Optional[Catalog],
                  outside: Optional[OutsideWrites] = None) -> None:
         self.version = version
         self.direction = direction
@@ -133,6 +136,8 @@ class StepWatch:
     def before(self, database: str, collection: Optional[str], method: str, args: Any,
                kwargs: Any) -> None:
         """Raise ``MigrationDefinitionError`` for a call no transaction may make."""
+        if self.catalog is None:
+            return  # not in a transaction: nothing to refuse
         reason = refusal(database, collection, method, args, kwargs, self.catalog)
         if reason is not None:
             self.refused = MigrationDefinitionError(
@@ -156,7 +161,7 @@ class StepWatch:
                error: BaseException) -> Optional[MigrationDefinitionError]:
         """Remember a call's error; returns the ``MigrationDefinitionError`` to raise instead
         when MongoDB refused the call because it runs in a transaction."""
-        refused = not_in_transaction(error)
+        refused = not_in_transaction(error) if self.catalog is not None else None
         if refused is not None:
             where = f"'{collection}'" if collection else f"database '{database}'"
             self.refused = MigrationDefinitionError(
@@ -239,7 +244,8 @@ def _injecting(base: type, name: str) -> Callable[..., Any]:
             database, collection = self.name, None
         if watch is not None:
             watch.before(database, collection, name, args, kwargs)
-        if kwargs.get("session") is None:  # ODMs pass session=None explicitly: it joins too
+        # ODMs pass session=None explicitly: it joins too (nothing to join without one)
+        if kwargs.get("session") is None and self._am_session is not None:
             kwargs["session"] = self._am_session
         try:
             result = original(self, *args, **kwargs)
@@ -259,7 +265,7 @@ def _injecting(base: type, name: str) -> Callable[..., Any]:
 class SessionDatabase(_DatabaseBase):
     """A ``Database`` whose calls, and whose collections' calls, run in one session."""
 
-    _am_session: ClientSession
+    _am_session: Optional[ClientSession]
     _am_watch: Optional[StepWatch]
 
     def __getitem__(self, name: str) -> SessionCollection:
@@ -279,7 +285,7 @@ class SessionDatabase(_DatabaseBase):
 class SessionCollection(_CollectionBase):
     """A ``Collection`` whose calls run in one session."""
 
-    _am_session: ClientSession
+    _am_session: Optional[ClientSession]
     _am_watch: Optional[StepWatch]
 
     def __getitem__(self, name: str) -> SessionCollection:
@@ -322,9 +328,10 @@ def _create_joined(self: SessionDatabase, *args: Any, **kwargs: Any) -> SessionC
 SessionDatabase.create_collection = _create_joined  # type: ignore[assignment,method-assign]
 
 
-def session_database(db: Database[Any], session: ClientSession,
+def session_database(db: Database[Any], session: Optional[ClientSession],
                      watch: Optional[StepWatch] = None) -> SessionDatabase:
-    """``db`` as a :class:`SessionDatabase` running every call in ``session``."""
+    """``db`` as a :class:`SessionDatabase` running every call in ``session`` (``None``:
+    in none; the calls are only watched)."""
     proxy = SessionDatabase(db.client, db.name, db.codec_options, db.read_preference,
                             db.write_concern, db.read_concern)
     proxy._am_session = session
@@ -358,3 +365,12 @@ def joined(db: Database[Any], session: ClientSession,
         if HAS_BIND:
             stack.enter_context(session.bind(end_session=False))  # type: ignore[attr-defined,unused-ignore]
         yield proxy
+
+
+def watched(db: Database[Any], watch: StepWatch) -> Database[Any]:
+    """The ``db`` for a step outside a transaction: calls run as the migration makes them
+    (no session added, nothing bound: another client may be used), and are watched.
+    Another library's database (mongomock's) is returned as it is."""
+    if not isinstance(db, Database):
+        return db
+    return session_database(db, None, watch)

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional, Sequence
 from .errors import MigrationError, redact
 from .records import StatusRow
 from .runner import Migrator
+from .timetext import text_time
 
 EXAMPLES = "analytiq_migrations.examples"
 
@@ -30,10 +31,10 @@ USERS = [
 
 def status_table(rows: Sequence[StatusRow]) -> str:
     """A plain-text status table."""
-    lines = [f"{'version':>7}  {'status':<11}  {'applied at (UTC)':<19}  description"]
+    lines = [f"{'version':>7}  {'status':<11}  {'applied at (UTC)':<20}  description"]
     for row in rows:
-        applied = row.applied_at.strftime("%Y-%m-%d %H:%M:%S") if row.applied_at else "-"
-        lines.append(f"{row.version:>7}  {row.status:<11}  {applied:<19}  {row.description}")
+        applied = text_time(row.applied_at) if row.applied_at else "-"
+        lines.append(f"{row.version:>7}  {row.status:<11}  {applied:<20}  {row.description}")
     return "\n".join(lines)
 
 

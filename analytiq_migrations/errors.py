@@ -8,7 +8,7 @@ CLI message is enough to act on at 3 a.m.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any, Optional
 
 
 class MigrationError(Exception):
@@ -16,6 +16,13 @@ class MigrationError(Exception):
 
     #: Exit code the CLI uses for this kind of error (the contract's table).
     exit_code = 1
+    #: What the run did before it stopped: a ``RunReport`` whose last step is the failed
+    #: one (set by ``upgrade``/``downgrade``; ``None`` for errors raised before any step).
+    report: Any = None
+    #: Where the migration's own code failed (``0005_backfill.py:41``), when known.
+    location: Optional[str] = None
+    #: The migration's traceback, credentials removed (the CLI prints it with ``-v``).
+    trace: Optional[str] = None
 
     def __init__(
         self, message: str, *, version: Optional[int] = None, hint: Optional[str] = None
@@ -24,6 +31,16 @@ class MigrationError(Exception):
         self.version = version
         self.hint = redact(hint) if hint else hint
         super().__init__(self.__str__())
+
+    def locate(self, location: Optional[str], trace: Optional[str]) -> None:
+        """Name where the migration failed: ``location`` ends the message's first line."""
+        self.trace = trace
+        if location is None or self.location is not None:
+            return
+        self.location = location
+        first, newline, rest = self.message.partition("\n")
+        self.message = f"{first} ({location}){newline}{rest}"
+        self.args = (self.__str__(),)
 
     def __str__(self) -> str:
         text = self.message
@@ -122,7 +139,7 @@ _SECRET_OPTION = re.compile(
     re.IGNORECASE,
 )
 
-#: The key a duplicate-key error quotes: a value from the user's data.
+#: Where a duplicate-key error quotes the key: a value from the user's data follows.
 _DUP_KEY = "dup key: "
 
 
@@ -185,30 +202,46 @@ def error_message(exc: BaseException, limit: int = 2000) -> str:
 def scrub(text: str) -> str:
     """A message without pymongo's ``full error`` document, a duplicate key's value or
     credentials."""
-    return redact(_without_dup_key_values(text.split(", full error:")[0]))
+    return redact(_hide_dup_keys(text.split(", full error:")[0]))
 
 
-def _without_dup_key_values(text: str) -> str:
-    """``dup key: { email: "ada@..." }`` -> ``dup key: {...}`` (the braces balanced, so what
-    follows the value, e.g. our own explanation around a caught error, is kept)."""
-    out, start = [], 0
+def _hide_dup_keys(text: str) -> str:
+    """Each ``dup key: { ... }`` as ``dup key: {...}``: the braces matched (quoted text
+    skipped), so what follows the key stays; an unclosed key is hidden to the line's end."""
+    out, position = [], 0
     while True:
-        found = text.find(_DUP_KEY, start)
-        if found < 0 or text[found + len(_DUP_KEY):found + len(_DUP_KEY) + 1] != "{":
-            out.append(text[start:] if found < 0 else text[start:found + len(_DUP_KEY)])
-            if found < 0:
-                return "".join(out)
-            start = found + len(_DUP_KEY)
-            continue
-        begin = found + len(_DUP_KEY)
-        depth, end = 0, len(text)
-        for index in range(begin, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[index], 0)
+        start = text.find(_DUP_KEY, position)
+        if start < 0:
+            break
+        out.append(text[position:start] + _DUP_KEY + "{...}")
+        position = _key_end(text, start + len(_DUP_KEY))
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _key_end(text: str, start: int) -> int:
+    """Where the key document beginning at ``start`` ends (the line's end if it does not)."""
+    depth, quoted, index = 0, False, start
+    while index < len(text) and text[index] != "\n":
+        char = text[index]
+        if quoted:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
             if depth == 0:
-                end = index + 1
-                break
-        out.append(text[start:begin] + "{...}")
-        start = end
+                return index + 1
+        elif depth == 0 and char != " ":
+            break  # not a document: hide to the line's end
+        index += 1
+    end = text.find("\n", start)
+    return len(text) if end < 0 else end
 
 
 def first_line(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ from .hints import spell
 from .records import LockInfo, RunInfo
 from .retry import RetryPolicy, backoff, describe_error
 from .server import OWN_CODEC, hello
+from .timetext import text_time
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -194,8 +195,8 @@ def describe(info: LockInfo) -> str:
     if info.host or info.pid:
         parts.append(f"(host {info.host or '?'}, pid {info.pid or '?'})")
     if info.locked_at:
-        parts.append(f"since {info.locked_at.isoformat()}")
-    parts.append(f"until {info.expires_at.isoformat()}" if info.expires_at else "with no expiry")
+        parts.append(f"since {text_time(info.locked_at)}")
+    parts.append(f"until {text_time(info.expires_at)}" if info.expires_at else "with no expiry")
     return " ".join(parts)
 
 

@@ -1,8 +1,10 @@
-"""Show ``ProgressEvent``\\ s to a person: a live bar on a terminal, log lines otherwise.
+"""Show ``ProgressEvent``\\ s and ``StepEvent``\\ s to a person: a live bar on a terminal,
+log lines otherwise, and one line as each step starts and ends.
 
     from analytiq_migrations.progress import make_reporter
 
-    Migrator(client, MIGRATIONS, progress=make_reporter(sys.stderr)).upgrade()
+    reporter = make_reporter(sys.stderr)
+    Migrator(client, MIGRATIONS, progress=reporter, on_step=reporter.step).upgrade()
 
 On a terminal the reporter redraws one line per running ``batch_update`` (count, rate,
 ETA); anywhere else (CI logs, cron mail, ``kubectl logs``) it writes a plain line at
@@ -15,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, TextIO
 
-from .records import ProgressEvent
+from .records import ProgressEvent, StepEvent
 
 Reporter = Callable[[ProgressEvent], None]
 
@@ -33,8 +35,9 @@ def make_reporter(
     tty: Optional[bool] = None,
     interval: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
-) -> Reporter:
-    """A progress hook writing to ``stream``; ``tty=None`` asks the stream whether it is one."""
+) -> _Reporter:
+    """A progress hook writing to ``stream`` (its ``step`` method: the ``on_step`` hook);
+    ``tty=None`` asks the stream whether it is one."""
     if tty is None:
         isatty = getattr(stream, "isatty", None)
         tty = bool(isatty and isatty())
@@ -70,6 +73,13 @@ class _Reporter:
                 self._end_line()
         else:
             self.stream.write(log_line(event) + "\n")
+        self.stream.flush()
+
+    def step(self, event: StepEvent) -> None:
+        """One line as a step starts and as it ends (``on_step`` hook)."""
+        self._end_line()
+        self._key = None
+        self.stream.write(step_line(event) + "\n")
         self.stream.flush()
 
     def _end_line(self) -> None:
@@ -113,6 +123,33 @@ def log_line(event: ProgressEvent) -> str:
     eta = _eta(event)
     tail = f", ETA {_clock(eta)}" if eta is not None else ""
     return f"{what}{count}, {_rate(event):,.0f}/s{tail}"
+
+
+#: How a step's end reads: a revert is "reverted" (the stored ``rolled_back`` reads like a
+#: failure to people).
+_ENDED = {"applied": "applied", "rolled_back": "reverted", "rehearsed": "rehearsed"}
+
+
+def step_line(event: StepEvent) -> str:
+    """``[2/5] migration 2 up: Rename user.name (in a transaction)`` as a step starts,
+    ``[2/5] migration 2 up: applied in 41 ms`` (or ``FAILED after 1.2 s``) as it ends."""
+    head = f"[{event.index}/{event.total}] migration {event.version} {event.direction}: "
+    if event.status == "started":
+        how = "in a transaction" if event.transactional else "no transaction"
+        return f"{head}{' '.join(event.description.split())} ({how})"
+    took = duration(event.duration_ms or 0)
+    if event.status == "failed":
+        return f"{head}FAILED after {took}"
+    return f"{head}{_ENDED.get(event.status, event.status)} in {took}"
+
+
+def duration(ms: int) -> str:
+    """``41 ms``, ``1.2 s``, ``2:05`` (minutes)."""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return _clock(ms / 1000)
 
 
 def describe_checkpoint(progress: Optional[dict[str, Any]]) -> Optional[str]:

@@ -430,6 +430,37 @@ class ProgressEvent(_Model):
     done: bool = False
 
 
+class StepEvent(_Model):
+    """A step of ``upgrade``/``downgrade`` starting, or ending (``Migrator(on_step=...)``)."""
+
+    version: int
+    direction: Direction
+    description: str
+    transactional: bool
+    #: ``started``, or how the step ended (``applied``, ``rolled_back``, ``failed``; in a
+    #: dry run ``rehearsed``, or ``failed``: it would fail).
+    status: Literal["started", "applied", "rolled_back", "failed", "rehearsed"]
+    #: Its place in the run (1-based) and the run's number of steps.
+    index: int
+    total: int
+    #: When it ended: how long it took, and its error if it failed.
+    duration_ms: Optional[int] = None
+    error: Optional[ErrorInfo] = None
+
+
+class RepairNote(_Model, extra="allow"):
+    """A fix ``repair()`` made, as the record notes it (``repairs``): shown in the history."""
+
+    version: int
+    action: str
+    at: Optional[UTCDateTime] = None
+    run_id: Optional[str] = None
+    host: Optional[str] = None
+    user: Optional[str] = None
+    #: What it changed, for people (``checksum 1a2b... -> 3c4d...``).
+    detail: str = ""
+
+
 class RepairAction(_Model):
     """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
 

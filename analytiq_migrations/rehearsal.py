@@ -28,13 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import pymongo
 from pymongo.errors import PyMongoError
-from pymongo.results import (
-    BulkWriteResult,
-    DeleteResult,
-    InsertManyResult,
-    InsertOneResult,
-    UpdateResult,
-)
 
 from .context import RunContext
 from .dbproxy import HAS_BIND, StepWatch, joined
@@ -48,6 +41,7 @@ from .errors import (
     error_message,
     first_line,
 )
+from .locate import migration_files
 from .plan import Target, current_version
 from .records import (
     CollectionChanges,
@@ -56,11 +50,15 @@ from .records import (
     Plan,
     PlanStep,
     RunReport,
+    StepEvent,
     StepResult,
 )
 from .retry import has_label
+from .runsteps import tell
 from .store import utcnow
+from .swallowed import logged_during, returned_false
 from .txnrules import Catalog
+from .writes import Changes, count_write
 
 if TYPE_CHECKING:
     from .lock import Lease
@@ -81,8 +79,6 @@ LIMITS = ("One transaction holds every rehearsed step, so MongoDB's limits for o
           "the default) and, before MongoDB 4.2, 16 MB of writes. The real run commits each "
           "step in its own transaction; if the rehearsal hits a limit, rehearse fewer steps "
           "at a time (a lower TARGET).")
-
-Changes = Dict[str, Dict[str, int]]
 
 
 def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
@@ -123,15 +119,20 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
         return RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                          start_version=current, end_version=current, started_at=started,
                          finished_at=utcnow(), dry_run=True, target_version=current)
-    with m._locked(run) as (lease, session):
-        state = m._load()
-        m._raise_corrupt(state)
-        records = _settled(m._records(state), run.run_id)
-        start = current_version(records)
-        resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
-        plan = m._plan(direction, records, resolved, remember=False)
-        rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
-        steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
+    fresh = not _exists(m.lock_collection)
+    try:
+        with m._locked(run) as (lease, session):
+            state = m._load()
+            m._raise_corrupt(state)
+            records = _settled(m._records(state), run.run_id)
+            start = current_version(records)
+            resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
+            plan = m._plan(direction, records, resolved, remember=False)
+            rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
+            steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
+    finally:
+        if fresh:
+            _drop_if_empty(m.lock_collection)
     notes = [ONE_TRANSACTION, LIMITS]
     report = RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                        start_version=start, end_version=start, started_at=started,
@@ -142,6 +143,24 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
              direction, plan.target_version, sum(s.status == "rehearsed" for s in steps),
              f", {failed.version} would fail" if failed else "")
     return report
+
+
+def _exists(collection: Any) -> bool:
+    """Whether ``collection`` exists (a dry run leaves none behind that it created)."""
+    return bool(collection.database.list_collection_names(filter={"name": collection.name}))
+
+
+def _drop_if_empty(collection: Any) -> None:
+    """Drop the lock collection this dry run created, unless a lock is in it now. (A run
+    that took the lock between the count and the drop loses its lock document: its next
+    lease check, before each step and inside each transaction, stops it with
+    ``LockLostError`` before it writes anything more.)"""
+    try:
+        if collection.count_documents({}) == 0:
+            collection.drop()
+    except PyMongoError as exc:
+        log.warning("Could not remove the empty lock collection the dry run created: %s",
+                    first_line(exc))
 
 
 def _nothing_to_do(m: Migrator, direction: str, records: Dict[int, MigrationRecord],
@@ -181,7 +200,7 @@ class _Rehearsal:
         results: List[StepResult] = []
         blocked: Optional[str] = None
         with self._transaction():
-            for step in self.plan.steps:
+            for index, step in enumerate(self.plan.steps, 1):
                 if blocked is None and not step.transactional:
                     results.append(_skipped(step, self._why_not(step)))
                     blocked = (f"not rehearsed: it comes after {step.version}, which was not "
@@ -191,7 +210,14 @@ class _Rehearsal:
                     results.append(_skipped(step, blocked))
                     continue
                 self.lease.check()  # renews outside the transaction: the lock never says "step"
+                event = StepEvent(version=step.version, direction=step.direction,
+                                  description=step.description, transactional=True,
+                                  status="started", index=index, total=len(self.plan.steps))
+                tell(self.m.on_step, event)
                 result = self._step(step, catalog)
+                tell(self.m.on_step, event.model_copy(update={
+                    "status": result.status, "duration_ms": result.duration_ms,
+                    "error": result.error}))
                 results.append(result)
                 if result.status == "failed":
                     blocked = f"not rehearsed: {result.version} would fail before it"
@@ -228,14 +254,14 @@ class _Rehearsal:
         home = self.m.db.name
         watch.observers.append(
             lambda database, collection, method, result:
-            _count(changes, home, database, collection, method, result))
+            count_write(changes, home, database, collection, method, result))
         migration._context = self._context(step)
         migration.session = self.session
         clock = time.monotonic()
         raised: Optional[BaseException] = None
         returned: Any = None
         try:
-            with joined(self.m.db, self.session, watch) as db:
+            with joined(self.m.db, self.session, watch) as db, logged_during() as logged:
                 returned = fn(db)
         except Exception as exc:
             raised = exc
@@ -244,6 +270,13 @@ class _Rehearsal:
             migration.session = None
         duration = int((time.monotonic() - clock) * 1000)
         error = _error(step, watch, raised, returned)
+        if returned is False and isinstance(error, MigrationFailedError) and \
+                watch.first_error is None:  # the cause it hid, as the real run says it
+            error = returned_false(step, watch, logged, changes, in_transaction=True,
+                                   below=max([s.version for s in self.plan.steps
+                                              if s.version < step.version] +
+                                             [self.plan.target_version]),
+                                   files=migration_files(migration))
         if error is not None and _retry_rehearsal(error):
             raise error  # rehearse everything again (the transaction is gone)
         counted = {name: CollectionChanges(**counts) for name, counts in sorted(changes.items())}
@@ -319,42 +352,6 @@ def _error(step: PlanStep, watch: StepWatch, raised: Optional[BaseException],
             f"Migration {step.version} {step.direction}() returned False.",
             version=step.version)
     return None
-
-
-def _count(changes: Changes, home: str, database: str, collection: Optional[str],
-           method: str, result: Any) -> None:
-    """Add one call's write result to ``changes`` (reads and other calls add nothing)."""
-    if collection is None or not getattr(result, "acknowledged", True):
-        return
-    counts: Dict[str, int] = {}
-    if isinstance(result, InsertOneResult):
-        counts["inserted"] = 1
-    elif isinstance(result, InsertManyResult):
-        counts["inserted"] = len(result.inserted_ids)
-    elif isinstance(result, UpdateResult):
-        counts.update(matched=result.matched_count, modified=result.modified_count,
-                      upserted=int(result.upserted_id is not None))
-    elif isinstance(result, DeleteResult):
-        counts["deleted"] = result.deleted_count
-    elif isinstance(result, BulkWriteResult):
-        counts.update(inserted=result.inserted_count, matched=result.matched_count,
-                      modified=result.modified_count, deleted=result.deleted_count,
-                      upserted=result.upserted_count)
-    elif method.startswith("find_one_and_"):
-        # The server's own counts do not come back from these: the document does.
-        if result is None:
-            counts["matched"] = 0
-        elif method == "find_one_and_delete":
-            counts["deleted"] = 1
-        else:
-            counts["matched"] = 1
-    else:
-        return
-    key = collection if database == home else f"{database}.{collection}"
-    total = changes.setdefault(key, {name: 0 for name in
-                                     ("matched", "modified", "inserted", "deleted", "upserted")})
-    for name, value in counts.items():
-        total[name] += value
 
 
 __all__: List[str] = ["LIMITS", "ONE_TRANSACTION", "rehearse"]

@@ -65,13 +65,17 @@ from .records import (
     Problem,
     ProgressEvent,
     RepairAction,
+    RepairNote,
     RunInfo,
     RunReport,
     StatusRow,
+    StepEvent,
     StepResult,
     field_names,
 )
+from .repairnotes import repair_notes
 from .retry import RetryPolicy
+from .runsteps import run_steps
 from .server import (
     MIN_WIRE_VERSION,
     PIPELINE_UPDATE_WIRE_VERSION,
@@ -82,7 +86,7 @@ from .server import (
     topology,
 )
 from .startonce import refuse_repeated_failure
-from .step import StepEnv, run_step, step_marker
+from .step import StepEnv, step_marker
 from .store import DatabaseState, Store, utcnow
 from .stored import APPLIED_STATUSES
 from .txnrules import way_out
@@ -156,7 +160,9 @@ def _translate_errors(method: F) -> F:
         except MigrationError:
             raise
         except PyMongoError as exc:
-            raise self.translate_error(exc) from exc
+            translated = self.translate_error(exc)
+            translated.report = getattr(exc, "report", None)  # what a run did before it
+            raise translated from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -179,6 +185,7 @@ class Migrator:
         retry: Optional[RetryPolicy] = None,
         progress: Optional[Callable[[ProgressEvent], None]] = None,
         stop: Optional[Callable[[], bool]] = None,
+        on_step: Optional[Callable[[StepEvent], None]] = None,
     ) -> None:
         if transactions not in TRANSACTION_MODES:
             raise ConfigurationError(
@@ -210,6 +217,8 @@ class Migrator:
         self.progress = progress
         #: Asked before each step of a run: True ends the run there (a ``Fleet`` stopping).
         self.stop = stop
+        #: Told as each step of ``upgrade``/``downgrade`` starts and ends.
+        self.on_step = on_step
         self.store = Store(self.db, collection, self.retry)
         lock_name = "migration_lock" if collection == "migrations" else f"{collection}_lock"
         self.lock_collection = own_collection(self.db, lock_name)
@@ -276,6 +285,11 @@ class Migrator:
     def history(self, version: Optional[int] = None, limit: int = 0) -> list[HistoryEntry]:
         """Audit entries, newest first."""
         return self.store.read_history(version, limit)
+
+    @_translate_errors
+    def repairs(self, version: Optional[int] = None) -> list[RepairNote]:
+        """The fixes ``repair()`` made (noted on the records), newest first."""
+        return repair_notes(self._load().records, version)
 
     @_translate_errors
     def lock_info(self) -> Optional[LockInfo]:
@@ -576,7 +590,6 @@ class Migrator:
             log.info("Nothing to do: database at version %d", current)
             return RunReport(run_id=run.run_id, direction=direction, start_version=current,  # type: ignore[arg-type]
                              end_version=current, started_at=started, finished_at=utcnow())
-        steps: list[StepResult] = []
         # The lock says which transactional step runs: the first one goes with acquiring it.
         first = step_marker(plan.steps[0]) if plan is not None else None
         with self._locked(run, first) as (lease, session):
@@ -605,13 +618,8 @@ class Migrator:
                 wire_version=self._wire_version() if real else 0, progress=self.progress,
                 lifecycle=book,
             )
-            for step, after in zip(plan.steps, [*plan.steps[1:], None]):
-                if self.stop is not None and self.stop():
-                    log.warning("Stopped before migration %d, as asked", step.version)
-                    break
-                result = run_step(env, step, self._by_version[step.version].loaded(),
-                                  records, after)
-                steps.append(result)
+            steps = run_steps(env, plan, self._by_version, records, started=started,
+                              start=start, on_step=self.on_step, stop=self.stop)
         end = current_version(records)
         log.info("Database now at version %d (was %d)", end, start)
         return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]
@@ -769,10 +777,12 @@ class Migrator:
             for problem in drifted:
                 log.warning("%s", problem)
             return
-        versions = ", ".join(str(p.version) for p in drifted)
+        # Each problem's message says it all once; several are listed under one sentence.
+        said = drifted[0].message if len(drifted) == 1 else (
+            f"{len(drifted)} applied migrations were changed: "
+            + " ".join(p.message for p in drifted))
         raise ChecksumDriftError(
-            f"Applied migration(s) {versions} changed since they were applied: "
-            + "; ".join(p.message for p in drifted),
+            f"{said} Nothing was run.",
             version=drifted[0].version,
             hint=spell("Revert the edits, or accept them with `analytiq-migrations repair "
                        "--accept-checksums` (repair(accept_checksums=True)), or run with "

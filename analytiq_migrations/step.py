@@ -29,7 +29,7 @@ from pymongo.errors import PyMongoError
 
 from .checkpoints import PROGRESS_KEY
 from .context import RunContext
-from .dbproxy import StepWatch, joined
+from .dbproxy import StepWatch, joined, watched
 from .errors import (
     CommitUnknownError,
     LockLostError,
@@ -39,6 +39,7 @@ from .errors import (
     first_line,
 )
 from .lifecycle import Lifecycle, RecordConflict, expected_state
+from .locate import failure_site, migration_files
 from .lock import Lease
 from .migration import Migration
 from .outside import OutsideWrites
@@ -56,7 +57,9 @@ from .retry import RetryPolicy, run_transaction
 from .stepfaults import foreign_client_error, raise_hidden
 from .store import Store, utcnow
 from .stored import APPLIED_STATUSES
+from .swallowed import logged_during, returned_false
 from .txnrules import Catalog
+from .writes import Changes, count_write
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -207,9 +210,14 @@ class _Step:
             handle: Any = joined(self.env.db, session, self.watch)
         else:
             self.env.catalog = None
-            handle = contextlib.nullcontext(self.env.db)
+            self.watch = StepWatch(step.version, step.direction, None)  # watched, not bound
+            handle = contextlib.nullcontext(watched(self.env.db, self.watch))
+        writes: Changes = {}
+        home = self.env.db.name
+        self.watch.observers.append(lambda database, collection, method, result: count_write(
+            writes, home, database, collection, method, result))
         try:
-            with handle as db:
+            with handle as db, logged_during() as logged:
                 result = fn(db)
         except SystemExit as exc:
             # sys.exit() in migration code is that migration failing, not the run being
@@ -226,10 +234,10 @@ class _Step:
             raise
         raise_hidden(self.watch, self.step, None, returned_false=result is False)
         if result is False:
-            raise MigrationFailedError(
-                f"Migration {step.version} {step.direction}() returned False.",
-                version=step.version,
-            )
+            raise returned_false(step, self.watch, logged, writes, in_transaction=in_txn,
+                                 below=max((v for v in self.records if v < step.version),
+                                           default=0),
+                                 files=migration_files(self.migration))
         # Any other return value (a pymongo result, say) is ignored: only False means failure.
 
     def _read_catalog(self) -> Dict[str, Any]:
@@ -348,10 +356,11 @@ class _Step:
         env, step, previous = self.env, self.step, self.previous
         in_batch = self.ctx is not None and self.ctx.batch_error is not None and \
             self.ctx.batch_error is exc
+        site = failure_site(exc, self.migration)  # where it failed in the migration
         exc = self.outside.explain(foreign_client_error(self.step, self.env.db.client, exc)
                                    or exc)
         error = ErrorInfo(type=type(exc).__name__, message=error_message(exc),
-                          **({"at": "batch_update"} if in_batch else {}))
+                          **({"at": "batch_update"} if in_batch else {}), **site.stored())
         fields, entry = self._outcome("failed", error)
         outside = self.outside.fields()  # writes kept although the transaction rolled back
         entry = entry.model_copy(update=outside) if outside else entry
@@ -362,7 +371,8 @@ class _Step:
             # Rolled back: the version is what it was. Only the failure is new.
             assert previous is not None
             fields = {"last_error": {"type": error.type, "message": error.message,
-                                     "direction": step.direction, "at": fields["finished_at"]},
+                                     "direction": step.direction, "at": fields["finished_at"],
+                                     **site.stored()},
                       "attempts": self.attempts}
         elif step.transactional:
             fields = {**self.start, **fields}
@@ -378,6 +388,7 @@ class _Step:
             previous.model_copy(update={"last_error": fields["last_error"],  # type: ignore[union-attr]
                                         "attempts": self.attempts})
         if isinstance(exc, MigrationError):
+            exc.locate(site.location, site.trace)
             raise exc  # already says what happened and what to do
         rolled_back = "The transaction was rolled back: nothing of it was written"
         if unchanged:
@@ -398,11 +409,13 @@ class _Step:
                     + by_hand_hint(step.version, step.direction,
                                    max((v for v in self.records if v < step.version),
                                        default=0)))
-        raise MigrationFailedError(
+        failure = MigrationFailedError(
             f"Migration {step.version} ({step.description}) failed during "
             f"'{step.direction}': {error.type}: {error.message}",
             version=step.version, hint=hint,
-        ) from exc
+        )
+        failure.locate(site.location, site.trace)
+        raise failure from exc
 
     def _committed_anyway(self, cause: Exception) -> Optional[Dict[str, Any]]:
         """After an error: the record's fields if this run's transaction committed (read

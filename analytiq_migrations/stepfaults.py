@@ -17,8 +17,8 @@ def raise_hidden(watch: Optional[StepWatch], step: PlanStep, raised: Optional[Ba
                  returned_false: bool = False) -> None:
     """Raise what the migration hid inside its transaction: a refused call it caught, or
     the first driver error it caught (which aborted the transaction on the server)."""
-    if watch is None:
-        return
+    if watch is None or watch.catalog is None:
+        return  # outside a transaction a caught error is the migration's own business
     if watch.refused is not None and watch.refused is not raised:
         raise watch.refused
     hidden = watch.first_error

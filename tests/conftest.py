@@ -38,6 +38,7 @@ sys.modules.setdefault("tests.support", support)
 
 from support import (  # noqa: E402
     CommandRecorder,
+    ProjectCli,
     Server,
     ServerStartError,
     client_options,
@@ -398,6 +399,16 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+def project_cli(tmp_path: Path, mongo_uri: str, db: Db, capsys: pytest.CaptureFixture[str],
+                monkeypatch: pytest.MonkeyPatch) -> ProjectCli:
+    """The command line on ``db`` with an empty migrations directory (``.write`` files)."""
+    monkeypatch.chdir(tmp_path)
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    return ProjectCli(capsys, db, directory, mongo_uri)
 
 
 # --------------------------------------------------------------------------------------

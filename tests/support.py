@@ -353,3 +353,24 @@ def session_uuids(session_ids: Iterable[Mapping[str, Any]]) -> list[uuid.UUID]:
     subtype-4 ``Binary`` (pymongo 4's default codec, a live session) or a ``UUID`` (ours)."""
     ids = [value["id"] for value in session_ids]
     return [i if isinstance(i, uuid.UUID) else uuid.UUID(bytes=bytes(i)) for i in ids]
+
+
+class ProjectCli:
+    """Runs the command line in this process on one database and migrations directory
+    (``--uri``, ``--database``, ``--migrations`` given); returns (exit code, stdout, stderr)."""
+
+    def __init__(self, capsys: Any, db: Any, directory: Path, uri: str) -> None:
+        self.capsys, self.db, self.dir, self.uri = capsys, db, directory, uri
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        from analytiq_migrations.cli import main
+
+        code = main(["--uri", self.uri, "--database", self.db.name,
+                     "--migrations", str(self.dir), *args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def write(self, files: Mapping[str, str]) -> None:
+        """Write (or overwrite) migration files."""
+        for name, text in files.items():
+            (self.dir / name).write_text(text)

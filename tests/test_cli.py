@@ -197,7 +197,7 @@ def test_up_applies_everything_then_status_shows_when_and_checksums(cli: Cli) ->
     assert list(cli.db.users.find({}, {"_id": 0})) == [{"full_name": "Ada"}, {"full_name": "Alan"}]
     assert "email_1" in cli.db.users.index_information()
     rows = [line.split() for line in cli("status").out.splitlines()[3:6]]
-    assert [(r[0], r[-4], r[-1]) for r in rows] == [("1", "applied", "ok"), ("2", "applied", "ok"),
+    assert [(r[0], r[-3], r[-1]) for r in rows] == [("1", "applied", "ok"), ("2", "applied", "ok"),
                                                    ("3", "applied", "ok")]
     assert cli("up").out.strip() == f"Nothing to do: '{cli.db.name}' is at version 3."
 
@@ -296,7 +296,7 @@ def test_history_of_one_version(cli: Cli) -> None:
     result = cli("history", "2")
     assert result.code == 0
     rows = [line.split() for line in result.out.splitlines()[1:]]
-    assert [(r[2], r[3], r[4]) for r in rows] == [("2", "down", "rolled_back"),
+    assert [(r[1], r[2], r[3]) for r in rows] == [("2", "down", "reverted"),
                                                   ("2", "up", "applied")]
     assert cli("history", "--limit", "1", "--json").json()["entries"][0]["status"] == \
         "rolled_back"
@@ -317,7 +317,10 @@ def test_edited_applied_migration_is_drift_until_accepted(cli: Cli) -> None:
     assert cli("status", "--check").code == 4
     up = cli("up")
     assert up.code == 4
-    assert "changed since they were applied" in up.err
+    drift = next(line for line in up.err.splitlines() if "error:" in line)
+    assert drift.endswith("error: Migration 2 (Rename user.name to user.full_name) was changed "
+                          "after it was applied (checksum " + drift.split("(checksum ")[1])
+    assert drift.count("changed") == 1 and drift.endswith(" Nothing was run.")
     repair = cli("repair", "--accept-checksums")
     assert repair.code == 0
     assert "version 2: checksum" in repair.out
@@ -387,7 +390,7 @@ def test_up_and_down_fake_record_without_running(cli: Cli) -> None:
     assert (down["faked"], [s["version"] for s in down["steps"]]) == (True, [3, 2, 1])
     assert cli.db.users.index_information().get("email_1")  # down() of 3 did not run
     history = cli("history", "3")
-    assert "rolled_back (faked)" in history.out
+    assert "reverted (faked)" in history.out
     assert cli.db.migrations_history.find_one({"version": 1})["faked"] is True
 
 

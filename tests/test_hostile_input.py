@@ -230,7 +230,7 @@ def test_a_migration_edited_after_it_was_applied_stops_the_next_upgrade(
     with pytest.raises(ChecksumDriftError) as drift:
         Migrator(db, source).upgrade()
 
-    assert "Applied migration(s) 1 changed since they were applied" in str(drift.value)
+    assert "Migration 1 (Create plans) was changed after it was applied" in str(drift.value)
     assert "repair --accept-checksums" in str(drift.value)
     assert db.plans.count_documents({}) == 1
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from analytiq_migrations import MigrationError, Migrator
+from analytiq_migrations import IrreversibleMigrationError, MigrationError, Migrator
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writing-migrations.md"
 
@@ -38,7 +38,8 @@ def assert_says(expected: str, message: str) -> None:
 
 
 def test_the_section_has_its_examples() -> None:
-    names = ["0001_drop_legacy_sessions.py", "0002_retire_guest_role.py"]
+    names = ["0001_drop_legacy_sessions.py", "0002_retire_guest_role.py",
+             "0003_drop_user_legacy.py"]
     assert sorted(blocks("seed")) == sorted(blocks("says")) == sorted(blocks("ported")) == names
 
 
@@ -54,7 +55,7 @@ def failures(db: Any, source: Path) -> List[Tuple[str, str]]:
     # is success), then down after the app re-created the role.
     (source / "0001_drop_legacy_sessions.py").write_text(
         blocks("ported")["0001_drop_legacy_sessions.py"])
-    assert Migrator(db, source).upgrade().versions == [1, 2]
+    assert Migrator(db, source).upgrade(2).versions == [1, 2]
     db.roles.insert_one({"_id": "guest", "permissions": ["read", "comment"]})
     migrator = Migrator(db, source)
     with pytest.raises(MigrationError) as swallowed:
@@ -62,6 +63,13 @@ def failures(db: Any, source: Path) -> List[Tuple[str, str]]:
     seen.append(("0002_retire_guest_role.py", str(swallowed.value)))
     assert migrator.current_version() == 2  # the rollback left it applied
     assert db.settings.count_documents({}) == 0
+
+    # The seed's irreversible down() fails when the downgrade reaches it.
+    assert migrator.upgrade().versions == [3]
+    with pytest.raises(MigrationError) as irreversible:
+        migrator.downgrade(2)
+    seen.append(("0003_drop_user_legacy.py", str(irreversible.value)))
+    assert migrator.current_version() == 3
     return seen
 
 
@@ -80,7 +88,7 @@ def test_the_ports_run_up_and_down(db: Any, tmp_path: Path) -> None:
     source = project(tmp_path / "ported", blocks("ported"))
     migrator = Migrator(db, source)
 
-    assert [(s.version, s.transactional) for s in migrator.upgrade().steps] == [
+    assert [(s.version, s.transactional) for s in migrator.upgrade(2).steps] == [
         (1, False), (2, True)]
     assert "legacy_sessions" not in db.list_collection_names()
     assert [r["_id"] for r in db.roles.find()] == ["admin"]
@@ -92,6 +100,15 @@ def test_the_ports_run_up_and_down(db: Any, tmp_path: Path) -> None:
     assert db.settings.find_one({"_id": "roles"}) == {"_id": "roles", "guest": True}
     db.roles.delete_one({"_id": "guest"})
     assert migrator.downgrade(1).versions == []  # already at 1
-    migrator.upgrade()
+    migrator.upgrade(2)
     migrator.downgrade(1)
     assert db.roles.find_one({"_id": "guest"}) == {"_id": "guest", "permissions": ["read"]}
+
+    # Without its down(), version 3 is refused before anything is reverted.
+    db.users.insert_one({"_id": 1, "legacy": "x"})
+    assert migrator.upgrade().versions == [2, 3]
+    assert db.users.find_one({"_id": 1}) == {"_id": 1}
+    with pytest.raises(IrreversibleMigrationError) as refused:
+        migrator.downgrade(1)
+    assert "3" in str(refused.value) and migrator.current_version() == 3
+    assert migrator.downgrade(2, fake=True).versions == [3]  # the way out it offers
