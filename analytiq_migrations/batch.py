@@ -35,6 +35,7 @@ from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound, PyMongoError
 
 from . import checkpoints
+from .budget import StopAtCheckpoint
 from .errors import MigrationDefinitionError
 from .idorder import after, bracket
 from .lifecycle import RecordConflict
@@ -97,8 +98,9 @@ def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update:
     state = checkpoints.load(ctx, call, coll.name)
     if state.get("done"):
         return int(state.get("modified", 0))
-    if ctx.wants_progress and (state.get("total") is None or "last_id" in state):
-        state["total"] = _total(coll, query, state)
+    if state.get("total") is None or (ctx.wants_progress and "last_id" in state):
+        # Always once: the record's progress shows done/total to every process.
+        state["total"], state["total_estimated"] = _total(coll, query, state)
     if not state.get("started"):
         # Saved before the first batch: an interruption from here on is resumable.
         state.update(collection=coll.name, started=True, done=False)
@@ -136,6 +138,9 @@ def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update:
                 state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
             walk.done_with(state["last_id"])
             _report(ctx, coll.name, state, done=False)
+            reason = ctx.stop_reason()
+            if reason is not None:
+                raise StopAtCheckpoint(ctx.version, reason)
             if pause > 0:
                 time.sleep(pause)
     done = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
@@ -387,7 +392,7 @@ def _by_ids(ids: list[Any], query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": selector, **query}
 
 
-def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
+def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> tuple[int, bool]:
     """How many documents the call walks (for the ETA; costs one count, once per call).
 
     Resumed: those walked before the checkpoint plus those matching after it (counting
@@ -397,10 +402,11 @@ def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
     if "last_id" in state:
         later = after(state["last_id"])
         remaining = coll.count_documents({"$and": [query, later]} if query else later)
-        return int(state.get("scanned", 0)) + int(remaining)
+        return int(state.get("scanned", 0)) + int(remaining), False
     if not query:
-        return int(coll.estimated_document_count())
-    return int(coll.count_documents(query))
+        # From the collection's metadata, not a scan: an estimate (and says so).
+        return int(coll.estimated_document_count()), True
+    return int(coll.count_documents(query)), False
 
 
 def _report(ctx: RunContext, name: str, state: dict[str, Any], *, done: bool) -> None:

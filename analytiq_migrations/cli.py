@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
-from . import __version__
+from . import __version__, cronverbs
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
 from .fastexit import exit_code, leave
@@ -65,6 +65,8 @@ COMMANDS = {
     "verify": "run the test kit's checks on a throw-away server, or with --uri in a scratch "
               "database it drops; exits 1 if one fails",
 }
+
+COMMANDS.update(cronverbs.COMMANDS)
 
 EPILOG = """\
 targets: a version number, head, base (no migrations), +N or -N (steps from the current one)
@@ -151,7 +153,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                                 description=COMMANDS[name], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    verb("status").add_argument(
+    status = verb("status")
+    status.add_argument(
         "--check", action="store_true",
         help="for deploy gates: exit 0 only when nothing is pending and nothing is wrong")
     verb("current")
@@ -187,6 +190,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     verb("new").add_argument("description", nargs="+", metavar="DESCRIPTION")
     verb("verify").add_argument("--seed", metavar="MODULE:ATTR",
                                 help="{version: data} inserted before that version's up")
+    cronverbs.add_arguments({"up": up, "status": status}, verb, _version_arg)
     return parser
 
 
@@ -562,7 +566,7 @@ def cmd_status(cmd: Command) -> int:
     # Everything `up` would run (or stops at) is pending: not only never-run versions, but
     # not an unfinished one whose file is gone either (`up` cannot run it).
     code = {int(x.version or 0) for x in m.migrations}
-    pending = [r.version for r in rows if r.status == "pending" or
+    pending = [r.version for r in rows if r.status in ("pending", "paused") or
                (r.status in ("failed", "interrupted", "running") and r.version in code)]
     head = max(code, default=0)
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
@@ -582,13 +586,16 @@ def cmd_status(cmd: Command) -> int:
         f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
     text = (f"Database {cmd.where} at version {current} (latest {head}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
-    checkpoints = [f"  {r.version}: {r.checkpoint}" for r in rows if r.checkpoint]
+    checkpoints = [f"  {r.version}: {r.checkpoint}" +
+                   (f"\n     {cronverbs.progress_text(r.progress)}" if r.progress else "")
+                   for r in rows if r.checkpoint]
     if checkpoints:
         text += "\nCheckpoints (where unfinished batch_update calls resume):\n" + \
             "\n".join(checkpoints) + "\n"
     if problems:
         text += f"\nProblems:\n{_problems_text(problems)}\n"
     cmd.out.result(text, data)
+    cronverbs.status_metrics(cmd, m)
     if not cmd.args.check:
         return EXIT_OK
     blocking = [p for p in problems if p.kind != "running"]
@@ -617,6 +624,8 @@ def cmd_plan(cmd: Command) -> int:
         )
         text = (f"Plan for {cmd.where}: {plan.direction} from version {plan.current_version} "
                 f"to {plan.target_version}, {_plural(len(plan.steps), 'step')}:\n\n{table}")
+    if plan.paused:
+        text += "\n\n" + cronverbs.paused_text(plan.paused)
     cmd.out.result(text, _plain(plan.model_dump()))
     return EXIT_OK
 
@@ -650,6 +659,8 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
                 f"{report.start_version} -> {report.end_version}\n\n{table}")
         if faked:
             text += "\n\nNothing was run: only the records changed (faked: true)."
+    if report.paused:
+        text += "\n\n" + cronverbs.paused_text(report.paused)
     data = _plain(report.model_dump())
     if faked:
         data["faked"] = True
@@ -710,14 +721,14 @@ def _starting(cmd: Command, direction: str) -> None:
 
 def cmd_up(cmd: Command) -> int:
     """``up [TARGET] [--fake | --dry-run]``."""
-    if _nothing_to_do(cmd):
+    if not cmd.args.metrics_file and _nothing_to_do(cmd):
         return EXIT_OK
     m = cmd.open()
     _starting(cmd, "up")
     fake = cmd.args.fake
     if cmd.args.dry_run:
         return _rehearsal_report(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
-    return _report(cmd, m.upgrade(cmd.args.target, fake=fake), faked=fake)
+    return _report(cmd, cronverbs.upgrade(cmd, m, cmd.args.target, fake), faked=fake)
 
 
 def _nothing_to_do(cmd: Command) -> bool:
@@ -808,6 +819,8 @@ def cmd_show(cmd: Command) -> int:
                      f"(run {record.run_id or '?'}, {record.attempts} attempt(s))")
         if record.applied_at:
             lines.append(f"  applied at    {_when(record.applied_at)}")
+        if cronverbs.progress_text(record.progress):
+            lines.append(f"  progress      {cronverbs.progress_text(record.progress)}")
     if details.last_failure is not None and details.last_failure.error is not None:
         failure = details.last_failure
         lines.append(f"  last error    {_when(failure.started_at)} ({failure.direction}, "
@@ -942,6 +955,8 @@ HANDLERS: dict[str, Callable[[Command], int]] = {
     "show": cmd_show,
     "plan": cmd_plan,
     "up": cmd_up,
+    "pause": cronverbs.cmd_pause,
+    "resume": cronverbs.cmd_resume,
     "down": cmd_down,
     "history": cmd_history,
     "validate": cmd_validate,
