@@ -41,6 +41,7 @@ from .idorder import after, bracket
 from .lifecycle import RecordConflict
 from .records import ProgressEvent
 from .retry import is_transient
+from .throttle import LagGuard
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -79,19 +80,25 @@ def batch_update(
     batch_size: int = 1000,
     *,
     pause: float = 0.0,
+    max_lag: Optional[float] = None,
 ) -> int:
-    """Apply ``update`` to documents matching ``filter``; returns how many were modified."""
+    """Apply ``update`` to documents matching ``filter``; returns how many were modified.
+    ``pause``: seconds to sleep between batches; ``max_lag``: wait while secondaries are
+    more than that many seconds behind (``throttle.py``)."""
     coll = ctx.db[collection] if isinstance(collection, str) else collection
     _check_arguments(ctx, coll, filter, update, batch_size, pause)
+    if max_lag is not None:
+        _check_seconds(ctx, coll, "max_lag", max_lag)
+    lag = LagGuard(coll.database.client, max_lag, ctx.version) if max_lag is not None else None
     try:
-        return _batch_update(ctx, coll, filter, update, batch_size, pause)
+        return _batch_update(ctx, coll, filter, update, batch_size, pause, lag)
     except Exception as exc:
         ctx.batch_error = exc  # stopped at a checkpoint: the plan may resume from it
         raise
 
 
 def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update: UpdateSpec,
-                  batch_size: int, pause: float) -> int:
+                  batch_size: int, pause: float, lag: Optional[LagGuard]) -> int:
     """``batch_update`` after its arguments were checked."""
     query = dict(filter)
     call = ctx.next_call()
@@ -139,10 +146,12 @@ def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update:
             walk.done_with(state["last_id"])
             _report(ctx, coll.name, state, done=False)
             reason = ctx.stop_reason()
+            if reason is None and pause > 0:
+                time.sleep(pause)
+            if reason is None and lag is not None:
+                reason = lag.wait(ctx.stop_reason)
             if reason is not None:
                 raise StopAtCheckpoint(ctx.version, reason)
-            if pause > 0:
-                time.sleep(pause)
     done = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
     ctx.save_progress(checkpoints.progress(ctx, call, done), None, checkpoints.follows(call, state))
     state = done
@@ -247,10 +256,7 @@ def _check_arguments(ctx: RunContext, coll: Any, filter: Any, update: UpdateSpec
             f"{where}: batch_size must be a positive integer, not {batch_size!r}.",
             version=ctx.version, hint="1000 suits most collections.",
         )
-    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not pause >= 0:
-        raise MigrationDefinitionError(
-            f"{where}: pause must be 0 or more seconds, not {pause!r}.", version=ctx.version,
-        )
+    _check_seconds(ctx, coll, "pause", pause)
     if callable(update):
         return
     problem = _update_problem(update)
@@ -259,6 +265,15 @@ def _check_arguments(ctx: RunContext, coll: Any, filter: Any, update: UpdateSpec
             f"{where}: {problem}", version=ctx.version,
             hint="Write {'$set': {...}} or a pipeline [{'$set': {...}}], or pass a function "
             "doc -> update; a replacement document is not an update.",
+        )
+
+
+def _check_seconds(ctx: RunContext, coll: Any, name: str, value: Any) -> None:
+    """``pause``/``max_lag``: a number of seconds, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise MigrationDefinitionError(
+            f"Migration {ctx.version}: batch_update({coll.name!r}): {name} must be 0 or more "
+            f"seconds, not {value!r}.", version=ctx.version,
         )
 
 
