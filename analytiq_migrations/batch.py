@@ -34,7 +34,7 @@ from pymongo import ASCENDING, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound, PyMongoError
 
-from . import checkpoints
+from . import checkpoints, otel
 from .budget import StopAtCheckpoint
 from .errors import MigrationDefinitionError
 from .idorder import after, bracket
@@ -139,10 +139,16 @@ def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update:
             docs = walk.next_batch()
             if not docs:
                 break
-            try:
-                state = ctx.run_in_transaction(functools.partial(one_batch, docs))
-            except RecordConflict:
-                state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
+            with otel.span("batch", version=ctx.version, direction=ctx.direction,
+                           database=coll.database.name, collection=coll.name,
+                           documents=len(docs)) as span:
+                before = int(state.get("modified", 0))
+                try:
+                    state = ctx.run_in_transaction(functools.partial(one_batch, docs))
+                except RecordConflict:
+                    state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
+                otel.annotate(span, modified=int(state.get("modified", 0)) - before,
+                              done=int(state.get("scanned", 0)))
             walk.done_with(state["last_id"])
             _report(ctx, coll.name, state, done=False)
             reason = ctx.stop_reason()

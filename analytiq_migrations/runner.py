@@ -25,7 +25,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import __version__
+from . import __version__, otel
 from .budget import Budget, make_budget
 from .dbproxy import HAS_BIND
 from .errors import (
@@ -356,7 +356,7 @@ class Migrator:
             return self._rehearse("up", target, fake)
         if fake:
             return self._fake("up", target)
-        return self._migrate("up", target, make_budget(time_budget))
+        return self._traced("up", target, make_budget(time_budget))
 
     @_translate_errors
     def downgrade(self, target: Target, *, fake: bool = False,
@@ -370,7 +370,7 @@ class Migrator:
             return self._rehearse("down", target, fake)
         if fake:
             return self._fake("down", target)
-        return self._migrate("down", target)
+        return self._traced("down", target)
 
     @_translate_errors
     def repair(
@@ -561,6 +561,14 @@ class Migrator:
             status="rolled_back", direction="down", started_at=now, finished_at=now,
             duration_ms=0, transactional=False, attempt=0,
             **{**run.model_dump(), "faked": True}))
+
+    def _traced(self, direction: str, target: Target,
+                budget: Optional[Budget] = None) -> RunReport:
+        """``_migrate`` in an OpenTelemetry span (``otel.py``; nothing without the API)."""
+        with otel.span("run", direction=direction, database=self.db.name) as span:
+            report = self._migrate(direction, target, budget)
+            otel.annotate(span, **otel.report_fields(report))
+            return report
 
     def _migrate(self, direction: str, target: Target,
                  budget: Optional[Budget] = None) -> RunReport:

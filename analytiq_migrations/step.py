@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 import pymongo
 from pymongo.errors import InvalidOperation, PyMongoError
 
-from . import checkpoints
+from . import checkpoints, otel
 from .budget import Budget, StopAtCheckpoint, stop_reason
 from .context import RunContext
 from .dbproxy import StepWatch, joined
@@ -104,7 +104,11 @@ def run_step(env: StepEnv, step: PlanStep, migration: Migration,
     """Run one step and record its outcome (``records`` updated in place); raises a
     ``MigrationError`` on failure, after recording it. ``next_step``: the plan's next one
     (its marker is written into the lock with this step's commit: no write of its own)."""
-    return _Step(env, step, migration, records, next_step).run()
+    with otel.span("step", version=step.version, direction=step.direction,
+                   database=env.db.name, transactional=step.transactional) as span:
+        result = _Step(env, step, migration, records, next_step).run()
+        otel.annotate(span, status=result.status, attempts=result.attempts)
+        return result
 
 
 def step_marker(step: Optional[PlanStep]) -> Optional[Dict[str, Any]]:
