@@ -93,6 +93,13 @@ def test_a_paused_backfill_shows_its_documents_and_the_run_its_outcome(
     assert found[("analytiq_migrations_last_run_outcome",
                   tuple(sorted((*here, ("outcome", "applied")))))] == 1
 
+    before = found[("analytiq_migrations_last_run_timestamp_seconds", here)]
+    assert run(capsys, mongo_uri, db, project, "up", "--metrics-file", str(prom)) == 0
+    found = scrape(prom)  # a no-op run refreshes the file too
+    assert found[("analytiq_migrations_last_run_outcome",
+                  tuple(sorted((*here, ("outcome", "nothing_to_do")))))] == 1
+    assert found[("analytiq_migrations_last_run_timestamp_seconds", here)] >= before
+
 
 def test_status_writes_the_same_metrics_from_the_history(
         capsys: pytest.CaptureFixture[str], mongo_uri: str, db: Any, project: Path,

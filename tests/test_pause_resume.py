@@ -13,7 +13,7 @@ import pytest
 from children import PARK_HELPER, Children, children_for, write_migrations
 from support import child_env, wait_for
 
-from analytiq_migrations import ConfigurationError, Migrator
+from analytiq_migrations import ConfigurationError, Migration, Migrator
 from analytiq_migrations.cli import main
 
 #: Documents, and per batch: the run is inside its third batch when it waits.
@@ -183,3 +183,18 @@ def test_the_python_api_refuses_an_unknown_version(db: Any, project: Path) -> No
     m = Migrator(db.client, str(project), database=db.name)
     with pytest.raises(ConfigurationError, match="nothing to pause"):
         m.pause(7)
+
+
+def test_a_step_without_checkpoints_finishes_regardless_and_clears_the_request(
+        db: Any, tmp_path: Path) -> None:
+    class AsksForAPause(Migration):
+        version = 1
+        transactional = False
+
+        def up(self, db: Any) -> None:
+            Migrator(db.client, [], database=db.name).pause(1)  # someone, meanwhile
+
+    report = Migrator(db.client, [AsksForAPause()], database=db.name).upgrade()
+    assert report.versions == [1] and report.paused is None
+    record = db.migrations.find_one({"_id": 1})
+    assert record["status"] == "applied" and "pause" not in record

@@ -146,3 +146,10 @@ def test_ordinary_code_is_never_stopped_by_the_budget(db: Any, project: Path) ->
     m = Migrator(db.client, str(project), database=db.name)
     report = m.upgrade(time_budget=0.001)
     assert report.versions == [2] and report.paused is None
+
+
+def test_a_quiet_budgeted_run_prints_nothing_for_a_pause(
+        capsys: pytest.CaptureFixture[str], mongo_uri: str, db: Any, project: Path) -> None:
+    code, out, err = cli(capsys, mongo_uri, db, project, "up", "-q", "--time-budget", "0.001")
+    assert (code, out, err) == (0, "", "")  # cron mails nothing
+    assert db.migrations.find_one({"_id": 1})["status"] == "paused"
