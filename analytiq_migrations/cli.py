@@ -586,8 +586,7 @@ def cmd_status(cmd: Command) -> int:
         f"locked by {describe(lock)}" if lock_live else f"expired lock of {describe(lock)}"
     text = (f"Database {cmd.where} at version {current} (latest {head}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
-    checkpoints = [f"  {r.version}: {r.checkpoint}" +
-                   (f"\n     {cronverbs.progress_text(r.progress)}" if r.progress else "")
+    checkpoints = [f"  {r.version}: {r.checkpoint}{cronverbs.row_note(r)}"
                    for r in rows if r.checkpoint]
     if checkpoints:
         text += "\nCheckpoints (where unfinished batch_update calls resume):\n" + \

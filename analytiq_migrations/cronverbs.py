@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional
 from . import metrics
 from .budget import parse_duration
 from .errors import ConfigurationError, MigrationError
-from .pauses import figures, held_text, stopped_text, who
+from .pauses import REQUEST, figures, held_text, stopped_text, who
 
 #: Help texts of the verbs and options (shared by the parser and ``--help``).
 COMMANDS = {
@@ -104,6 +104,16 @@ def progress_text(progress: Optional[Dict[str, Any]]) -> Optional[str]:
     if not progress or not isinstance(progress.get("done"), int):
         return None
     return figures(progress)
+
+
+def row_note(row: Any) -> str:
+    """What ``status`` adds under a row's checkpoint: the progress figures and, for a
+    ``pause VERSION`` request, who asked and when (each on its own indented line)."""
+    lines = [progress_text(row.progress)]
+    if isinstance(row.pause, dict) and row.pause.get("reason") == REQUEST:
+        lines.append(f"paused by {who(row.pause)}; `analytiq-migrations resume "
+                     f"{row.version}` lets `up` continue it")
+    return "".join(f"\n     {line}" for line in lines if line)
 
 
 def _plain(value: Any) -> Any:

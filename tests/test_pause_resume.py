@@ -128,6 +128,7 @@ def test_pause_from_another_process_stops_the_run_at_its_next_checkpoint(
     assert code == 0 and "Version 1 is paused" in out and "later versions wait" in out
     code, out = cli("status", "--check")
     assert code == 6, out
+    assert "30 of ~100 documents (30%)" in out and "\n     paused by " in out
     code, out = cli("status", "--json")
     row = json.loads(out)["migrations"][0]
     assert row["status"] == "paused" and row["pause"]["reason"] == "request"
