@@ -28,6 +28,7 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("bench_startup.py", [], ["--runs", "10"]),
     ("bench_peers.py", [], ["--runs", "3", "--files", "200"]),
     ("bench_batch.py", [], ["--docs", "3000", "--loop-docs", "1000", "--rss-docs", "6000"]),
+    ("bench_budget.py", [], ["--docs", "5000", "--budget", "0.5", "--batch-size", "500"]),
 ]
 
 
