@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pymongo.errors import AutoReconnect
+from support import run_python
 
 from analytiq_migrations import Migration, Migrator, otel
 from analytiq_migrations.retry import RetryPolicy
@@ -117,3 +118,13 @@ def test_without_the_package_nothing_is_recorded(
     assert list(spans.get_finished_spans()) == []
     with otel.span("run") as span:
         assert span is None
+
+
+def test_without_a_configured_provider_spans_record_nothing() -> None:
+    done = run_python("""
+        from analytiq_migrations import otel
+        with otel.span("run", direction="up") as span:
+            print(otel.available(), span.is_recording())
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]  # the API's no-op tracer

@@ -124,6 +124,10 @@ def test_pause_from_another_process_stops_the_run_at_its_next_checkpoint(
     assert code == 0, out
     assert "Version 1 is paused (paused by" in out and "resume 1" in out
     assert visits(db) == [1] * 30 + [0] * 70 and db.migrations.find_one({"_id": 2}) is None
+    code, out = cli("up", "--json")
+    held = json.loads(out)["paused"]
+    assert code == 0 and (held["version"], held["reason"], held["held"]) == (1, "request", True)
+    assert held["by"].startswith(f"{record['pause']['user']}@{record['pause']['host']}")
     code, out = cli("plan")
     assert code == 0 and "Version 1 is paused" in out and "later versions wait" in out
     code, out = cli("status", "--check")
