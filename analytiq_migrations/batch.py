@@ -34,12 +34,14 @@ from pymongo import ASCENDING, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound, PyMongoError
 
-from . import checkpoints
+from . import checkpoints, otel
+from .budget import StopAtCheckpoint
 from .errors import MigrationDefinitionError
 from .idorder import after, bracket
 from .lifecycle import RecordConflict
 from .records import ProgressEvent
 from .retry import is_transient
+from .throttle import LagGuard
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -78,27 +80,34 @@ def batch_update(
     batch_size: int = 1000,
     *,
     pause: float = 0.0,
+    max_lag: Optional[float] = None,
 ) -> int:
-    """Apply ``update`` to documents matching ``filter``; returns how many were modified."""
+    """Apply ``update`` to documents matching ``filter``; returns how many were modified.
+    ``pause``: seconds to sleep between batches; ``max_lag``: wait while secondaries are
+    more than that many seconds behind (``throttle.py``)."""
     coll = ctx.db[collection] if isinstance(collection, str) else collection
     _check_arguments(ctx, coll, filter, update, batch_size, pause)
+    if max_lag is not None:
+        _check_seconds(ctx, coll, "max_lag", max_lag)
+    lag = LagGuard(coll.database.client, max_lag, ctx.version) if max_lag is not None else None
     try:
-        return _batch_update(ctx, coll, filter, update, batch_size, pause)
+        return _batch_update(ctx, coll, filter, update, batch_size, pause, lag)
     except Exception as exc:
         ctx.batch_error = exc  # stopped at a checkpoint: the plan may resume from it
         raise
 
 
 def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update: UpdateSpec,
-                  batch_size: int, pause: float) -> int:
+                  batch_size: int, pause: float, lag: Optional[LagGuard]) -> int:
     """``batch_update`` after its arguments were checked."""
     query = dict(filter)
     call = ctx.next_call()
     state = checkpoints.load(ctx, call, coll.name)
     if state.get("done"):
         return int(state.get("modified", 0))
-    if ctx.wants_progress and (state.get("total") is None or "last_id" in state):
-        state["total"] = _total(coll, query, state)
+    if state.get("total") is None or (ctx.wants_progress and "last_id" in state):
+        # Always once: the record's progress shows done/total to every process.
+        state["total"], state["total_estimated"] = _total(coll, query, state)
     if not state.get("started"):
         # Saved before the first batch: an interruption from here on is resumable.
         state.update(collection=coll.name, started=True, done=False)
@@ -130,14 +139,25 @@ def _batch_update(ctx: RunContext, coll: Any, filter: Mapping[str, Any], update:
             docs = walk.next_batch()
             if not docs:
                 break
-            try:
-                state = ctx.run_in_transaction(functools.partial(one_batch, docs))
-            except RecordConflict:
-                state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
+            with otel.span("batch", version=ctx.version, direction=ctx.direction,
+                           database=coll.database.name, collection=coll.name,
+                           documents=len(docs)) as span:
+                before = int(state.get("modified", 0))
+                try:
+                    state = ctx.run_in_transaction(functools.partial(one_batch, docs))
+                except RecordConflict:
+                    state = checkpoints.committed_batch(ctx, call, docs[-1]["_id"])
+                otel.annotate(span, modified=int(state.get("modified", 0)) - before,
+                              done=int(state.get("scanned", 0)))
             walk.done_with(state["last_id"])
             _report(ctx, coll.name, state, done=False)
-            if pause > 0:
+            reason = ctx.stop_reason()
+            if reason is None and pause > 0:
                 time.sleep(pause)
+            if reason is None and lag is not None:
+                reason = lag.wait(ctx.stop_reason)
+            if reason is not None:
+                raise StopAtCheckpoint(ctx.version, reason)
     done = {**state, "done": True, "elapsed_s": round(time.monotonic() - clock, 3)}
     ctx.save_progress(checkpoints.progress(ctx, call, done), None, checkpoints.follows(call, state))
     state = done
@@ -242,10 +262,7 @@ def _check_arguments(ctx: RunContext, coll: Any, filter: Any, update: UpdateSpec
             f"{where}: batch_size must be a positive integer, not {batch_size!r}.",
             version=ctx.version, hint="1000 suits most collections.",
         )
-    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not pause >= 0:
-        raise MigrationDefinitionError(
-            f"{where}: pause must be 0 or more seconds, not {pause!r}.", version=ctx.version,
-        )
+    _check_seconds(ctx, coll, "pause", pause)
     if callable(update):
         return
     problem = _update_problem(update)
@@ -254,6 +271,15 @@ def _check_arguments(ctx: RunContext, coll: Any, filter: Any, update: UpdateSpec
             f"{where}: {problem}", version=ctx.version,
             hint="Write {'$set': {...}} or a pipeline [{'$set': {...}}], or pass a function "
             "doc -> update; a replacement document is not an update.",
+        )
+
+
+def _check_seconds(ctx: RunContext, coll: Any, name: str, value: Any) -> None:
+    """``pause``/``max_lag``: a number of seconds, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise MigrationDefinitionError(
+            f"Migration {ctx.version}: batch_update({coll.name!r}): {name} must be 0 or more "
+            f"seconds, not {value!r}.", version=ctx.version,
         )
 
 
@@ -387,7 +413,7 @@ def _by_ids(ids: list[Any], query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": selector, **query}
 
 
-def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
+def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> tuple[int, bool]:
     """How many documents the call walks (for the ETA; costs one count, once per call).
 
     Resumed: those walked before the checkpoint plus those matching after it (counting
@@ -397,10 +423,11 @@ def _total(coll: Any, query: dict[str, Any], state: dict[str, Any]) -> int:
     if "last_id" in state:
         later = after(state["last_id"])
         remaining = coll.count_documents({"$and": [query, later]} if query else later)
-        return int(state.get("scanned", 0)) + int(remaining)
+        return int(state.get("scanned", 0)) + int(remaining), False
     if not query:
-        return int(coll.estimated_document_count())
-    return int(coll.count_documents(query))
+        # From the collection's metadata, not a scan: an estimate (and says so).
+        return int(coll.estimated_document_count()), True
+    return int(coll.count_documents(query)), False
 
 
 def _report(ctx: RunContext, name: str, state: dict[str, Any], *, done: bool) -> None:

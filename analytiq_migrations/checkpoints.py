@@ -59,4 +59,26 @@ def committed_batch(ctx: RunContext, call: int, last_id: Any) -> dict[str, Any]:
 def progress(ctx: RunContext, call: int, state: dict[str, Any]) -> dict[str, Any]:
     """The record's whole ``progress`` value with this call's state in it."""
     ctx.checkpoints[call] = state
-    return {PROGRESS_KEY: list(ctx.checkpoints)}
+    return saved(ctx)
+
+
+def saved(ctx: RunContext) -> dict[str, Any]:
+    """The record's ``progress`` as this step last saved it."""
+    return {PROGRESS_KEY: list(ctx.checkpoints), **summary(ctx.checkpoints)}
+
+
+def summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures every process shows (``status``, ``show``, metrics): documents ``done``
+    and ``total`` (integers; ``total_estimated`` when a count came from the collection's
+    metadata or a later call's size is not known yet), ``rate`` (documents a second of
+    running time) and ``eta_s`` (seconds left at that rate; ``None`` when unknown)."""
+    done = sum(int(state.get("scanned") or 0) for state in calls)
+    total = sum(max(int(state.get("total") or 0), int(state.get("scanned") or 0))
+                for state in calls)
+    elapsed = sum(float(state.get("elapsed_s") or 0.0) for state in calls)
+    estimated = any(state.get("total") is None or state.get("total_estimated")
+                    for state in calls if not state.get("done"))
+    rate = round(done / elapsed, 1) if elapsed > 0 else 0.0
+    eta = round((total - done) / rate, 1) if rate > 0 else None
+    return {"done": done, "total": total, "total_estimated": estimated, "rate": rate,
+            "eta_s": eta}

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, TextIO
 
-from . import __version__
+from . import __version__, cronverbs
 from .cli_fleet import FLEET_VERBS, add_fleet_options, run_fleet, wants_fleet
 from .config import BY_NAME, Layer, Settings, load, open_migrator, require
 from .errors import ConfigurationError, MigrationError, redact
@@ -70,6 +70,8 @@ COMMANDS = {
     "verify": "run the test kit's checks on a throw-away server, or with --uri in a scratch "
               "database it drops; exits 1 if one fails",
 }
+
+COMMANDS.update(cronverbs.COMMANDS)
 
 EPILOG = """\
 targets: a version number, head, base (no migrations), +N or -N (steps from the current one)
@@ -213,6 +215,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     server.add_argument("--dir", type=Path, default=None, metavar="DIR",
                         help="keep the data in DIR (default: a temporary directory, removed "
                         "when it stops)")
+    cronverbs.add_arguments({"up": up, "status": status}, verb, _version_arg)
     return parser
 
 
@@ -631,13 +634,15 @@ def cmd_status(cmd: Command) -> int:
         f"the code's latest is {head}: the database is ahead of the code"
     text = (f"Database {cmd.where} at version {current} ({latest}): "
             f"{len(pending)} pending; {lock_text}\n\n{table}\n")
-    checkpoints = [f"  {r.version}: {r.checkpoint}" for r in rows if r.checkpoint]
+    checkpoints = [f"  {r.version}: {r.checkpoint}{cronverbs.row_note(r)}"
+                   for r in rows if r.checkpoint]
     if checkpoints:
         text += "\nCheckpoints (where unfinished batch_update calls resume):\n" + \
             "\n".join(checkpoints) + "\n"
     if problems:
         text += f"\nProblems:\n{_problems_text(problems)}\n"
     cmd.out.result(text, data)
+    cronverbs.status_metrics(cmd, m)
     if not cmd.args.check:
         return EXIT_OK
     blocking = [p for p in _failing(problems, cmd.args.strict) if p.kind != "running"]
@@ -666,6 +671,8 @@ def cmd_plan(cmd: Command) -> int:
         )
         text = (f"Plan for {cmd.where}: {plan.direction} from version {plan.current_version} "
                 f"to {plan.target_version}, {_plural(len(plan.steps), 'step')}:\n\n{table}")
+    if plan.paused:
+        text += "\n\n" + cronverbs.paused_text(plan.paused)
     cmd.out.result(text, _plain(plan.model_dump()))
     return EXIT_OK
 
@@ -693,6 +700,8 @@ def _report(cmd: Command, report: Any, *, faked: bool = False) -> int:
                 f"{report.start_version} -> {report.end_version}\n\n{_steps_table(report)}")
         if faked:
             text += "\n\nNothing was run: only the records changed (faked: true)."
+    if report.paused:
+        text += "\n\n" + cronverbs.paused_text(report.paused)
     data = _plain(report.model_dump())
     if faked:
         data["faked"] = True
@@ -781,14 +790,14 @@ def _starting(cmd: Command, direction: str) -> None:
 
 def cmd_up(cmd: Command) -> int:
     """``up [TARGET] [--fake | --dry-run]``."""
-    if _nothing_to_do(cmd):
+    if not cmd.args.metrics_file and _nothing_to_do(cmd):
         return EXIT_OK
     m = cmd.open()
     _starting(cmd, "up")
     fake = cmd.args.fake
     if cmd.args.dry_run:
         return _rehearsal_report(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
-    return _report(cmd, m.upgrade(cmd.args.target, fake=fake), faked=fake)
+    return _report(cmd, cronverbs.upgrade(cmd, m, cmd.args.target, fake), faked=fake)
 
 
 def _nothing_to_do(cmd: Command) -> bool:
@@ -879,6 +888,8 @@ def cmd_show(cmd: Command) -> int:
                      f"(run {record.run_id or '?'}, {record.attempts} attempt(s))")
         if record.applied_at:
             lines.append(f"  applied at    {_when(record.applied_at)}")
+        if cronverbs.progress_text(record.progress):
+            lines.append(f"  progress      {cronverbs.progress_text(record.progress)}")
     if details.last_failure is not None and details.last_failure.error is not None:
         failure = details.last_failure
         lines.append(f"  last error    {_when(failure.started_at)} ({failure.direction}, "
@@ -1068,6 +1079,8 @@ HANDLERS: dict[str, Callable[[Command], int]] = {
     "show": cmd_show,
     "plan": cmd_plan,
     "up": cmd_up,
+    "pause": cronverbs.cmd_pause,
+    "resume": cronverbs.cmd_resume,
     "down": cmd_down,
     "history": cmd_history,
     "validate": cmd_validate,

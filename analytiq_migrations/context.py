@@ -42,6 +42,9 @@ class RunContext:
     load_progress: Callable[[], Optional[dict[str, Any]]] = field(default=lambda: None)
     #: State of each ``batch_update`` call made so far in this step, in call order.
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    #: Asked after each committed checkpoint: why the walk should stop there
+    #: (``request``: ``pause VERSION``; ``time_budget``), or ``None`` to go on.
+    stop_reason: Callable[[], Optional[str]] = field(default=lambda: None)
     #: The error a ``batch_update`` call raised, if any (such a failure may be resumed).
     batch_error: Optional[BaseException] = None
 

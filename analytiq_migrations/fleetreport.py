@@ -46,7 +46,7 @@ def pending_versions(migrations: Sequence[Any], rows: Sequence[StatusRow]) -> Li
     """What ``status`` calls pending: everything ``up`` would run (or stops at): never-run
     versions, and unfinished ones whose code is there (``up`` cannot run one without)."""
     code = {int(m.version or 0) for m in migrations}
-    return [r.version for r in rows if r.status == "pending" or
+    return [r.version for r in rows if r.status in ("pending", "paused") or
             (r.status in ("failed", "interrupted", "running") and r.version in code)]
 
 

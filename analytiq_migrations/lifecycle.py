@@ -9,6 +9,10 @@ A record goes through these states (``status``), and only through this module::
     (as it was)                    --fail-->    failed (or, for an applied version whose
                                                 transactional down failed, last_error)
     running (of a dead run)        --settle-->  failed, error type Interrupted
+    running                        --pause-->   paused (at a batch_update checkpoint)
+    paused                         --start-->   running (the next ``up`` continues it)
+    running | failed | paused      --request_pause / clear_pause--> the same, with or
+                                                without a ``pause`` request on it
     anything                       --baseline-> baselined  /  --fake revert--> rolled_back
 
 Every write is *fenced* by the lease and *conditional* on the record still being in the
@@ -28,6 +32,13 @@ state the transition starts from:
   was lost (the record then says so, and the transition is done) or someone else's:
   the run stops.
 
+A pause request (``pause VERSION``) is the one write made without the lock: whoever asks
+is not the lock holder, and must not wait for a run that may take hours. It is a single
+conditional update that touches only the record's ``pause`` field, and only on a
+version that is running or unfinished, so it cannot undo any transition; the run reads
+it at its next checkpoint, and every later write of the run leaves it in place (until
+the version is applied, which clears it).
+
 History entries carry a deterministic ``_id`` (see ``store.history_id``), so writing
 one twice keeps one.
 """
@@ -38,8 +49,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, TypeVar
 
-from .errors import LockLostError
+from .errors import ConfigurationError, LockLostError
 from .lock import Lease
+from .pauses import PAUSABLE
+from .pauses import REQUEST as PAUSE_REQUEST
 from .records import ErrorInfo, HistoryEntry, MigrationRecord, RunInfo, field_names
 from .retry import RetryPolicy, is_transient, run_transaction
 from .store import Store, utcnow
@@ -192,6 +205,19 @@ class Lifecycle:
             if self.saved_progress(version) != progress:  # else: an earlier try landed
                 raise self.lost(conflict) from None
 
+    def pause(self, version: int, direction: str, fields: Dict[str, Any],
+              entry: HistoryEntry) -> None:
+        """``running`` -> ``paused``, keeping the checkpoint (``fields``: the outcome)."""
+        self.finish(version, direction, self.mine(), {"$set": fields}, entry)
+
+    def pause_requested(self, version: int) -> bool:
+        """Is there a ``pause VERSION`` request on the record (read at each checkpoint)?"""
+        doc = self.store.policy.call(
+            f"read the pause request of version {version}",
+            lambda: self.store.records.find_one({"_id": version}, {"pause": 1}))
+        pause = (doc or {}).get("pause")
+        return isinstance(pause, dict) and pause.get("reason") == PAUSE_REQUEST
+
     def saved_progress(self, version: int) -> Optional[Dict[str, Any]]:
         """The checkpoint of a record this run is running (``None`` otherwise)."""
         doc = self.store.read_record(version)
@@ -258,3 +284,33 @@ class Lifecycle:
             self.store.append_history(entry, session=s)
 
         self.fenced(f"record version {version}", write)
+
+
+def request_pause(store: Store, version: int, who: RunInfo) -> Dict[str, Any]:
+    """Put a pause request on a running or unfinished version (no lock: see the module
+    docstring) and return it. A standing request is kept as it was (who asked first, and
+    when). ``ConfigurationError`` when the version has nothing to pause."""
+    request = {"reason": PAUSE_REQUEST, "at": utcnow(), "host": who.host, "pid": who.pid,
+               "user": who.user, "run_id": who.run_id}
+    store.policy.call(f"request a pause of version {version}", lambda: store.records.update_one(
+        {"_id": version, "status": {"$in": list(PAUSABLE)},
+         "pause.reason": {"$ne": PAUSE_REQUEST}},
+        {"$set": {"pause": request}}))
+    doc = store.read_record(version) or {}
+    pause = doc.get("pause")
+    if isinstance(pause, dict) and pause.get("reason") == PAUSE_REQUEST:
+        return dict(pause)
+    state = f"it is {doc['status']}" if doc.get("status") else "it has not been started"
+    raise ConfigurationError(
+        f"Version {version} has nothing to pause: {state}. A pause stops a backfill "
+        "(batch_update) that is running or unfinished.",
+        hint="`analytiq-migrations status` shows which versions are running or unfinished.")
+
+
+def clear_pause(store: Store, version: int) -> bool:
+    """Remove a pause request (``resume VERSION``); False when there was none."""
+    result = store.policy.call(
+        f"clear the pause request of version {version}",
+        lambda: store.records.update_one({"_id": version, "pause.reason": PAUSE_REQUEST},
+                                         {"$unset": {"pause": ""}}))
+    return bool(result.modified_count)

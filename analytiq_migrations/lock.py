@@ -283,6 +283,7 @@ class Lease:
         self.step: Optional[dict[str, Any]] = None
         self.server_time = server_time
         self.held = False
+        self.waited_s = 0.0
         #: The expired lease this run took over (its ``step`` says what was running).
         self.previous_holder: Optional[dict[str, Any]] = None
         self.lost_reason: Optional[str] = None
@@ -305,6 +306,7 @@ class Lease:
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lock, waiting up to ``wait`` seconds; raise ``LockBusyError`` if held."""
+        began = time.monotonic()
         if wait <= 0:
             self._try_acquire()
         else:
@@ -317,6 +319,7 @@ class Lease:
                 with attempt:
                     self._try_acquire()
         self.held = True
+        self.waited_s = time.monotonic() - began  # the metrics' lock wait
         self._start_heartbeat()
 
     def _fields(self) -> dict[str, Any]:

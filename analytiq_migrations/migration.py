@@ -158,8 +158,11 @@ class Migration:
         batch_size: int = 1000,
         *,
         pause: float = 0.0,
+        max_lag: Optional[float] = None,
     ) -> int:
-        """Update matching documents in ``_id``-ordered batches with a checkpoint per batch."""
+        """Update matching documents in ``_id``-ordered batches with a checkpoint per batch;
+        ``pause`` seconds between batches, and waits while secondaries lag more than
+        ``max_lag`` seconds (where ``replSetGetStatus`` may be read)."""
 
         if self._context is None:
             raise MigrationDefinitionError(
@@ -170,7 +173,8 @@ class Migration:
             )
         from .batch import batch_update  # not on the no-op path: imported on first use
 
-        return batch_update(self._context, collection, filter, update, batch_size, pause=pause)
+        return batch_update(self._context, collection, filter, update, batch_size, pause=pause,
+                            max_lag=max_lag)
 
 
 class ModuleMigration(Migration):

@@ -20,6 +20,7 @@ from .errors import (
 )
 from .hints import spell
 from .migration import Migration
+from .pauses import held, held_note
 from .progress import describe_checkpoint
 from .records import (
     MigrationRecord,
@@ -34,6 +35,10 @@ Target = Union[int, str, None]
 UseTransaction = Callable[[Migration], bool]
 #: What an applied version whose file is absent is (see ``_without_code``).
 Gone = Literal["pruned", "ahead_of_code", "missing"]
+
+#: Record statuses of a version whose last attempt did not finish (``paused``: stopped at
+#: a ``batch_update`` checkpoint on purpose, see ``pauses.py``).
+UNFINISHED = ("running", "failed", "paused")
 
 #: ASCII digits only: ``\d`` also matches other scripts' digits ("²"), which ``int`` refuses.
 _RELATIVE = re.compile(r"^([+-])([0-9]+)$")
@@ -144,7 +149,7 @@ def resume_checkpoint(record: Optional[MigrationRecord],
     """The checkpoint a step in ``direction`` resumes from (``None``: it starts afresh).
     Only an unfinished attempt in the same direction leaves one to resume."""
     if record is None or not record.progress or record.direction != direction or \
-            record.status not in ("running", "failed"):
+            record.status not in UNFINISHED:
         return None
     return dict(record.progress)
 
@@ -176,7 +181,7 @@ def refusal(migration: Migration, record: MigrationRecord, direction: str,
             hint=f"Finish the '{record.direction}' first: {finish} resumes it from its "
             f"checkpoint; then run '{direction}' again.",
         )
-    if record.progress and (interrupted(record) or
+    if record.progress and (interrupted(record) or record.status == "paused" or
                             getattr(record.error, "at", None) == "batch_update"):
         return None
     try:
@@ -248,6 +253,8 @@ def _note(record: Optional[MigrationRecord], direction: str) -> Optional[str]:
         return "resume from checkpoint" if resumes else "re-run after interruption"
     if record.status == "failed":
         return "resume from checkpoint" if resumes else "retry after failure"
+    if record.status == "paused":
+        return "continue from checkpoint (paused)"
     return None
 
 
@@ -276,6 +283,7 @@ def plan_upgrade(
                        "back.", cli=f"Use `analytiq-migrations down {target}` to go back."),
         )
     steps = []
+    paused: Optional[dict[str, Any]] = None
     for migration in migrations:
         version = int(migration.version or 0)
         if version > target:
@@ -283,7 +291,11 @@ def plan_upgrade(
         record = records.get(version)
         if record is not None and record.status in APPLIED_STATUSES:
             continue
-        if record is not None and record.status in ("running", "failed"):
+        hold = held(record)
+        if hold is not None:
+            paused = held_note(version, hold)  # it, and every later version, waits
+            break
+        if record is not None and record.status in UNFINISHED:
             if record.direction == "down" and record.transactional and record.status == "failed":
                 continue  # a failed transactional revert left the migration applied
             refused = refusal(migration, record, "up", below(version, migrations, records))
@@ -306,7 +318,8 @@ def plan_upgrade(
                 note=_note(record, "up"),
             )
         )
-    return Plan(direction="up", current_version=current, target_version=target, steps=steps)
+    return Plan(direction="up", current_version=current, target_version=target, steps=steps,
+                paused=paused)
 
 
 def plan_downgrade(
@@ -336,7 +349,7 @@ def plan_downgrade(
             why = "its code is gone" if migration is None else "it has no down()"
             blocked.append(f"{version} ({record.description}: {why})")
             continue
-        if record.status in ("running", "failed"):
+        if record.status in UNFINISHED:
             refused = refusal(migration, record, "down", below(version, migrations, records))
             if refused is not None:
                 raise refused
@@ -364,7 +377,7 @@ def _present(record: MigrationRecord) -> bool:
     """Is this version's change (possibly partly) in the database?"""
     if record.status in APPLIED_STATUSES:
         return True
-    if record.status in ("running", "failed"):
+    if record.status in UNFINISHED:
         # A transactional attempt that failed committed nothing: the state is what it
         # was before it, i.e. applied for a revert, absent for an apply.
         return not (record.transactional and record.direction == "up")
@@ -410,6 +423,9 @@ def status_rows(
                 row.status = "interrupted"
             if record.status == "failed" and record.error and record.error.type == "Interrupted":
                 row.status = "interrupted"  # settled by a later run: still what happened
+            row.pause = record.pause
+            if held(record, live_run_id) is not None:
+                row.status = "paused"  # `pause VERSION`: not continued until `resume`
             if record.status in APPLIED_STATUSES:
                 if migration is None:
                     row.status = _without_code(record, head) or record.status
@@ -448,6 +464,8 @@ def find_problems(
                 ))
             continue
         label = f"Migration {version} ({record.description})"
+        if held(record, live_run_id) is not None:
+            continue  # paused on purpose: pending (status --check: 6), not a problem
         gone = _without_code(record, head) if migration is None else None
         if gone == "ahead_of_code":
             problems.append(Problem(

@@ -22,13 +22,14 @@ FOREIGN_HINT = ("--collection NAME, ANALYTIQ_MIGRATIONS_COLLECTION or Migrator(c
 #: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
 PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
-RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined"]
-HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined"]
+RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined", "paused"]
+HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined", "paused"]
 Direction = Literal["up", "down"]
 #: How a step of a run ended: a history status, or, in a dry run, ``rehearsed`` (run in the
 #: rehearsal's transaction, then aborted) / ``not_rehearsed`` (not run; ``note`` says why).
 StepStatus = Literal[
-    "applied", "failed", "rolled_back", "interrupted", "baselined", "rehearsed", "not_rehearsed"
+    "applied", "failed", "rolled_back", "interrupted", "baselined", "rehearsed", "not_rehearsed",
+    "paused",
 ]
 RowStatus = Literal[
     "pending", "running", "applied", "failed", "rolled_back", "baselined", "interrupted", "missing",
@@ -36,6 +37,7 @@ RowStatus = Literal[
     "ahead_of_code",
     # applied, its file removed on purpose (``repair(accept_missing=True)``)
     "pruned",
+    "paused",
 ]
 
 
@@ -201,6 +203,9 @@ class MigrationRecord(_Model, extra="allow"):
     #: Set when a transactional attempt failed and rolled back, leaving ``status`` as it was.
     last_error: Optional[LastError] = None
     progress: Optional[Dict[str, BSONData]] = None
+    #: Why the version is paused or should pause (see ``pauses.py``): ``reason``
+    #: (``request`` or ``time_budget``), ``at``, ``host``, ``pid``, ``user``.
+    pause: Optional[Dict[str, BSONData]] = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], collection: str) -> MigrationRecord:
@@ -275,6 +280,8 @@ class Plan(_Model):
     current_version: int
     target_version: int
     steps: List[PlanStep] = Field(default_factory=list)
+    #: A version paused by ``pause VERSION`` that the plan stops before (``pauses.py``).
+    paused: Optional[Dict[str, Any]] = None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -336,12 +343,17 @@ class RunReport(_Model):
     target_version: Optional[int] = None
     #: Dry run: how the steps were rehearsed, and the limits that applied.
     notes: List[str] = Field(default_factory=list)
+    #: The run stopped at a checkpoint (``--time-budget`` or ``pause``), or did not start a
+    #: version paused by ``pause``: ``version``, ``reason``, ``held``, progress figures.
+    paused: Optional[Dict[str, Any]] = None
+    #: Seconds spent waiting for the lock (``lock_wait``), for the metrics.
+    lock_wait_s: float = 0.0
 
     @property
     def versions(self) -> List[int]:
         """Versions that completed in this run, in order (none in a dry run)."""
         return [s.version for s in self.steps
-                if s.status not in ("failed", "rehearsed", "not_rehearsed")]
+                if s.status not in ("failed", "rehearsed", "not_rehearsed", "paused")]
 
     @property
     def failed(self) -> Optional[StepResult]:
@@ -372,6 +384,8 @@ class StatusRow(_Model):
     progress: Optional[Dict[str, BSONData]] = None
     #: ``progress`` for people (``items: 4,000 of 10,000 documents, ...``), if any.
     checkpoint: Optional[str] = None
+    #: The record's ``pause`` (who paused it, when, why), if any.
+    pause: Optional[Dict[str, BSONData]] = None
 
 
 ProblemKind = Literal[

@@ -29,6 +29,7 @@ from tenacity import (
     wait_random,
 )
 
+from . import otel
 from .errors import scrub
 
 try:
@@ -106,6 +107,8 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
             wait,
             describe_error(exc) if exc is not None else "?",
         )
+        otel.event("retry", what=what, attempt=state.attempt_number, wait_s=wait,
+                   error=describe_error(exc) if exc is not None else "?")
 
     return hook
 

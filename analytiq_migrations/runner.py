@@ -25,7 +25,8 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import __version__
+from . import __version__, otel
+from .budget import Budget, make_budget
 from .dbproxy import HAS_BIND
 from .errors import (
     ChecksumDriftError,
@@ -39,11 +40,12 @@ from .errors import (
     redact,
 )
 from .hints import spell
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, clear_pause, request_pause
 from .loader import MigrationSource, load_migrations
 from .lock import Lease, ServerClock, break_lock, dead_holder, lease_live, read_lock
 from .migration import Migration
 from .outside import note_joining
+from .pauses import stopped_note
 from .plan import (
     Target,
     accepts_missing,
@@ -360,9 +362,12 @@ class Migrator:
 
     @_translate_errors
     def upgrade(self, target: Target = None, *, fake: bool = False,
-                dry_run: bool = False) -> RunReport:
+                dry_run: bool = False, time_budget: Optional[float] = None) -> RunReport:
         """Apply pending migrations up to ``target`` (default: the latest).
 
+        ``time_budget`` (seconds): once spent, a ``batch_update`` stops at its next
+        checkpoint and the version is recorded ``paused`` (``RunReport.paused``); the next
+        ``upgrade`` continues it. Ordinary migration code is never stopped mid-step.
         ``fake=True`` records them ``baselined`` (``faked: true``) without running them:
         for changes already made by other means. ``dry_run=True`` rehearses them in one
         transaction that is aborted, and stores nothing (see ``rehearsal``)."""
@@ -370,7 +375,7 @@ class Migrator:
             return self._rehearse("up", target, fake)
         if fake:
             return self._fake("up", target)
-        return self._migrate("up", target)
+        return self._traced("up", target, make_budget(time_budget))
 
     @_translate_errors
     def downgrade(self, target: Target, *, fake: bool = False,
@@ -384,7 +389,7 @@ class Migrator:
             return self._rehearse("down", target, fake)
         if fake:
             return self._fake("down", target)
-        return self._migrate("down", target)
+        return self._traced("down", target)
 
     @_translate_errors
     def repair(
@@ -482,6 +487,19 @@ class Migrator:
             self.lock_collection, run_id=self._run_id, force=force, clock=ServerClock(self.db)
         )
 
+    @_translate_errors
+    def pause(self, version: int) -> Dict[str, Any]:
+        """Ask the run working on ``version`` to stop at its next ``batch_update``
+        checkpoint, and keep later ``upgrade`` calls from continuing it until ``resume``.
+        Needs no lock (any process or host). Returns the record's ``pause`` request."""
+        return request_pause(self.store, version, self._new_run())
+
+    @_translate_errors
+    def resume(self, version: int) -> bool:
+        """Clear a ``pause`` request: the next ``upgrade`` continues the version from its
+        checkpoint. False when the version had none."""
+        return clear_pause(self.store, version)
+
     # -- the run -------------------------------------------------------------------------------
 
     def _fake(self, direction: Optional[str], target: Target) -> RunReport:
@@ -572,7 +590,16 @@ class Migrator:
             duration_ms=0, transactional=False, attempt=0,
             **{**run.model_dump(), "faked": True}))
 
-    def _migrate(self, direction: str, target: Target) -> RunReport:
+    def _traced(self, direction: str, target: Target,
+                budget: Optional[Budget] = None) -> RunReport:
+        """``_migrate`` in an OpenTelemetry span (``otel.py``; nothing without the API)."""
+        with otel.span("run", direction=direction, database=self.db.name) as span:
+            report = self._migrate(direction, target, budget)
+            otel.annotate(span, **otel.report_fields(report))
+            return report
+
+    def _migrate(self, direction: str, target: Target,
+                 budget: Optional[Budget] = None) -> RunReport:
         """Shared body of upgrade/downgrade."""
         run = self._new_run()
         started = utcnow()
@@ -589,7 +616,8 @@ class Migrator:
         if plan is not None and not plan.steps:
             log.info("Nothing to do: database at version %d", current)
             return RunReport(run_id=run.run_id, direction=direction, start_version=current,  # type: ignore[arg-type]
-                             end_version=current, started_at=started, finished_at=utcnow())
+                             end_version=current, started_at=started, finished_at=utcnow(),
+                             paused=plan.paused)
         # The lock says which transactional step runs: the first one goes with acquiring it.
         first = step_marker(plan.steps[0]) if plan is not None else None
         with self._locked(run, first) as (lease, session):
@@ -616,14 +644,17 @@ class Migrator:
                 # Batches bring their own small transactions wherever transactions are possible.
                 batch_transactions=book.transactions,
                 wire_version=self._wire_version() if real else 0, progress=self.progress,
-                lifecycle=book,
+                lifecycle=book, budget=budget,
             )
             steps = run_steps(env, plan, self._by_version, records, started=started,
                               start=start, on_step=self.on_step, stop=self.stop)
+            paused = stopped_note(records[steps[-1].version]) \
+                if steps and steps[-1].status == "paused" else plan.paused
         end = current_version(records)
         log.info("Database now at version %d (was %d)", end, start)
         return RunReport(run_id=run.run_id, direction=direction, start_version=start,  # type: ignore[arg-type]
-                         end_version=end, started_at=started, finished_at=utcnow(), steps=steps)
+                         end_version=end, started_at=started, finished_at=utcnow(), steps=steps,
+                         paused=paused, lock_wait_s=round(lease.waited_s, 3))
 
     def _rehearse(self, direction: str, target: Target, fake: bool) -> RunReport:
         """``dry_run=True``: the rehearsal (rehearsal.py)."""

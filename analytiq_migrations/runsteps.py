@@ -63,6 +63,8 @@ def run_steps(env: StepEnv, plan: Plan, migrations: Dict[int, Migration],
         results.append(result)
         tell(on_step, event.model_copy(update={"status": result.status,
                                                 "duration_ms": result.duration_ms}))
+        if result.status == "paused":
+            break  # stopped at a checkpoint: later versions wait behind it
     return results
 
 

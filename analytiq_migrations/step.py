@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from pymongo.errors import PyMongoError
 
+from . import checkpoints, otel
+from .budget import Budget, StopAtCheckpoint, stop_reason
 from .checkpoints import PROGRESS_KEY
 from .context import RunContext
 from .dbproxy import StepWatch, joined, watched
@@ -86,6 +88,8 @@ class StepEnv:
     catalog: Optional[Catalog] = None
     #: Every bookkeeping write of the run (set by ``run_step`` when not given).
     lifecycle: Optional[Lifecycle] = None
+    #: ``--time-budget``: looked at after each ``batch_update`` checkpoint.
+    budget: Optional[Budget] = None
 
     @property
     def book(self) -> Lifecycle:
@@ -103,7 +107,11 @@ def run_step(env: StepEnv, step: PlanStep, migration: Migration,
     """Run one step and record its outcome (``records`` updated in place); raises a
     ``MigrationError`` on failure, after recording it. ``next_step``: the plan's next one
     (its marker is written into the lock with this step's commit: no write of its own)."""
-    return _Step(env, step, migration, records, next_step).run()
+    with otel.span("step", version=step.version, direction=step.direction,
+                   database=env.db.name, transactional=step.transactional) as span:
+        result = _Step(env, step, migration, records, next_step).run()
+        otel.annotate(span, status=result.status, attempts=result.attempts)
+        return result
 
 
 def step_marker(step: Optional[PlanStep]) -> Optional[Dict[str, Any]]:
@@ -123,7 +131,7 @@ class _Step:
         self.previous = records.get(step.version)
         previous = self.previous
         # attempts counts tries at the current transition; a finished one starts afresh.
-        unfinished = previous is not None and (previous.status in ("failed", "running") or
+        unfinished = previous is not None and (previous.status in ("failed", "running", "paused") or
                                                previous.last_error is not None)
         self.attempts = (previous.attempts if previous and unfinished else 0) + 1
         self.resume = resume_checkpoint(previous, step.direction)
@@ -173,15 +181,18 @@ class _Step:
                 fields = self._record_success(None)
         except LockLostError:
             raise  # someone else owns the run now: writing our record could clobber theirs
+        except StopAtCheckpoint as stop:
+            fields = self._record_pause(stop.reason)
         except Exception as exc:
             fields = self._after_error(exc)
         finally:
             migration._context = None
             migration.session = None
         self.records[step.version] = self._merge(fields)
-        log.info("Migration %d %s in %d ms", step.version, self.success, fields["duration_ms"])
+        status = "paused" if fields.get("status") == "paused" else self.success
+        log.info("Migration %d %s in %d ms", step.version, status, fields["duration_ms"])
         return StepResult(version=step.version, direction=step.direction,
-                          description=step.description, status=self.success,  # type: ignore[arg-type]
+                          description=step.description, status=status,  # type: ignore[arg-type]
                           transactional=step.transactional, duration_ms=fields["duration_ms"],
                           attempts=self.attempts)
 
@@ -277,6 +288,7 @@ class _Step:
             in_transaction=step.transactional, progress=self.resume, save_progress=save,
             load_progress=lambda: env.book.saved_progress(step.version),
             run_in_transaction=in_own_transaction,
+            stop_reason=lambda: stop_reason(env.book, step.version, env.budget),
             report=env.progress or (lambda event: None),
             wants_progress=env.progress is not None,
         )
@@ -314,7 +326,7 @@ class _Step:
         outcome, entry = self._outcome(self.success, None)
         # Transactional steps wrote nothing before: the record gets every field here.
         fields = {**self.start, **outcome} if step.transactional else outcome
-        unset = ["faked", "last_error", "outside_writes", "pruned"] + \
+        unset = ["faked", "last_error", "outside_writes", "pruned", "pause", "paused_reason"] + \
             (["applied_at"] if self.success == "rolled_back" else [])
         legacy = None
         if env.legacy:
@@ -327,6 +339,14 @@ class _Step:
                                {"$set": fields, "$unset": {name: "" for name in unset}},
                                entry, session=txn_session, legacy=legacy)
         return done or fields
+
+    def _record_pause(self, reason: str) -> Dict[str, Any]:
+        """Stopped at a checkpoint: record ``paused`` (its checkpoint kept) and its entry."""
+        fields, entry = self._outcome("paused", None)
+        assert self.ctx is not None  # stopped inside the step's batch_update
+        fields.update(paused_reason=reason, progress=checkpoints.saved(self.ctx))
+        self.env.book.pause(self.step.version, self.step.direction, fields, entry)
+        return fields
 
     def _after_error(self, exc: Exception) -> Dict[str, Any]:
         """After ``exc``: the fields of a commit that did land, else record the failure and

@@ -30,6 +30,7 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("bench_batch.py", [], ["--docs", "3000", "--loop-docs", "1000", "--rss-docs", "6000"]),
     ("bench_fleet.py", [], ["--databases", "100", "--work-databases", "8",
                             "--work-seconds", "0.5"]),
+    ("bench_budget.py", [], ["--docs", "5000", "--budget", "0.5", "--batch-size", "500"]),
 ]
 
 

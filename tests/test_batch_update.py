@@ -324,7 +324,7 @@ def test_a_failed_run_resumes_after_its_checkpoint_across_id_types(
     assert (orders["done"], orders["modified"]) == (True, 10)
     assert (items["done"], items["last_id"], items["batches"]) == (False, "a", 2)
     assert row.checkpoint is not None
-    assert row.checkpoint.startswith("orders: done, 10 changed; items: 8 documents, "
+    assert row.checkpoint.startswith("orders: done, 10 changed; items: 8 of 14 documents, "
                                      "8 changed, last _id 'a' (2 batches, ")
 
     monkeypatch.setattr(Flaky, "FAIL_AT", set())
@@ -386,7 +386,7 @@ def test_the_status_command_shows_the_checkpoint_and_up_resumes_from_it(
     assert main(["status", *where]) == 0
     out = capsys.readouterr().out
     assert "Checkpoints (where unfinished batch_update calls resume):\n" \
-        "  1: items: 10 documents, 10 changed, last _id 9 (2 batches, " in out
+        "  1: items: 10 of 20 documents, 10 changed, last _id 9 (2 batches, " in out
 
     db.items.update_one({"_id": 12}, {"$unset": {"poison": ""}})
     assert main(["up", "-q", *where]) == 0
