@@ -842,7 +842,8 @@ def _nothing_to_do(cmd: Command) -> bool:
         # The fields of a RunReport (what the full path prints), for --json.
         "run_id": uuid.uuid4().hex, "direction": "up", "start_version": version,
         "end_version": version, "started_at": now, "finished_at": now, "steps": [],
-        "dry_run": False, "target_version": None, "notes": []})
+        "dry_run": False, "target_version": None, "notes": [], "paused": None,
+        "lock_wait_s": 0.0})
     return True
 
 

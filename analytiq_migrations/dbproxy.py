@@ -211,10 +211,14 @@ def sessionless_hint(method: str) -> str:
     return f"{use} the migration `transactional = False` (its writes then commit one by one)."
 
 
-def _refusing(name: str) -> Callable[..., Any]:
-    """A method that takes no session: refused before anything is sent."""
+def _refusing(base: type, name: str) -> Callable[..., Any]:
+    """A method that takes no session: refused before anything is sent in a transaction
+    (outside one, on a watched ``db`` without a session, it is simply called)."""
+    original = getattr(base, name)
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._am_session is None and self._am_watch is not None:
+            return original(self, *args, **kwargs)
         watch: Optional[StepWatch] = self._am_watch
         if isinstance(self, Collection):
             database, collection, where = self.database.name, self.name, self.name
@@ -312,7 +316,7 @@ def _proxy_methods(proxy: type, base: type, injected: Iterable[str]) -> None:
         if name in injected:
             setattr(proxy, name, _injecting(base, name))
         elif name not in _LOCAL_METHODS:
-            setattr(proxy, name, _refusing(name))
+            setattr(proxy, name, _refusing(base, name))
 
 
 _proxy_methods(SessionDatabase, Database, _DATABASE_METHODS)

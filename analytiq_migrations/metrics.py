@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 from datetime import datetime
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import ConfigurationError
-from .records import HistoryEntry, RunReport, StatusRow
+
+if TYPE_CHECKING:  # the models (pydantic) stay off the command line's quick path
+    from .records import HistoryEntry, RunReport, StatusRow
 
 #: Prefix of every metric name (Prometheus naming: ``<namespace>_<name>_<unit>``).
 PREFIX = "analytiq_migrations"

@@ -33,6 +33,7 @@ _FIELDS: Mapping[str, Tuple[type, ...]] = {
     "duration_ms": (int, type(None)), "run_id": _TEXT, "host": _TEXT, "pid": (int, type(None)),
     "user": _TEXT, "tool_version": _TEXT, "transactional": (bool,), "attempts": (int,),
     "error": (type(None),), "last_error": (type(None),), "progress": (dict, type(None)),
+    "pause": (type(None),),
 }
 
 #: Fields a clean applied record always has (the rest may be missing).

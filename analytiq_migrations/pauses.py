@@ -14,9 +14,11 @@ ways (``reason``):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from .records import MigrationRecord
+if TYPE_CHECKING:  # the models (pydantic) stay off the command line's quick path
+    from .records import MigrationRecord
+
 
 #: ``pause.reason`` of a request made with ``pause VERSION``.
 REQUEST = "request"
