@@ -73,7 +73,9 @@ LANES = [
                   "flask-pymongo": ""}),  # newest of each
 ]
 
-TEST_TOOLS = ["pytest>=7.4", "mongomock>=4.1", "tomli>=1.1"]
+#: (prometheus-client parses the metrics file; opentelemetry-sdk records the spans)
+TEST_TOOLS = ["pytest>=7.4", "mongomock>=4.1", "tomli>=1.1", "prometheus-client>=0.8",
+              "opentelemetry-sdk>=1.0"]
 
 #: The packages sdists of the framework lanes' era need to build (flask-mongoengine 0.9.5
 #: has only an sdist whose setup_requires builds wheels).

@@ -116,7 +116,9 @@ def set_name_mismatch(client: Any) -> Optional[str]:
 def _set_names(options: Any) -> Optional[SetNames]:
     """Our heartbeat listener on a client made by ``config.make_client``, if any."""
     listeners = getattr(options, "event_listeners", None)
+    if listeners is None:  # pymongo 3: on the pool options, ...
+        listeners = getattr(getattr(options, "pool_options", None), "event_listeners", None)
     listed = getattr(listeners, "event_listeners", None)
-    if callable(listed):  # pymongo 3: an object that lists them
-        listeners = listed()
+    if callable(listed):  # ... an object that lists them by kind (a tuple of lists)
+        listeners = [x for kind in listed() for x in kind]
     return next((x for x in listeners or () if isinstance(x, SetNames)), None)

@@ -202,10 +202,10 @@ class MigrationRecord(_Model, extra="allow"):
     error: Optional[ErrorInfo] = None
     #: Set when a transactional attempt failed and rolled back, leaving ``status`` as it was.
     last_error: Optional[LastError] = None
-    progress: Optional[Dict[str, BSONData]] = None
+    progress: Optional[Dict[str, Optional[BSONData]]] = None
     #: Why the version is paused or should pause (see ``pauses.py``): ``reason``
     #: (``request`` or ``time_budget``), ``at``, ``host``, ``pid``, ``user``.
-    pause: Optional[Dict[str, BSONData]] = None
+    pause: Optional[Dict[str, Optional[BSONData]]] = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], collection: str) -> MigrationRecord:
@@ -381,11 +381,11 @@ class StatusRow(_Model):
     #: A failed transactional attempt that changed nothing (an applied version whose
     #: ``down`` failed and rolled back is still applied).
     last_error: Optional[LastError] = None
-    progress: Optional[Dict[str, BSONData]] = None
+    progress: Optional[Dict[str, Optional[BSONData]]] = None
     #: ``progress`` for people (``items: 4,000 of 10,000 documents, ...``), if any.
     checkpoint: Optional[str] = None
     #: The record's ``pause`` (who paused it, when, why), if any.
-    pause: Optional[Dict[str, BSONData]] = None
+    pause: Optional[Dict[str, Optional[BSONData]]] = None
 
 
 ProblemKind = Literal[
@@ -423,9 +423,9 @@ class LockInfo(_Model, extra="allow"):
     tool_version: Optional[str] = None
     #: The transactional step running now (``{version, direction, started_at}``): such a
     #: step writes its record only when it commits.
-    step: Optional[Dict[str, BSONData]] = None
+    step: Optional[Dict[str, Optional[BSONData]]] = None
     #: The holder's session ids (``{"id": UUID}``), ended by whoever takes over.
-    session_ids: List[BSONData] = Field(default_factory=list)
+    session_ids: List[Optional[BSONData]] = Field(default_factory=list)
 
 
 class ProgressEvent(_Model):

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import pytest
 from pymongo import MongoClient, monitoring
 
+from analytiq_migrations.dbproxy import HAS_BIND
 from analytiq_migrations.testing import (  # noqa: F401 - re-exported for the tests
     CLIENT_OPTIONS,
     STARTUP_TIMEOUT,
@@ -40,6 +42,10 @@ from analytiq_migrations.testing import (  # noqa: F401 - re-exported for the te
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Dry runs are refused without ClientSession.bind() (pymongo 4.17+; see
+#: tests/test_compatibility.py for the refusal itself).
+needs_bind = pytest.mark.skipif(not HAS_BIND, reason="dry runs need pymongo 4.17+ (bind)")
 
 # --------------------------------------------------------------------------------------
 # database names

@@ -8,7 +8,7 @@ import json
 from typing import Any, List
 
 import pytest
-from support import ProjectCli
+from support import ProjectCli, needs_bind
 
 from analytiq_migrations import MigrationFailedError, Migrator, StepEvent
 from analytiq_migrations.locate import TRACEBACK_LIMIT
@@ -197,6 +197,7 @@ def test_each_step_says_when_it_starts_and_how_it_ended(cli: ProjectCli) -> None
            "[3/3] migration 3 up: FAILED after " in err
 
 
+@needs_bind
 def test_a_dry_run_streams_its_steps_too(cli: ProjectCli) -> None:
     code, out, err = cli("up", "2", "--dry-run")
     assert code == 0 and "nothing was stored" in out

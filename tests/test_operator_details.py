@@ -8,7 +8,7 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-from support import ProjectCli
+from support import ProjectCli, needs_bind
 
 CREATE = '''\
 """Create the users"""
@@ -51,6 +51,7 @@ _ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d)?(\.\d+)?[^\s\"',).]
 _ONE_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z")
 
 
+@needs_bind
 def test_a_dry_run_on_a_database_never_migrated_leaves_nothing(project_cli: ProjectCli) -> None:
     project_cli.write({"0001_create_users.py": CREATE})
     code, out, _ = project_cli("up", "--dry-run")

@@ -195,3 +195,18 @@ def test_a_resumed_walk_counts_what_the_first_attempt_walked(db: Any) -> None:
     assert {e.total for e in events} == {100}
     assert events[0].scanned == 60 and events[-1].scanned == 100 and events[-1].done
     assert db.users.count_documents({"active": True}) == 100
+
+
+def test_a_record_whose_progress_has_unknown_figures_loads() -> None:
+    # The first checkpoint has no rate yet (eta_s None) and a paused version's note may
+    # carry None figures: pydantic 1.10 refused None inside those dicts.
+    from analytiq_migrations.records import MigrationRecord
+
+    doc = {"_id": 2, "version": 2, "description": "Tag items", "checksum": "a" * 64,
+           "status": "running", "direction": "up",
+           "progress": {"batch_update": [{"collection": "items", "started": True}],
+                        "done": 0, "total": 10, "rate": None, "eta_s": None},
+           "pause": {"reason": "request", "user": None}}
+    record = MigrationRecord.from_document(doc, "migrations")
+    assert record.progress is not None and record.progress["eta_s"] is None
+    assert record.pause == {"reason": "request", "user": None}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import ProjectCli, run_python
+from support import ProjectCli, needs_bind, run_python
 
 from analytiq_migrations import Migration, MigrationFailedError, Migrator
 
@@ -191,6 +191,7 @@ def test_a_migrations_log_still_reaches_stderr_when_nothing_else_handles_it(
     assert 'it logged "it broke" (ERROR at <string>:' in done.stdout
 
 
+@needs_bind
 def test_a_dry_run_says_the_same(db: Any) -> None:
     import logging
 
