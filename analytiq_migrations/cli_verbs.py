@@ -1,16 +1,13 @@
-"""The command line's verbs on one database: each parses nothing and decides nothing,
-it calls ``Migrator`` (which returns data) and prints the result (``cli_output``).
-The quick no-op ``up`` (``noop.py``) is answered here before any ``Migrator`` is made."""
+"""The command line's verbs on one database: each calls ``Migrator`` (which returns
+data) and prints the result (``cli_output``); the quick no-op ``up`` is ``cli_noop``'s."""
 
 from __future__ import annotations
 
-import logging
-import os
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from . import cronverbs
 from .cli_command import EXIT_OK, EXIT_PENDING, EXIT_PROBLEMS, Command
+from .cli_noop import nothing_to_do
 from .cli_output import (
     clip,
     dump,
@@ -107,7 +104,7 @@ def cmd_plan(cmd: Command) -> int:
 
 
 def _starting(cmd: Command, direction: str) -> None:
-    """Remember when this ``up``/``down`` began (see ``_interrupted_report``)."""
+    """Remember when this ``up``/``down`` began (see ``cli._interrupted_report``)."""
     # A second back: the history's times come from this machine's clock, in whole ms.
     cmd.run_started = datetime.now(timezone.utc) - timedelta(seconds=1)
     cmd.run_direction = direction
@@ -115,7 +112,7 @@ def _starting(cmd: Command, direction: str) -> None:
 
 def cmd_up(cmd: Command) -> int:
     """``up [TARGET] [--fake | --dry-run]``."""
-    if not cmd.args.metrics_file and _nothing_to_do(cmd):
+    if not cmd.args.metrics_file and nothing_to_do(cmd):
         return EXIT_OK
     m = cmd.open()
     _starting(cmd, "up")
@@ -123,53 +120,6 @@ def cmd_up(cmd: Command) -> int:
     if cmd.args.dry_run:
         return print_rehearsal(cmd, m.upgrade(cmd.args.target, fake=fake, dry_run=True))
     return print_report(cmd, cronverbs.upgrade(cmd, m, cmd.args.target, fake), faked=fake)
-
-
-def _nothing_to_do(cmd: Command) -> bool:
-    """The everyday no-op ``up`` to head, answered without the runner (``noop.py``): True
-    when it printed "Nothing to do"; False (having changed nothing) for the full path."""
-    s, args = cmd.settings, cmd.args
-    target = str(args.target if args.target is not None else "head").strip().lower()
-    if args.fake or args.dry_run or target != "head" or s.client is not None \
-            or s.transactions == "always" or not s.uri or s.migrations is None \
-            or not os.path.isdir(str(s.migrations)):
-        return False  # the full path: it checks what these need (or the user's code runs)
-    from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-
-    from .config import make_client, ping
-    from .loader import load_migrations
-    from .noop import read_and_judge
-
-    log = logging.getLogger("analytiq_migrations")
-    migrations = load_migrations(s.migrations, lazy=True)  # its errors are the full path's
-    client = make_client(s)
-    try:
-        try:
-            database = client[s.database] if s.database else client.get_default_database()
-        except PyMongoConfigurationError:
-            client.close()
-            return False  # no database named anywhere: the full path says how to name one
-        ping(client)  # an unreachable server or bad credentials: the full path's errors
-        version, why = read_and_judge(database, s.collection, migrations)
-    except BaseException:
-        client.close()
-        raise
-    if version is None:
-        log.debug("no-op check: %s; taking the full path", why)
-        cmd.loaded, cmd.client = migrations, client  # the full path goes on with them
-        return False
-    client.close()
-    log.debug("no-op check: %s", why)
-    log.info("Nothing to do: database at version %d", version)
-    clock = datetime.now(timezone.utc)
-    now = plain(clock.replace(microsecond=clock.microsecond // 1000 * 1000))  # as BSON keeps it
-    cmd.out.result(f"Nothing to do: '{database.name}' is at version {version}.", {
-        # The fields of a RunReport (what the full path prints), for --json.
-        "run_id": uuid.uuid4().hex, "direction": "up", "start_version": version,
-        "end_version": version, "started_at": now, "finished_at": now, "steps": [],
-        "dry_run": False, "target_version": None, "notes": [], "paused": None,
-        "lock_wait_s": 0.0})
-    return True
 
 
 def cmd_down(cmd: Command) -> int:
