@@ -123,7 +123,7 @@ def run(
         out.note(f"{prog}: error: -v and -q contradict each other; choose one.")
         return EXIT_USAGE
     with log_to(stderr, verbose=given.get("verbose", False), quiet=out.quiet,
-                  as_json=out.json), command_line(prog):  # hints name flags and verbs
+                as_json=out.json), command_line(prog):  # hints name flags and verbs
         return _dispatch(args, framework, out, prog)
 
 
@@ -143,7 +143,7 @@ def _dispatch(args: argparse.Namespace, framework: Optional[Callable[[], Layer]]
     except MigrationError as exc:
         if exc.report is not None and not out.json:
             print_failed_run(out, exc, f"'{command.migrator.db.name}'" if command and
-                        command.migrator else "the database")
+                             command.migrator else "the database")
         out.error(exc, prog)
         return exc.exit_code
     except KeyboardInterrupt:

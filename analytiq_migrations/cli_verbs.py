@@ -31,16 +31,14 @@ from .errors import ConfigurationError
 
 def cmd_status(cmd: Command) -> int:
     """``status [--check]``."""
-    from .fleetreport import pending_versions
+    from .fleet import database_status
     from .lock import describe, lease_live
 
     m = cmd.open()
-    rows = m.status()
-    problems = m.validate()
-    current = m.current_version()
+    state = database_status(m)  # what is pending and the code's head: decided there
+    rows, problems, current = state.migrations, state.problems, state.current_version
+    pending, head = state.pending, state.head_version
     lock = m.lock_info()
-    pending = pending_versions(m.migrations, rows)
-    head = max((int(x.version or 0) for x in m.migrations), default=0)
     lock_live = lock is not None and lease_live(lock.expires_at, m.server_now())
     data = {
         "database": m.db.name, "current_version": current, "head_version": head,
