@@ -19,12 +19,12 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from pymongo.errors import PyMongoError
 
-from . import bookkeeping, runloop
+from . import bookkeeping, refusals, runloop
 from .budget import make_budget
 from .capabilities import Capabilities
 from .connect import ClientOrDb, resolve_database
 from .drift import DRIFT_MODES, Drift
-from .errors import ConfigurationError, MigrationError, TransactionsUnsupportedError
+from .errors import ConfigurationError, MigrationError
 from .lifecycle import clear_pause, request_pause
 from .loader import MigrationSource, load_migrations
 from .lock import ServerClock, break_lock, lease_live, read_lock
@@ -49,8 +49,6 @@ from .runkit import RunKit, new_run
 from .server import own_collection
 from .store import Store
 from .stored import APPLIED_STATUSES
-from .txnrules import way_out
-from .txnscan import Finding, refusals_of
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -162,6 +160,7 @@ class Migrator:
         self.client = self.db.client
         # Files are imported only when their code is needed (see FileMigration).
         self.migrations: list[Migration] = load_migrations(migrations, lazy=True)
+        # The settings, as given: the parts below are built from them, once.
         self.transactions = transactions
         self.lock_ttl = float(lock_ttl)
         self.lock_wait = float(lock_wait)
@@ -205,13 +204,7 @@ class Migrator:
         current = current_version(records)
         resolved = self.kit.resolve(target, current, "up")
         plan = self.kit.steps("down" if resolved < current else "up", records, resolved)
-        existing = self._collection_names()
-        for step in plan.steps:
-            migration = self.kit.by_version.get(step.version)
-            findings = self._scan(migration, step.direction, existing) \
-                if step.transactional and migration is not None else []
-            if findings:
-                step.refused = f"{findings[0].call} (line {findings[0].line})"
+        refusals.mark(self.capabilities, self.db, plan, self.kit.by_version)
         return plan
 
     @_translate_errors
@@ -263,49 +256,7 @@ class Migrator:
                    or records[int(m.version or 0)].status not in APPLIED_STATUSES]
         for migration in pending:
             migration.loaded()  # a pending file that does not load fails validate (exit 2)
-        return problems + self._refusals(pending)
-
-    def _refusals(self, pending: List[Migration]) -> List[Problem]:
-        """A ``refused_in_transaction`` problem per pending migration that would run in a
-        transaction and calls what a transaction refuses (read from its code, not run)."""
-        problems, existing = [], self._collection_names()
-        for migration in pending:
-            findings = self._scan(migration, "up", existing)
-            if not findings:
-                continue
-            calls = "; ".join(f"{f.call} (line {f.line}): {f.reason}" for f in findings)
-            problems.append(Problem(
-                kind="refused_in_transaction", version=migration.version,
-                message=f"Migration {migration.version} ({migration.name}) runs in a "
-                f"transaction, and its up() calls what MongoDB refuses there: {calls}.",
-                hint=way_out(),
-            ))
-        return problems
-
-    def _scan(self, migration: Migration, direction: str,
-              existing: Callable[[], frozenset[str]]) -> List[Finding]:
-        """What ``migration``'s ``direction`` calls that its transaction would refuse
-        (nothing when it does not run in one)."""
-        try:
-            if not self.capabilities.use_transaction(migration):
-                return []
-        except TransactionsUnsupportedError:
-            return []  # refused on its own, with its own error, when it runs
-        return refusals_of(migration, direction, database=self.db.name,
-                           wire_version=self.capabilities.known_wire_version(),
-                           existing=existing)
-
-    def _collection_names(self) -> Callable[[], frozenset[str]]:
-        """Reads the database's collections once, on first call (an index build is refused
-        in a transaction only on a collection that exists)."""
-        names: List[frozenset[str]] = []
-
-        def read() -> frozenset[str]:
-            if not names:
-                names.append(frozenset(self.db.list_collection_names()))
-            return names[0]
-
-        return read
+        return problems + refusals.problems(self.capabilities, self.db, pending)
 
     # -- changes -------------------------------------------------------------------------------
 
