@@ -144,7 +144,7 @@ def run_fleet(cmd: Command) -> int:
 
 def _databases(pattern: str) -> Any:
     """``--databases``: ``@MODULE:ATTR`` (what it names), else the pattern itself."""
-    from .config import _import_ref
+    from .connect import import_ref
 
     text = pattern.strip()
     if not text or text == "@":
@@ -152,7 +152,7 @@ def _databases(pattern: str) -> Any:
                                  hint="A glob ('tenant_*'), a comma-separated list, or "
                                  "@MODULE:ATTR.")
     if text.startswith("@"):
-        return _import_ref(text[1:], "--databases")
+        return import_ref(text[1:], "--databases")
     return text
 
 

@@ -18,9 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .errors import ConfigurationError, ConnectionFailedError, MigrationError, redact
+# The client helpers live in connect.py; imported here too for the callers that take
+# them from config (the command line, the Flask hook).
+from .connect import client_for
+from .connect import describe_client as describe_client
+from .connect import ping as ping
+from .connect import resolve_client as resolve_client
+from .errors import ConfigurationError, redact
 from .pyprojectfile import beside, find_pyproject, named_config, read_table
-from .server import client_options, topology
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -329,80 +334,7 @@ def uri_database(uri: str) -> Optional[str]:
 
 def make_client(settings: Settings) -> Any:
     """A ``MongoClient`` for ``settings.uri`` (not connected yet)."""
-    import pymongo
-    from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-
-    from .reach import SetNames
-    from .server import SERVER_SELECTION_TIMEOUT_MS
-
-    uri = settings.uri or ""
-    # SetNames: the servers' replica-set names, for the error when the URI's is not theirs.
-    options: dict[str, Any] = {"appname": "analytiq-migrations", "connect": False,
-                               "event_listeners": [SetNames()]}
-    timeout = settings.server_timeout
-    if timeout is None and "serverselectiontimeoutms=" not in uri.lower():
-        timeout = SERVER_SELECTION_TIMEOUT_MS / 1000
-    if timeout is not None:
-        options["serverSelectionTimeoutMS"] = max(1, int(timeout * 1000))
-    try:
-        return pymongo.MongoClient(uri, **options)
-    except (PyMongoConfigurationError, ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"Bad MongoDB URI {redact(uri)!r}: {redact(str(exc))}",
-            hint="It looks like mongodb://[user:password@]host[:port]/[database][?options].",
-        ) from None
-
-
-def ping(client: Any) -> None:
-    """Fail fast when nothing listens at the URI's hosts, the server does not answer in time,
-    is another replica set than the URI says, or refuses the credentials."""
-    from pymongo.errors import ConnectionFailure, OperationFailure
-
-    from .reach import nobody_listens, seeds, set_name_mismatch, show
-
-    addresses = seeds(client)
-    refused = nobody_listens(client, addresses)
-    if refused is not None:  # at once, not after the whole server selection timeout
-        raise ConnectionFailedError(
-            f"Cannot reach MongoDB at {show(addresses)}: {redact(refused)[:300]}",
-            hint="Check the host names and ports in the URI, and that the server is running "
-            "(nothing accepts connections there). Nothing was changed.",
-        )
-    try:
-        # One ping, not retried: server selection has already waited the whole timeout.
-        client.admin.command("ping")
-    except ConnectionFailure as exc:
-        mismatch = set_name_mismatch(client)
-        if mismatch is not None:
-            raise ConnectionFailedError(
-                f"Cannot use MongoDB at {show(addresses)}: {redact(mismatch)}.",
-                hint="Put the server's replica-set name in the URI's replicaSet option (or "
-                "point the URI at the intended servers). Nothing was changed.",
-            ) from None
-        waited = client_options(client).server_selection_timeout
-        cause = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
-        raise ConnectionFailedError(
-            f"Cannot reach MongoDB at {show(addresses) if addresses else _hosts(client)} "
-            f"within {waited:g} s: {redact(cause)[:300]}",
-            hint="Check the URI, that the server is running and reachable from here, and any "
-            "firewall/TLS settings (--server-timeout waits longer). Nothing was changed.",
-        ) from None
-    except OperationFailure as exc:
-        if exc.code != 18:
-            return  # it answered: access problems are reported by the command that needs access
-        # Reported here: after a failed handshake the driver would wait out the whole
-        # server selection timeout on the next command before saying anything.
-        message = (exc.details or {}).get("errmsg") or str(exc).split(", full error")[0]
-        raise ConfigurationError(
-            f"Authentication failed on {_hosts(client)}: {redact(str(message))}",
-            hint="Check the user, password and authSource in the URI.",
-        ) from None
-
-
-def _hosts(client: Any) -> str:
-    """``host:port, ...`` of a client's seeds (never credentials)."""
-    addresses = topology(client).server_descriptions()
-    return ", ".join(f"{host}:{port}" for host, port in addresses) or "?"
+    return client_for(settings.uri or "", timeout=settings.server_timeout)
 
 
 def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any = None,
@@ -441,129 +373,3 @@ def open_migrator(settings: Settings, *, migrations: Any = None, progress: Any =
         raise
     migrator._owns_client = True  # made here: closed with the Migrator
     return migrator
-
-
-# -- the application's own client ------------------------------------------------------------
-
-
-def is_client_or_database(obj: Any) -> bool:
-    """A pymongo (or mongomock) ``MongoClient`` or ``Database``."""
-    import pymongo
-    from pymongo.database import Database
-
-    if isinstance(obj, (pymongo.MongoClient, Database)):
-        return True
-    kind = type(obj)
-    return kind.__name__ in ("MongoClient", "Database") and \
-        kind.__module__.startswith("mongomock")
-
-
-def resolve_client(value: Any, where: str) -> Any:
-    """The ``MongoClient`` or ``Database`` that ``value`` stands for.
-
-    ``value`` is ``MODULE:ATTR`` (or ``package.module.attr``), a client, a database, a
-    Flask-PyMongo ``PyMongo`` object, or a zero-argument callable returning one of
-    those; ``where`` names the setting in errors ("--client", "settings...['CLIENT']").
-    """
-    label = where
-    target = value
-    if isinstance(value, str):
-        label = f"{value!r} ({where})"
-        target = _import_ref(value, where)
-    if not is_client_or_database(target) and callable(target):
-        try:
-            target = target()
-        except MigrationError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(
-                f"Calling {label} failed: {type(exc).__name__}: {redact(str(exc))[:300]}",
-                hint="It must be callable without arguments and return a MongoClient or a "
-                "Database.",
-            ) from exc
-        label = f"what {label} returned"
-    target = _unwrap(target)
-    if not is_client_or_database(target):
-        raise ConfigurationError(
-            f"{label[0].upper()}{label[1:]} is {_a(target)}, not a MongoClient or a Database.",
-            hint="Point it at a pymongo MongoClient, a Database, or a function without "
-            "arguments that returns one.",
-        )
-    return target
-
-
-def _unwrap(obj: Any) -> Any:
-    """Flask-PyMongo's ``PyMongo`` object: its database if the URI names one, else its client."""
-    inner = getattr(obj, "cx", None)
-    if not is_client_or_database(obj) and inner is not None and is_client_or_database(inner):
-        db = getattr(obj, "db", None)
-        return db if db is not None else inner
-    return obj
-
-
-def _a(obj: Any) -> str:
-    """``a str 'x'`` / ``None`` for messages."""
-    if obj is None:
-        return "None"
-    kind = type(obj).__name__
-    article = "an" if kind[:1].lower() in "aeiou" else "a"
-    return f"{article} {kind}"
-
-
-def _import_ref(ref: str, where: str) -> Any:
-    """The object ``MODULE:ATTR`` / ``package.module.attr`` names."""
-    import importlib
-
-    if ":" in ref:
-        module_name, attr_path = ref.split(":", 1)
-    else:
-        module_name, _, attr_path = ref.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(
-                f"Cannot import module '{module_name}' named by {where} {ref!r}: {exc}",
-                hint="Run from the project's directory, or put the project on PYTHONPATH.",
-            ) from None
-        raise ConfigurationError(
-            f"Importing '{module_name}' ({where} {ref!r}) failed: {exc}",
-            hint="Install what it needs, or point the setting at a module that imports.",
-        ) from exc
-    except Exception as exc:
-        raise ConfigurationError(
-            f"Importing '{module_name}' ({where} {ref!r}) failed: {type(exc).__name__}: "
-            f"{redact(str(exc))[:300]}",
-            hint="Fix the module, or point the setting at another one.",
-        ) from exc
-    target: Any = module
-    for part in attr_path.split("."):
-        if not hasattr(target, part):
-            raise ConfigurationError(
-                f"Module '{module_name}' has no attribute '{attr_path}' ({where} {ref!r}).",
-                hint="Check the name after the colon: the client, database or function in "
-                "that module.",
-            )
-        target = getattr(target, part)
-    return target
-
-
-def describe_client(obj: Any) -> str:
-    """``MongoClient on host:port`` / ``database 'app' on host:port``, never credentials."""
-    if isinstance(obj, str):
-        return obj
-    obj = _unwrap(obj)
-    if is_client_or_database(obj):
-        if type(obj).__name__ == "Database":
-            return f"database '{obj.name}' on {_hosts_or_unknown(obj.client)}"
-        return f"MongoClient on {_hosts_or_unknown(obj)}"
-    name = getattr(obj, "__qualname__", None) or type(obj).__name__
-    return f"{name}() (called when needed)" if callable(obj) else name
-
-
-def _hosts_or_unknown(client: Any) -> str:
-    """``host:port, ...`` of a client, or ``?`` (mongomock)."""
-    try:
-        return _hosts(client)
-    except AttributeError:
-        return "?"

@@ -15,6 +15,7 @@ import sys
 import uuid
 from typing import Any, Iterator, Optional, Sequence
 
+from .connect import client_for
 from .errors import MigrationError, redact
 from .records import StatusRow
 from .runner import Migrator
@@ -83,10 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(given_uri: Optional[str]) -> int:
-    from pymongo import MongoClient
-
     with _server(given_uri) as uri:
-        client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+        client = client_for(uri)
         name = f"analytiq_demo_{uuid.uuid4().hex[:8]}"
         db = client[name]
         try:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Uni
 
 from pymongo.errors import InvalidName, PyMongoError
 
+from .connect import client_for
 from .errors import ConfigurationError
 from .fleetdriver import Driver, NameTheDatabase
 from .fleetreport import (
@@ -82,7 +83,7 @@ class Fleet:
                 "database is named by `databases`.")
         self._owns_client = isinstance(client, str)
         if self._owns_client:
-            client = Migrator(client, [], database="admin").client
+            client = client_for(client)
         elif type(client).__name__ == "Database":
             client = client.client
         self.client = client

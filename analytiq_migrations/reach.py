@@ -114,7 +114,7 @@ def set_name_mismatch(client: Any) -> Optional[str]:
 
 
 def _set_names(options: Any) -> Optional[SetNames]:
-    """Our heartbeat listener on a client made by ``config.make_client``, if any."""
+    """Our heartbeat listener on a client made by ``connect.client_for``, if any."""
     listeners = getattr(options, "event_listeners", None)
     if listeners is None:  # pymongo 3: on the pool options, ...
         listeners = getattr(getattr(options, "pool_options", None), "event_listeners", None)

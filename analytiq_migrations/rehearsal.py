@@ -54,7 +54,8 @@ from .records import (
     StepResult,
 )
 from .retry import has_label
-from .runsteps import tell
+from .runkit import RunKit, new_run, raise_corrupt
+from .runsteps import StepHook, tell
 from .store import utcnow
 from .swallowed import logged_during, returned_false
 from .txnrules import Catalog
@@ -62,7 +63,6 @@ from .writes import Changes, count_write
 
 if TYPE_CHECKING:
     from .lock import Lease
-    from .runner import Migrator
 
 log = logging.getLogger("analytiq_migrations")
 
@@ -81,12 +81,13 @@ LIMITS = ("One transaction holds every rehearsed step, so MongoDB's limits for o
           "at a time (a lower TARGET).")
 
 
-def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
+def rehearse(kit: RunKit, direction: str, target: Target,
+             on_step: Optional[StepHook] = None) -> RunReport:
     """Rehearse ``upgrade``/``downgrade`` to ``target``; returns the report, stores nothing.
 
     A step that would fail does not raise: the report carries its error (``report.failed``).
-    Refused (``TransactionsUnsupportedError``) where the server has no transactions."""
-    m = migrator
+    Refused (``TransactionsUnsupportedError``) where the server has no transactions.
+    ``on_step`` is told as each step starts and ends."""
     if not HAS_BIND:
         # Only a bound session guarantees that every write on the client joins the aborted
         # transaction; with the proxy alone, a write through db.client[...] or an ODM would
@@ -100,39 +101,39 @@ def rehearse(migrator: Migrator, direction: str, target: Target) -> RunReport:
             "package and your migrations is enough; it needs MongoDB 4.2+), or rehearse "
             "against a restored copy of the data, or review `plan` instead.",
         )
-    if not m._transactions_available():
+    if not kit.caps.transactions_available():
         raise TransactionsUnsupportedError(
             "A dry run rehearses the migrations in a transaction that it aborts, and this "
-            f"server has no transactions ({m._server_kind()}: a standalone server, or one "
+            f"server has no transactions ({kit.caps.server_kind()}: a standalone server, or one "
             "older than MongoDB 4.0). Nothing was run.",
             hint="Rehearse on a replica set (a single-node replica set works: restore a copy "
             "of the data into one), or review `plan` instead.",
         )
-    run = m._new_run()
+    run = new_run()
     started = utcnow()
-    state = m._load()
-    m._raise_corrupt(state)
-    records = m._records(state)
+    state = kit.load()
+    raise_corrupt(state)
+    records = kit.records(state)
     current = current_version(records)
-    resolved = m._resolve(target, current, direction)
-    if _nothing_to_do(m, direction, records, resolved):
+    resolved = kit.resolve(target, current, direction)
+    if _nothing_to_do(kit, direction, records, resolved):
         return RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                          start_version=current, end_version=current, started_at=started,
                          finished_at=utcnow(), dry_run=True, target_version=current)
-    fresh = not _exists(m.lock_collection)
+    fresh = not _exists(kit.lock_collection)
     try:
-        with m._locked(run) as (lease, session):
-            state = m._load()
-            m._raise_corrupt(state)
-            records = _settled(m._records(state), run.run_id)
+        with kit.locked(run) as (lease, session):
+            state = kit.load()
+            raise_corrupt(state)
+            records = _settled(kit.records(state), run.run_id)
             start = current_version(records)
-            resolved = m._resolve(target, start, direction)  # `-N`/`+N`: from under the lock
-            plan = m._plan(direction, records, resolved, remember=False)
-            rehearsal = _Rehearsal(m, lease, session, plan, m._wire_version())
-            steps = m.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
+            resolved = kit.resolve(target, start, direction)  # `-N`/`+N`: from under the lock
+            plan = kit.plan(direction, records, resolved, remember=False)
+            rehearsal = _Rehearsal(kit, lease, session, plan, on_step)
+            steps = kit.retry.retrying("dry run", _retry_rehearsal)(rehearsal.run)
     finally:
         if fresh:
-            _drop_if_empty(m.lock_collection)
+            _drop_if_empty(kit.lock_collection)
     notes = [ONE_TRANSACTION, LIMITS]
     report = RunReport(run_id=run.run_id, direction=direction,  # type: ignore[arg-type]
                        start_version=start, end_version=start, started_at=started,
@@ -163,11 +164,11 @@ def _drop_if_empty(collection: Any) -> None:
                     first_line(exc))
 
 
-def _nothing_to_do(m: Migrator, direction: str, records: Dict[int, MigrationRecord],
+def _nothing_to_do(kit: RunKit, direction: str, records: Dict[int, MigrationRecord],
                    target: int) -> bool:
     """Before the lock, as the real run decides it (unfinished attempts: ask under it)."""
     try:
-        return not m._plan(direction, dict(records), target, remember=False).steps
+        return not kit.plan(direction, dict(records), target, remember=False).steps
     except (InterruptedMigrationError, FailedMigrationError):
         return False
 
@@ -190,10 +191,11 @@ def _retry_rehearsal(exc: BaseException) -> bool:
 class _Rehearsal:
     """One attempt at rehearsing the plan's steps in one transaction."""
 
-    def __init__(self, m: Migrator, lease: Lease, session: Any, plan: Plan,
-                 wire_version: int) -> None:
-        self.m, self.lease, self.session, self.plan = m, lease, session, plan
-        self.wire_version = wire_version
+    def __init__(self, kit: RunKit, lease: Lease, session: Any, plan: Plan,
+                 on_step: Optional[StepHook]) -> None:
+        self.kit, self.lease, self.session, self.plan = kit, lease, session, plan
+        self.on_step = on_step
+        self.wire_version = kit.caps.wire_version()
 
     def run(self) -> List[StepResult]:
         catalog = Catalog(loader=self._read_catalog, wire_version=self.wire_version)
@@ -213,9 +215,9 @@ class _Rehearsal:
                 event = StepEvent(version=step.version, direction=step.direction,
                                   description=step.description, transactional=True,
                                   status="started", index=index, total=len(self.plan.steps))
-                tell(self.m.on_step, event)
+                tell(self.on_step, event)
                 result = self._step(step, catalog)
-                tell(self.m.on_step, event.model_copy(update={
+                tell(self.on_step, event.model_copy(update={
                     "status": result.status, "duration_ms": result.duration_ms,
                     "error": result.error}))
                 results.append(result)
@@ -238,20 +240,20 @@ class _Rehearsal:
                     log.debug("Aborting the dry run's transaction: %s", first_line(exc))
 
     def _why_not(self, step: PlanStep) -> str:
-        migration = self.m._by_version[step.version]
+        migration = self.kit.by_version[step.version]
         if migration.transactional is False:
             return ("not rehearsable: transactional = False (it runs without a transaction, "
                     "so its writes could not be rolled back)")
-        return (f"not rehearsable: transactions={self.m.transactions!r} runs it without a "
+        return (f"not rehearsable: transactions={self.kit.caps.transactions!r} runs it without a "
                 "transaction, so its writes could not be rolled back")
 
     def _step(self, step: PlanStep, catalog: Catalog) -> StepResult:
         """Run one step's ``up``/``down`` in the transaction and count what it wrote."""
-        migration = self.m._by_version[step.version].loaded()
+        migration = self.kit.by_version[step.version].loaded()
         fn = migration.up if step.direction == "up" else migration.down
         watch = StepWatch(step.version, step.direction, catalog)
         changes: Changes = {}
-        home = self.m.db.name
+        home = self.kit.db.name
         watch.observers.append(
             lambda database, collection, method, result:
             count_write(changes, home, database, collection, method, result))
@@ -261,7 +263,7 @@ class _Rehearsal:
         raised: Optional[BaseException] = None
         returned: Any = None
         try:
-            with joined(self.m.db, self.session, watch) as db, logged_during() as logged:
+            with joined(self.kit.db, self.session, watch) as db, logged_during() as logged:
                 returned = fn(db)
         except Exception as exc:
             raised = exc
@@ -307,16 +309,16 @@ class _Rehearsal:
             raise MigrationDefinitionError("A dry run runs no transaction of its own.",
                                            version=step.version)
 
-        return RunContext(version=step.version, direction=step.direction, db=self.m.db,
+        return RunContext(version=step.version, direction=step.direction, db=self.kit.db,
                           session=self.session, in_transaction=True, progress=None,
                           save_progress=no_progress, run_in_transaction=no_transaction)
 
     def _read_catalog(self) -> Dict[str, Any]:
         """name -> options of the collections, read outside the transaction."""
         try:
-            with self.m.db.client.start_session() as own:
+            with self.kit.db.client.start_session() as own:
                 return {c["name"]: c.get("options", {})
-                        for c in self.m.db.list_collections(session=own)}
+                        for c in self.kit.db.list_collections(session=own)}
         except PyMongoError as exc:
             log.warning("Could not list collections to check the transaction rules: %s",
                         first_line(exc))

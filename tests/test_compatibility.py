@@ -18,6 +18,7 @@ from pymongo.errors import OperationFailure
 from support import CommandRecorder
 
 from analytiq_migrations import ConfigurationError, Migration, Migrator
+from analytiq_migrations.capabilities import Capabilities
 from analytiq_migrations.lock import ServerClock, local_now
 from analytiq_migrations.records import MigrationRecord, PlanStep, field_names
 from analytiq_migrations.server import hello, mongodb_release
@@ -73,7 +74,7 @@ def test_on_mongodb_4_0_the_lease_uses_plain_updates_in_the_server_clock(
 ) -> None:
     # MongoDB 4.0 (wire 7) has no pipeline updates, so no $$NOW: the lease must be written
     # with plain $set values from the server clock estimate, and still work.
-    monkeypatch.setattr(Migrator, "_wire_version", lambda self: 7)
+    monkeypatch.setattr(Capabilities, "wire_version", lambda self: 7)
     recorded_db.users.insert_many([{"_id": n} for n in range(3)])
     migrator = Migrator(recorded_db, [AddFlag], lock_ttl=30)
     recorder.clear()
@@ -106,7 +107,7 @@ def test_a_server_older_than_4_0_is_refused_before_anything_is_written(
 ) -> None:
     described = SimpleNamespace(server_type_name="RSPrimary", max_wire_version=6,
                                 logical_session_timeout_minutes=30, is_writable=True)
-    monkeypatch.setattr(Migrator, "_server_description", lambda self: described)
+    monkeypatch.setattr(Capabilities, "server_description", lambda self: described)
 
     with pytest.raises(ConfigurationError) as refused:
         Migrator(db, [AddFlag]).upgrade()

@@ -23,6 +23,7 @@ from analytiq_migrations import (
     RunReport,
 )
 from analytiq_migrations.fleet import DatabaseStatus, in_shard, parse_shard
+from analytiq_migrations.runkit import new_run
 
 
 def test_a_failing_tenant_is_isolated_and_a_rerun_touches_only_it(
@@ -133,8 +134,7 @@ def test_a_busy_tenant_is_retried_within_lock_wait_then_reported_busy(
         client: Any, fleet_project: Path, tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 3)
     holder = Migrator(client, fleet_project, database=names[0])
-    run = holder._new_run()
-    with holder._locked(run):
+    with holder.kit.locked(new_run()):
         report = Fleet(client, fleet_project, names, lock_wait=1.5).upgrade()
         assert isinstance(report[names[0]], LockBusyError)
         assert report.busy == [names[0]] and report.exit_code == 3
@@ -143,7 +143,7 @@ def test_a_busy_tenant_is_retried_within_lock_wait_then_reported_busy(
     held = threading.Event()
 
     def hold_for_a_second() -> None:
-        with holder._locked(holder._new_run()):
+        with holder.kit.locked(new_run()):
             held.set()
             time.sleep(1.0)
 

@@ -16,6 +16,7 @@ from support import child_env, make_tenants, wait_for
 
 from analytiq_migrations import Migrator
 from analytiq_migrations.cli import main
+from analytiq_migrations.runkit import new_run
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -129,7 +130,7 @@ def test_a_busy_tenant_exits_3_and_the_others_reach_head(
         fleet_project: Path, tenant_prefix: str) -> None:
     names = make_tenants(client, tenant_prefix, 3)
     holder = Migrator(client, fleet_project, database=names[1])
-    with holder._locked(holder._new_run()):
+    with holder.kit.locked(new_run()):
         code, out, _ = cli(capsys, "up", "--uri", mongo_uri, "--migrations",
                            str(fleet_project), "--databases", f"{tenant_prefix}*",
                            "--lock-wait", "1")

@@ -26,6 +26,7 @@ import analytiq_migrations.lock as lock_module
 from analytiq_migrations import LockBusyError, LockLostError, Migration, Migrator
 from analytiq_migrations.lock import Lease, ServerClock
 from analytiq_migrations.retry import RetryPolicy
+from analytiq_migrations.runkit import new_run
 
 LOCK = "migration_lock"
 
@@ -211,8 +212,7 @@ def test_a_retry_after_a_lost_reply_finds_its_own_lease(recorded_db: Any, record
     # The retried findAndModify matches this run's own lease (the first one did insert it):
     # no collision, so no LockBusyError against ourselves and no takeover.
     db = recorded_db
-    migrator = Migrator(db, [CountRuns])
-    run = migrator._new_run()
+    run = new_run()
     collection = LosesFirstReply(db[LOCK])
     fast = RetryPolicy(attempts=3, seconds=10.0, initial_wait=0.01, max_wait=0.05)
     lease = Lease(collection, run, 30.0, ServerClock(db), fast)

@@ -11,7 +11,15 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from analytiq_migrations import Migration, MigrationError, Migrator, lock, runner, store
+from analytiq_migrations import (
+    Migration,
+    MigrationError,
+    Migrator,
+    bookkeeping,
+    lock,
+    runloop,
+    store,
+)
 from analytiq_migrations.cli import main
 
 HOUR = timedelta(hours=1)
@@ -38,7 +46,7 @@ def client_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[timedelta], None]
 
     def skew(by: timedelta) -> None:
         monkeypatch.setattr(lock, "local_now", lambda: real_local() + by)
-        for module in (store, runner):
+        for module in (store, runloop, bookkeeping):
             monkeypatch.setattr(module, "utcnow", lambda: real_utc() + by)
 
     return skew

@@ -20,6 +20,7 @@ from analytiq_migrations import (
     MigrationFailedError,
     Migrator,
 )
+from analytiq_migrations.capabilities import Capabilities
 from analytiq_migrations.cli import main
 from analytiq_migrations.dbproxy import StepWatch
 from analytiq_migrations.txnrules import (
@@ -243,7 +244,7 @@ def test_a_write_to_a_capped_collection_is_refused_naming_the_way_out(
     if refused_by == "server" and wire < CREATE_IN_TRANSACTION_WIRE:
         pytest.skip("a server before MongoDB 4.4: the capped rule is enforced before sending")
     if refused_by == "us":  # MongoDB 4.2: the catalog is read, the write is never sent
-        monkeypatch.setattr(Migrator, "_wire_version", lambda self: 8)
+        monkeypatch.setattr(Capabilities, "wire_version", lambda self: 8)
     recorded_db.create_collection("audit", capped=True, size=4096)
     recorded_db.users.insert_one({"_id": 1})
     recorder.clear()

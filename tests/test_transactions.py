@@ -18,6 +18,7 @@ from analytiq_migrations import (
     Migrator,
     TransactionsUnsupportedError,
 )
+from analytiq_migrations.capabilities import Capabilities
 
 # Commands a migration may legitimately send outside its transaction: the driver's own.
 DRIVER = {"hello", "isMaster", "ismaster", "endSessions", "killCursors", "ping"}
@@ -297,7 +298,7 @@ def test_transactions_are_judged_by_the_primary_not_a_secondary(db: Any) -> None
 
     migrator = Migrator(db, [TouchesEverything])
     migrator.current_version()  # connected: the primary is known
-    primary = migrator._server_description()
+    primary = migrator.capabilities.server_description()
     secondary = SimpleNamespace(is_server_type_known=True, is_writable=False,
                                 server_type_name="RSSecondary")
     topology = SimpleNamespace(server_descriptions=lambda: {
@@ -306,5 +307,5 @@ def test_transactions_are_judged_by_the_primary_not_a_secondary(db: Any) -> None
     class Client:
         topology_description = topology
 
-    migrator.client = Client()  # type: ignore[assignment]
-    assert migrator._server_description() is primary
+    listed_secondary_first = Capabilities(Client(), db.name, "auto")
+    assert listed_secondary_first.server_description() is primary
