@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from pymongo.errors import PyMongoError
 
-from . import bookkeeping, refusals, runloop
+from . import bookkeeping, runloop, txnpending
 from .budget import make_budget
 from .capabilities import Capabilities
 from .connect import ClientOrDb, resolve_database
@@ -204,7 +204,7 @@ class Migrator:
         current = current_version(records)
         resolved = self.kit.resolve(target, current, "up")
         plan = self.kit.steps("down" if resolved < current else "up", records, resolved)
-        refusals.mark(self.capabilities, self.db, plan, self.kit.by_version)
+        txnpending.mark(self.capabilities, self.db, plan, self.kit.by_version)
         return plan
 
     @_translate_errors
@@ -256,7 +256,7 @@ class Migrator:
                    or records[int(m.version or 0)].status not in APPLIED_STATUSES]
         for migration in pending:
             migration.loaded()  # a pending file that does not load fails validate (exit 2)
-        return problems + refusals.problems(self.capabilities, self.db, pending)
+        return problems + txnpending.problems(self.capabilities, self.db, pending)
 
     # -- changes -------------------------------------------------------------------------------
 
