@@ -45,7 +45,7 @@ from .locate import failure_site, migration_files
 from .lock import Lease
 from .migration import Migration
 from .outside import OutsideWrites
-from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
+from .plan import current_version
 from .records import (
     ErrorInfo,
     HistoryEntry,
@@ -55,6 +55,7 @@ from .records import (
     RunInfo,
     StepResult,
 )
+from .refusals import by_hand_hint, refusal, resume_checkpoint
 from .retry import RetryPolicy, run_transaction
 from .stepfaults import foreign_client_error, raise_hidden
 from .store import Store, utcnow
