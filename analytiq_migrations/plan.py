@@ -1,7 +1,8 @@
 """Pure planning: from the code's migrations and the stored records to steps, rows, problems.
 
 Nothing here does I/O, so every rule about what runs, in which order, and what is
-refused can be read (and tested) in one place.
+refused can be read (and tested) without a server: which version a target names is
+decided in ``targets.py``, what may run over an unfinished attempt in ``refusals.py``.
 """
 
 from __future__ import annotations
