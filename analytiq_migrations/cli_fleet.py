@@ -12,10 +12,19 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from .cli_command import (
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_PROBLEMS,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    Command,
+    Terminated,
+)
+from .cli_output import plain
 from .errors import ConfigurationError, LockBusyError
 
 if TYPE_CHECKING:
-    from .cli import Command
     from .fleetreport import FleetReport
 
 #: The verbs that take ``--databases``.
@@ -85,7 +94,6 @@ def wants_fleet(args: argparse.Namespace) -> bool:
 
 def run_fleet(cmd: Command) -> int:
     """Run ``cmd``'s verb on every database; print as each finishes, then a summary."""
-    from .cli import EXIT_SIGINT, EXIT_SIGTERM, _Terminated
     from .config import make_client, ping, require, resolve_client
     from .fleet import Fleet
 
@@ -119,7 +127,7 @@ def run_fleet(cmd: Command) -> int:
         target = vars(args).get("target")
         try:
             report = fleet.run(args.command, target, on_result=printer.line, keep=False)
-        except (KeyboardInterrupt, _Terminated) as exc:
+        except (KeyboardInterrupt, Terminated) as exc:
             report = exc.fleet_report  # type: ignore[union-attr]
             printer.summary(report)
             sigint = isinstance(exc, KeyboardInterrupt)
@@ -159,7 +167,6 @@ class _Printer:
 
     def line(self, name: str, outcome: Any) -> None:
         """Print (or, with --json, keep) one database's outcome."""
-        from .cli import _plain
         from .fleetreport import DatabaseProblems, DatabaseStatus, version_of
 
         strict = getattr(self.cmd.args, "strict", False)  # warnings fail too
@@ -171,21 +178,19 @@ class _Printer:
                 for p in outcome.problems):
             self.unhealthy.append(name)
         if self.cmd.out.json:
-            self.documents[name] = _document(outcome, version_of(outcome), _plain)
+            self.documents[name] = _document(outcome, version_of(outcome), plain)
         elif not self.cmd.out.quiet:
             self.cmd.out.result(f"{name}: {_text(outcome)}", None)
 
     def summary(self, report: FleetReport) -> None:
         """The summary line(s), or the whole JSON document."""
-        from .cli import _plain
-
         data = report.summary()
         if self.action == "status":
             data["pending"], data["unhealthy"] = sorted(self.pending), sorted(self.unhealthy)
         if self.action == "validate":
             data["unhealthy"] = sorted(self.unhealthy)
         if self.cmd.out.json:
-            self.cmd.out.result("", {"databases": self.documents, "summary": _plain(data)})
+            self.cmd.out.result("", {"databases": self.documents, "summary": plain(data)})
             return
         counts = [f"{n} at version {v}" for v, n in data["at_version"].items()]
         counts += [f"{len(data[key])} {key.replace('_', ' ')}"
@@ -212,8 +217,6 @@ class _Printer:
 
     def exit_code(self, report: FleetReport) -> int:
         """The contract's code for the whole fleet."""
-        from .cli import EXIT_OK, EXIT_PENDING, EXIT_PROBLEMS
-
         if report.exit_code:
             return report.exit_code
         if self.action == "validate" and self.unhealthy:

@@ -1,5 +1,5 @@
 """The command line's cron pieces: ``pause``/``resume``, ``--time-budget`` and
-``--metrics-file``. Handlers take the command line's ``Command`` (``cli.py``)."""
+``--metrics-file``. Handlers take the command line's ``Command`` (``cli_command.py``)."""
 
 from __future__ import annotations
 
