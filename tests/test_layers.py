@@ -47,13 +47,17 @@ LAYERS: List[Set[str]] = [
     {"runsteps", "step", "stepenv", "stepfaults", "swallowed"},
     # The run: Migrator, and its dry run.
     {"rehearsal", "runner"},
-    # Built on Migrator: fleets, the test kit, settings from files and the environment.
-    {"checks", "config", "fleet", "fleetdriver", "fleetreport", "pyprojectfile"},
-    # Entry points: the command line, framework integrations, the pytest plugin, the
-    # throw-away server, the demo and its example migrations.
-    {"__main__", "cli", "cli_fleet", "contrib", "contrib.*", "cronverbs", "demo", "examples",
-     "examples.*", "fastexit", "localserver", "metrics", "pytest_plugin", "templates",
-     "testing", "verify"},
+    # Built on Migrator: fleets, the test kit, settings from files and the environment,
+    # the throw-away server.
+    {"checks", "config", "fleet", "fleetdriver", "fleetreport", "pyprojectfile", "testing"},
+    # The tools beside the command line: the pytest plugin, ``verify``, the local server,
+    # new migration files, the metrics file, the demo and its example migrations.
+    {"demo", "examples", "examples.*", "localserver", "metrics", "pytest_plugin",
+     "templates", "verify"},
+    # The command line (``cli``, its parts ``cli_*``, the cron verbs).
+    {"cli", "cli_*", "cronverbs", "fastexit"},
+    # Above the command line: ``python -m``, the Flask and Django integrations.
+    {"__main__", "contrib", "contrib.*"},
 ]
 
 #: Longest module, in lines: readable in one sitting.
@@ -63,7 +67,6 @@ MAX_LINES = 450
 #: module is under the limit (the test says so).
 TOO_LONG_FOR_NOW = {
     "runner",  # being split into parts (Migrator as a thin facade), on its own branch
-    "cli",  # being split by verb, on its own branch
     "config",  # its client factory moves out with the runner's split
 }
 
