@@ -26,7 +26,7 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import bson
 from bson import MaxKey, MinKey
@@ -36,15 +36,12 @@ from pymongo.errors import CursorNotFound, PyMongoError
 
 from . import checkpoints, otel
 from .budget import StopAtCheckpoint
+from .context import RecordConflict, RunContext
 from .errors import MigrationDefinitionError
 from .idorder import after, bracket
-from .lifecycle import RecordConflict
 from .records import ProgressEvent
 from .retry import is_transient
 from .throttle import LagGuard
-
-if TYPE_CHECKING:
-    from .context import RunContext
 
 log = logging.getLogger("analytiq_migrations")
 

@@ -53,6 +53,18 @@ class RunContext:
         return len(self.checkpoints)
 
 
+class RecordConflict(Exception):
+    """A conditional bookkeeping write matched nothing (raised inside its transaction so
+    that it aborts; the caller then reads the record to learn what happened). Raised by
+    the run's bookkeeping (``lifecycle.py``), also through ``save_progress``: here, so
+    that ``batch_update`` can catch it without importing the bookkeeping."""
+
+    def __init__(self, version: int, what: str) -> None:
+        super().__init__(f"version {version}: {what}")
+        self.version = version
+        self.what = what
+
+
 #: Per thread: ``id(migration)`` -> (its run's context, its run's session) while it runs.
 _BOUND = threading.local()
 

@@ -32,13 +32,14 @@ from .fleetreport import (
     pending_versions,
     version_of,
 )
+from .leaserules import LOCK_ID, recorded_sessions
 from .loader import MigrationSource, load_migrations
-from .lock import LOCK_ID, kill_sessions, recorded_sessions
 from .noop import read_and_judge
 from .plan import Target
 from .records import RunReport
 from .runner import Migrator
 from .store import utcnow
+from .unlock import kill_sessions
 
 log = logging.getLogger("analytiq_migrations")
 

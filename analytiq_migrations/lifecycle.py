@@ -49,6 +49,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, TypeVar
 
+from .context import RecordConflict
 from .errors import ConfigurationError, LockLostError
 from .lock import Lease
 from .pauses import PAUSABLE
@@ -70,16 +71,6 @@ def expected_state(record: Optional[MigrationRecord]) -> Optional[Dict[str, Any]
     if record is None:
         return None
     return {"status": record.status, "run_id": record.run_id}
-
-
-class RecordConflict(Exception):
-    """A conditional bookkeeping write matched nothing (raised inside its transaction so
-    that it aborts; the caller then reads the record to learn what happened)."""
-
-    def __init__(self, version: int, what: str) -> None:
-        super().__init__(f"version {version}: {what}")
-        self.version = version
-        self.what = what
 
 
 @dataclass

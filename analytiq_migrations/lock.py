@@ -32,36 +32,46 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Optional
+from datetime import timedelta
+from typing import Any, Optional
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from .errors import LockBusyError, LockLostError
 from .hints import spell
-from .records import LockInfo, RunInfo
+from .leaserules import (
+    LOCK_ID,
+    ServerClock,
+    busy_error,
+    dead_holder,
+    describe,
+    expired,
+    lease_live,
+    local_now,
+    process_identity,
+    recorded_sessions,
+)
+from .records import RunInfo
 from .retry import RetryPolicy, backoff, describe_error
-from .server import OWN_CODEC, hello
-from .timetext import text_time
+from .unlock import break_lock, kill_sessions, read_lock
 
 log = logging.getLogger("analytiq_migrations")
 
-#: ``_id`` of the single lock document (the seed's lock uses the same one).
-LOCK_ID = "migration_lock"
+#: What callers import from here: the lease, and the rules and the unlock that live in
+#: their own modules now (``leaserules``, ``unlock``) but stay importable from here.
+__all__ = [
+    "LOCK_ID", "TRANSACTION_LIFETIME", "Lease", "ServerClock", "break_lock", "dead_holder",
+    "describe", "kill_sessions", "lease_live", "local_now", "process_identity", "read_lock",
+    "recorded_sessions",
+]
 
 #: Renew at a third of the TTL: two renewals can fail (a blip, a slow election)
 #: before the lease runs out.
 HEARTBEAT_FRACTION = 1 / 3
-
-#: Tries at removing a lock that keeps changing hands before ``unlock`` gives up: each
-#: retry means another run took the lock in between, so a few are plenty.
-BREAK_ATTEMPTS = 5
 
 #: How often the heartbeat looks again while renewal waits for a transaction to end
 #: (seconds; a local check, no round trip).
@@ -73,188 +83,6 @@ PAUSED_POLL = 0.05
 #: transaction holds the lock document. A live holder so keeps its lease for as long as
 #: its transaction can live; a server that raises the limit should raise the TTL too.
 TRANSACTION_LIFETIME = 60.0
-
-#: Linux's view of processes: ``PROC/PID/stat``, the boot id, this process's pid namespace.
-PROC = "/proc"
-
-
-# -- which process holds the lease ------------------------------------------------------------
-
-
-def _read(path: str) -> Optional[str]:
-    """A small text file's content, or ``None`` when it cannot be read."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _stat(pid: int) -> Optional[tuple[str, int]]:
-    """``(state, starttime)`` of ``pid`` from ``/proc/PID/stat``, ``None`` when unreadable."""
-    text = _read(f"{PROC}/{pid}/stat")
-    if not text or ")" not in text:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; starttime is the
-    # 22nd field, the 20th after comm.
-    fields = text.rsplit(")", 1)[1].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _machine() -> Optional[Dict[str, str]]:
-    """This boot of this machine and this process's pid namespace: where a pid means the
-    same process (two containers with one host name have separate pid namespaces)."""
-    boot = _read(f"{PROC}/sys/kernel/random/boot_id")
-    try:
-        namespace = os.readlink(f"{PROC}/self/ns/pid")
-    except OSError:
-        return None
-    if not boot or not boot.strip():
-        return None
-    return {"boot_id": boot.strip(), "pid_namespace": namespace}
-
-
-def process_identity(pid: int) -> Optional[Dict[str, Any]]:
-    """What the lease records about its holder's process: the machine's boot id, the pid
-    namespace and the process's start time (clock ticks after boot). ``None`` where it
-    cannot be read: such a lease can only expire."""
-    machine = _machine()
-    stat = _stat(pid)
-    if machine is None or stat is None:
-        return None
-    return {**machine, "started": stat[1]}
-
-
-def dead_holder(doc: Dict[str, Any], host: str) -> Optional[str]:
-    """Why the holder of the lease ``doc`` is surely dead, or ``None`` (alive, or unknown).
-
-    Only for a holder on this host, in this boot and pid namespace, that recorded its
-    process: it is dead when its pid is not running, has exited (a zombie), or now
-    belongs to a process started at another time (the pid was reused).
-    """
-    recorded = doc.get("process")
-    pid = doc.get("pid")
-    if doc.get("host") != host or not isinstance(recorded, dict) or \
-            not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    machine = _machine()
-    if machine is None or any(recorded.get(k) != v for k, v in machine.items()):
-        return None
-    stat = _stat(pid)
-    if stat is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return f"its process (pid {pid}) is not running on this host"
-        except OSError:
-            return None  # exists, but not ours to inspect
-        return None  # running, but its start time cannot be read: let the lease expire
-    state, started = stat
-    if state in ("Z", "X"):
-        return f"its process (pid {pid}) has exited on this host"
-    if started != recorded.get("started"):
-        return f"its process (pid {pid}) is gone; that pid now belongs to another process"
-    return None
-
-
-def local_now() -> datetime:
-    """This machine's clock, aware UTC (which may be wrong: ``ServerClock`` corrects it)."""
-    return datetime.now(timezone.utc)
-
-
-class ServerClock:
-    """The server's time, estimated from ``hello.localTime`` (``isMaster`` on old servers)
-    and the round trip."""
-
-    def __init__(self, db: Any) -> None:
-        self.offset = timedelta(0)
-        try:
-            sent = local_now()
-            reply = hello(db.client)
-            received = local_now()
-        except (PyMongoError, AttributeError, NotImplementedError):
-            return  # no server clock to read (mongomock): trust ours
-        local_time = reply.get("localTime")
-        if isinstance(local_time, datetime):
-            if local_time.tzinfo is None:
-                local_time = local_time.replace(tzinfo=timezone.utc)
-            self.offset = local_time - (sent + (received - sent) / 2)
-
-    def now(self) -> datetime:
-        """Current server time (aware UTC)."""
-        return local_now() + self.offset
-
-
-def describe(info: LockInfo) -> str:
-    """Who holds a lock and until when, for messages."""
-    who = info.holder or f"run {info.run_id or '?'}"
-    parts = [who]
-    if info.host or info.pid:
-        parts.append(f"(host {info.host or '?'}, pid {info.pid or '?'})")
-    if info.locked_at:
-        parts.append(f"since {text_time(info.locked_at)}")
-    parts.append(f"until {text_time(info.expires_at)}" if info.expires_at else "with no expiry")
-    return " ".join(parts)
-
-
-def read_lock(collection: Any) -> Optional[LockInfo]:
-    """The lock document, or ``None`` when nobody holds the lock."""
-    doc = collection.find_one({"_id": LOCK_ID})
-    return None if doc is None else lock_info(doc)
-
-
-def lock_info(doc: dict[str, Any]) -> LockInfo:
-    """A lock document as ``LockInfo``; a foreign or damaged one shows as its text."""
-    body = {k: v for k, v in doc.items() if k != "_id"}
-    body["session_ids"] = recorded_sessions(doc)
-    try:
-        info = LockInfo.model_validate(body)
-    except ValueError:
-        info = None
-    if info is None or not (info.holder or info.run_id):
-        # A foreign or damaged document: show what it says, never crash on it.
-        return LockInfo(holder=f"an unrecognised lock document {_short(doc)}",
-                        expires_at=info.expires_at if info else None)
-    return info
-
-
-def recorded_sessions(doc: dict[str, Any]) -> list[Any]:
-    """The session ids a lease recorded (``{"id": UUID}`` each); whatever else a damaged
-    or foreign document holds there (a string, a number, a dict) is ignored."""
-    ids = doc.get("session_ids")
-    if not isinstance(ids, list):
-        return []
-    return [sid for sid in ids if isinstance(sid, dict) and "id" in sid]
-
-
-def _short(doc: dict[str, Any]) -> str:
-    """A lock document as text for a message, cut to a readable length."""
-    text = repr({k: v for k, v in doc.items() if k != "session_ids"})
-    return text if len(text) <= 200 else text[:200] + "...}"
-
-
-def lease_live(expires_at: Any, now: datetime) -> bool:
-    """Whether a lease is still live: the one rule every reader (the run, ``status``,
-    ``validate``, ``show``, ``unlock``) applies. ``expires_at`` was written with ``$$NOW``
-    (the server's clock) and ``now`` is the server's time from ``ServerClock``, never
-    this machine's clock. A lease without a valid expiry (a foreign document) never runs
-    out on its own."""
-    if not isinstance(expires_at, datetime):
-        return True
-    return _aware(expires_at) > _aware(now)
-
-
-def _aware(moment: datetime) -> datetime:
-    """A datetime as aware UTC (BSON's are naive UTC unless the codec says otherwise)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _expired(doc: dict[str, Any], now: datetime) -> bool:
-    """True when a lock document's lease ran out (see ``lease_live``)."""
-    return not lease_live(doc.get("expires_at"), now)
 
 
 class Lease:
@@ -397,10 +225,10 @@ class Lease:
         killed: list[Any] = []
         dead: Optional[str] = None
         if current is not None and current.get("run_id") != self.run.run_id:
-            if not _expired(current, self.clock.now()):
+            if not expired(current, self.clock.now()):
                 dead = dead_holder(current, self.run.host)
                 if dead is None:
-                    raise self._busy(current)
+                    raise busy_error(current)
             # End the dead holder's sessions *before* writing: a transaction it left open
             # holds the lock document (it re-checks its lease by writing it), and our
             # write would wait on that transaction until the server reaps it.
@@ -419,24 +247,11 @@ class Lease:
             raw = self.collection.find_one({"_id": LOCK_ID})
             if raw is None:  # released between our two commands: try once more
                 return self._try_acquire()
-            raise self._busy(raw) from None
+            raise busy_error(raw) from None
         self._deadline = started + self.ttl
         if previous is not None and previous.get("run_id") != self.run.run_id:
             self._take_over(previous, killed, dead)
         log.info("Acquired the migration lock as %s (ttl %.0fs)", self.holder, self.ttl)
-
-    def _busy(self, doc: dict[str, Any]) -> LockBusyError:
-        """The error for a lock someone else holds."""
-        return LockBusyError(
-            f"The migration lock is held by {describe(lock_info(doc))}.",
-            hint=spell(
-                "Wait for that run to finish, or wait for the lock with lock_wait=SECONDS "
-                "(--lock-wait). If that process is dead, the lock expires on its own; to "
-                "break it now: `analytiq-migrations unlock --force`.",
-                cli="Wait for that run to finish, or wait for the lock with --lock-wait "
-                "SECONDS. If that process is dead, the lock expires on its own; to break it "
-                "now: `analytiq-migrations unlock --force`."),
-        )
 
     def _take_over(self, previous: dict[str, Any], killed: list[Any],
                    dead: Optional[str]) -> None:
@@ -593,59 +408,3 @@ class Lease:
                     log.error("Migration lock lost: %s", self.lost_reason)
                     return
 
-
-def kill_sessions(collection: Any, session_ids: list[Any]) -> None:
-    """End sessions (and their open transactions) of a dead holder; best effort."""
-    if not session_ids:
-        return
-    try:
-        # Our codec: the ids are UUIDs, which the client's own options may encode wrongly
-        # (pymongo 3's pythonLegacy) or refuse to encode (pymongo 4's default).
-        collection.database.client.admin.command("killSessions", session_ids,
-                                                  codec_options=OWN_CODEC)
-        log.info("Ended %d session(s) of the previous lock holder", len(session_ids))
-    except (OperationFailure, PyMongoError) as exc:
-        log.warning("Could not end the previous holder's sessions: %s", describe_error(exc))
-    except (AttributeError, NotImplementedError) as exc:  # mongomock: no sessions to end
-        log.warning("Could not end the previous holder's sessions: %s", exc)
-
-
-def break_lock(collection: Any, *, run_id: Optional[str], force: bool, clock: ServerClock) -> bool:
-    """Remove the lock document if allowed (``force``, ours, expired, or held by a dead
-    process on this machine); returns True when something was removed."""
-    host = socket.gethostname()
-    for _ in range(BREAK_ATTEMPTS):
-        doc = collection.find_one({"_id": LOCK_ID})
-        if doc is None:
-            return False
-        info = lock_info(doc)
-        mine = run_id is not None and doc.get("run_id") == run_id
-        expired = _expired(doc, clock.now()) or dead_holder(doc, host) is not None
-        if not (force or mine or expired):
-            raise LockBusyError(
-                f"The migration lock is held by {describe(info)}, which is not this process.",
-                hint=spell(
-                    "Only its holder releases a live lock. If that process is dead and you "
-                    "cannot wait for the lock to expire: unlock(force=True) "
-                    "(`analytiq-migrations unlock --force`).",
-                    cli="Only its holder releases a live lock. If that process is dead and "
-                    "you cannot wait for the lock to expire: `analytiq-migrations unlock "
-                    "--force`."),
-            )
-        if not mine:
-            # First end its sessions: a transaction it left open holds the lock document,
-            # and the delete below would wait on it.
-            kill_sessions(collection, recorded_sessions(doc))
-        # Delete exactly the document we looked at: if it changed hands meanwhile, look again.
-        if collection.delete_one(doc).deleted_count:
-            if force and not (mine or expired):
-                log.warning("Force-broke the migration lock held by %s", describe(info))
-            else:
-                log.info("Removed the migration lock held by %s", describe(info))
-            return True
-    raise LockBusyError(
-        "The migration lock changed hands on every attempt to remove it; another run is "
-        "taking it right now.",
-        hint=spell("lock_info() says who holds it.",
-                   cli="Run `analytiq-migrations status` to see who holds it."),
-    )

@@ -6,21 +6,17 @@ so a hand-edited or corrupted record is reported by name instead of crashing a r
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Literal, Optional, cast
+from typing import Any, Dict, Iterator, List, Literal, Optional
 
-import pydantic
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from .errors import CorruptRecordError
+from .modelbase import BSONData, Model, UTCDateTime
+from .modelbase import field_names as field_names
 
 #: How to give this library a records collection of its own (and keep what is applied).
 FOREIGN_HINT = ("--collection NAME, ANALYTIQ_MIGRATIONS_COLLECTION or Migrator(collection=...); "
                 "there `baseline VERSION` marks the versions already applied")
-
-#: pydantic 2 or 1.10: the models below are written once for both (see ``_Model``).
-PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
 RecordStatus = Literal["running", "applied", "failed", "rolled_back", "baselined", "paused"]
 HistoryStatus = Literal["applied", "failed", "rolled_back", "interrupted", "baselined", "paused"]
@@ -41,115 +37,7 @@ RowStatus = Literal[
 ]
 
 
-def _as_utc(value: datetime) -> datetime:
-    """BSON datetimes come back naive but are UTC: make that explicit."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _json_options() -> Any:
-    """Relaxed Extended JSON that can write UUIDs (our collections decode them as such)."""
-    from bson import json_util
-    from bson.binary import STANDARD  # pymongo before 3.11 has no UuidRepresentation
-
-    return json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED,
-                                 uuid_representation=STANDARD)
-
-
-def _bson_to_json(value: Any) -> Any:
-    """BSON values (ObjectId, Binary, UUID, ...) as relaxed Extended JSON, for JSON dumps."""
-    from bson import json_util
-
-    return json.loads(json_util.dumps(value, json_options=_json_options()))
-
-
-if TYPE_CHECKING:
-    UTCDateTime = datetime
-    BSONData = Any
-else:
-
-    class UTCDateTime:
-        """A datetime that is always timezone-aware UTC (pydantic 1 and 2)."""
-
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-            from pydantic_core import core_schema
-
-            return core_schema.no_info_after_validator_function(_as_utc, handler(datetime))
-
-        @classmethod
-        def __get_validators__(cls) -> Iterator[Any]:
-            from pydantic.datetime_parse import parse_datetime
-
-            yield parse_datetime
-            yield _as_utc
-
-    class BSONData:
-        """Stored free-form data (checkpoints, ids): BSON types become Extended JSON in
-        JSON mode, stay BSON in Python mode."""
-
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-            from pydantic_core import core_schema
-
-            serializer = core_schema.plain_serializer_function_ser_schema(
-                _bson_to_json, when_used="json")
-            return core_schema.any_schema(serialization=serializer)
-
-        @classmethod
-        def __get_validators__(cls) -> Iterator[Any]:
-            yield lambda value: value
-
-
-if TYPE_CHECKING or PYDANTIC_V2:
-
-    class _Model(BaseModel):
-        """Base of the models here: each builds its validator on first use, not at import
-        (a no-op ``analytiq-migrations up`` uses three of the twelve; saves ~25 ms a start)."""
-
-        model_config = {"defer_build": True}
-
-else:
-
-    class _Model(BaseModel):
-        """Base of the models here, on pydantic 1.10: the pydantic 2 method names this
-        package uses (``model_validate``, ``model_dump``, ``model_dump_json``,
-        ``model_copy``) mapped onto pydantic 1's."""
-
-        @classmethod
-        def model_validate(cls, obj: Any) -> Any:
-            return cls.parse_obj(obj)
-
-        def model_dump(self, *, mode: str = "python", include: Any = None) -> Dict[str, Any]:
-            if mode == "json":
-                return json.loads(self.model_dump_json(include=include))
-            return self.dict(include=include)
-
-        def model_dump_json(self, *, include: Any = None) -> str:
-            return self.json(include=include, encoder=_json_default)
-
-        def model_copy(self, *, update: Optional[Dict[str, Any]] = None) -> Any:
-            return self.copy(update=update)
-
-    def _json_default(value: Any) -> Any:
-        """pydantic 1's JSON encoder, with BSON types as Extended JSON."""
-        from pydantic.json import pydantic_encoder
-
-        if not isinstance(value, datetime):  # datetimes as ISO text, like pydantic 2
-            try:
-                return _bson_to_json(value)
-            except TypeError:
-                pass
-        return pydantic_encoder(value)
-
-
-def field_names(model: type[BaseModel]) -> frozenset[str]:
-    """The field names of a model class (pydantic 1 and 2)."""
-    if PYDANTIC_V2:
-        return frozenset(cast(Dict[str, Any], model.model_fields))
-    return frozenset(cast(Dict[str, Any], model.__fields__))
-
-
-class ErrorInfo(_Model, extra="allow"):
+class ErrorInfo(Model, extra="allow"):
     """The error stored with a failed attempt: exception type and message (and ``at:
     "batch_update"`` when raised inside it: the attempt stopped at a checkpoint)."""
 
@@ -157,7 +45,7 @@ class ErrorInfo(_Model, extra="allow"):
     message: str
 
 
-class LastError(_Model, extra="ignore"):
+class LastError(Model, extra="ignore"):
     """A failed transactional attempt that changed nothing: the record keeps its status
     (an applied version whose ``down`` failed is still applied) and says why here."""
 
@@ -167,7 +55,7 @@ class LastError(_Model, extra="ignore"):
     at: Optional[UTCDateTime] = None
 
 
-class RunInfo(_Model):
+class RunInfo(Model):
     """Who is running: stored on records, history entries and the lock."""
 
     run_id: str
@@ -177,7 +65,7 @@ class RunInfo(_Model):
     tool_version: str
 
 
-class MigrationRecord(_Model, extra="allow"):
+class MigrationRecord(Model, extra="allow"):
     """One document per version in the ``migrations`` collection (``_id`` = version)."""
 
     version: int = Field(gt=0)
@@ -237,7 +125,7 @@ class MigrationRecord(_Model, extra="allow"):
         return record
 
 
-class HistoryEntry(_Model, extra="allow"):
+class HistoryEntry(Model, extra="allow"):
     """One attempt, in either direction, in the append-only ``migrations_history``."""
 
     version: int
@@ -258,7 +146,7 @@ class HistoryEntry(_Model, extra="allow"):
     error: Optional[ErrorInfo] = None
 
 
-class PlanStep(_Model):
+class PlanStep(Model):
     """One migration to run, in one direction."""
 
     version: int
@@ -273,7 +161,7 @@ class PlanStep(_Model):
     refused: Optional[str] = None
 
 
-class Plan(_Model):
+class Plan(Model):
     """What ``upgrade``/``downgrade`` would do, in order. Computing it writes nothing."""
 
     direction: Direction
@@ -298,7 +186,7 @@ class Plan(_Model):
         return [s.version for s in self.steps]
 
 
-class CollectionChanges(_Model):
+class CollectionChanges(Model):
     """What a dry-run step's writes to one collection did, summed from the write results
     the server returned for the calls made through ``db``."""
 
@@ -309,7 +197,7 @@ class CollectionChanges(_Model):
     upserted: int = 0
 
 
-class StepResult(_Model):
+class StepResult(Model):
     """How one step of a run ended."""
 
     version: int
@@ -327,7 +215,7 @@ class StepResult(_Model):
     note: Optional[str] = None
 
 
-class RunReport(_Model):
+class RunReport(Model):
     """What ``upgrade``/``downgrade`` did."""
 
     run_id: str
@@ -366,7 +254,7 @@ class RunReport(_Model):
         return bool(self.versions)
 
 
-class StatusRow(_Model):
+class StatusRow(Model):
     """One line of ``status()``: a version known to the code, the database, or both."""
 
     version: int
@@ -394,7 +282,7 @@ ProblemKind = Literal[
 ]
 
 
-class Problem(_Model):
+class Problem(Model):
     """One thing ``validate()`` found wrong, with what to do about it."""
 
     kind: ProblemKind
@@ -409,7 +297,7 @@ class Problem(_Model):
         return f"{self.message} -> {self.hint}"
 
 
-class LockInfo(_Model, extra="allow"):
+class LockInfo(Model, extra="allow"):
     """The lock document as stored (``_id: "migration_lock"``)."""
 
     holder: Optional[str] = None
@@ -428,7 +316,7 @@ class LockInfo(_Model, extra="allow"):
     session_ids: List[Optional[BSONData]] = Field(default_factory=list)
 
 
-class ProgressEvent(_Model):
+class ProgressEvent(Model):
     """A progress report from a long-running step (``batch_update``)."""
 
     version: int
@@ -444,7 +332,7 @@ class ProgressEvent(_Model):
     done: bool = False
 
 
-class StepEvent(_Model):
+class StepEvent(Model):
     """A step of ``upgrade``/``downgrade`` starting, or ending (``Migrator(on_step=...)``)."""
 
     version: int
@@ -462,7 +350,7 @@ class StepEvent(_Model):
     error: Optional[ErrorInfo] = None
 
 
-class RepairNote(_Model, extra="allow"):
+class RepairNote(Model, extra="allow"):
     """A fix ``repair()`` made, as the record notes it (``repairs``): shown in the history."""
 
     version: int
@@ -475,7 +363,7 @@ class RepairNote(_Model, extra="allow"):
     detail: str = ""
 
 
-class RepairAction(_Model):
+class RepairAction(Model):
     """One fix ``repair()`` made (also logged, and noted on the record's ``repairs``)."""
 
     version: int

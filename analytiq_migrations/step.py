@@ -22,15 +22,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 from pymongo.errors import PyMongoError
 
 from . import checkpoints, otel
-from .budget import Budget, StopAtCheckpoint, stop_reason
+from .budget import StopAtCheckpoint
 from .checkpoints import PROGRESS_KEY
-from .context import RunContext
+from .context import RecordConflict, RunContext
 from .dbproxy import StepWatch, joined, watched
 from .errors import (
     CommitUnknownError,
@@ -40,22 +39,22 @@ from .errors import (
     error_message,
     first_line,
 )
-from .lifecycle import Lifecycle, RecordConflict, expected_state
+from .lifecycle import expected_state
 from .locate import failure_site, migration_files
 from .lock import Lease
 from .migration import Migration
 from .outside import OutsideWrites
-from .plan import by_hand_hint, current_version, refusal, resume_checkpoint
+from .plan import current_version
 from .records import (
     ErrorInfo,
     HistoryEntry,
     MigrationRecord,
     PlanStep,
-    ProgressEvent,
-    RunInfo,
     StepResult,
 )
-from .retry import RetryPolicy, run_transaction
+from .refusals import by_hand_hint, refusal, resume_checkpoint
+from .retry import run_transaction
+from .stepenv import StepEnv, step_context, step_marker
 from .stepfaults import foreign_client_error, raise_hidden
 from .store import Store, utcnow
 from .stored import APPLIED_STATUSES
@@ -64,41 +63,6 @@ from .txnrules import Catalog
 from .writes import Changes, count_write
 
 log = logging.getLogger("analytiq_migrations")
-
-
-@dataclass
-class StepEnv:
-    """What every step of one run shares."""
-
-    db: Any
-    store: Store
-    lease: Lease
-    #: The run's session (``None`` where there are no sessions, e.g. mongomock).
-    session: Any
-    run: RunInfo
-    retry: RetryPolicy
-    #: The seed's ``schema_version`` document exists and is kept current.
-    legacy: bool
-    #: ``batch_update`` batches get their own small transactions.
-    batch_transactions: bool
-    wire_version: int
-    progress: Optional[Callable[[ProgressEvent], None]] = None
-    #: The collections, read once per run on first need and kept current by transactional
-    #: steps; dropped after a non-transactional step (which may change anything).
-    catalog: Optional[Catalog] = None
-    #: Every bookkeeping write of the run (set by ``run_step`` when not given).
-    lifecycle: Optional[Lifecycle] = None
-    #: ``--time-budget``: looked at after each ``batch_update`` checkpoint.
-    budget: Optional[Budget] = None
-
-    @property
-    def book(self) -> Lifecycle:
-        """The run's bookkeeping."""
-        if self.lifecycle is None:
-            self.lifecycle = Lifecycle(store=self.store, lease=self.lease, run=self.run,
-                                       retry=self.retry, session=self.session,
-                                       transactions=self.batch_transactions)
-        return self.lifecycle
 
 
 def run_step(env: StepEnv, step: PlanStep, migration: Migration,
@@ -112,13 +76,6 @@ def run_step(env: StepEnv, step: PlanStep, migration: Migration,
         result = _Step(env, step, migration, records, next_step).run()
         otel.annotate(span, status=result.status, attempts=result.attempts)
         return result
-
-
-def step_marker(step: Optional[PlanStep]) -> Optional[Dict[str, Any]]:
-    """What the lock's ``step`` field says while ``step`` runs (``None``: not transactional)."""
-    if step is None or not step.transactional:
-        return None
-    return {"version": step.version, "direction": step.direction}
 
 
 class _Step:
@@ -165,7 +122,7 @@ class _Step:
             env.lease.refresh()
         log.info("Migration %d (%s): %s%s", step.version, step.description, step.direction,
                  " in a transaction" if step.transactional else "")
-        self.ctx = migration._context = self._context()
+        self.ctx = migration._context = step_context(env, step, self.resume)
         migration.session = env.session
         try:
             if step.transactional:
@@ -262,36 +219,6 @@ class _Step:
             log.warning("Could not list collections to check the transaction rules: %s",
                         first_line(exc))
             return {}
-
-    def _context(self) -> RunContext:
-        """What ``batch_update`` and friends may use during this step."""
-        env, step = self.env, self.step
-
-        def in_own_transaction(fn: Callable[[Any], Any]) -> Any:
-            if not env.batch_transactions:
-                env.lease.check()
-                return fn(None)
-
-            def body(txn_session: Any) -> Any:
-                env.lease.check(txn_session)
-                return fn(txn_session)
-
-            return run_transaction(env.session, body, env.retry,
-                                   f"migration {step.version} batch")
-
-        def save(progress: Dict[str, Any], txn_session: Any = None,
-                 guard: Optional[Dict[str, Any]] = None) -> None:
-            env.book.checkpoint(step.version, progress, guard or {}, txn_session)
-
-        return RunContext(
-            version=step.version, direction=step.direction, db=env.db, session=env.session,
-            in_transaction=step.transactional, progress=self.resume, save_progress=save,
-            load_progress=lambda: env.book.saved_progress(step.version),
-            run_in_transaction=in_own_transaction,
-            stop_reason=lambda: stop_reason(env.book, step.version, env.budget),
-            report=env.progress or (lambda event: None),
-            wants_progress=env.progress is not None,
-        )
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -480,4 +407,4 @@ def _confirm_lease(lease: Lease, cause: BaseException) -> None:
                     first_line(exc))
 
 
-__all__: List[str] = ["StepEnv", "run_step"]
+__all__: List[str] = ["StepEnv", "run_step", "step_marker"]

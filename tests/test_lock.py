@@ -22,6 +22,7 @@ from children import Children, children_for, write_migrations
 from pymongo import MongoClient
 from support import CLIENT_OPTIONS, deadline, session_uuids, wait_for
 
+import analytiq_migrations.leaserules as leaserules
 import analytiq_migrations.lock as lock_module
 from analytiq_migrations import LockBusyError, LockLostError, Migration, Migrator
 from analytiq_migrations.lock import Lease, ServerClock
@@ -570,7 +571,7 @@ def test_a_client_with_a_fast_clock_cannot_take_a_live_lease(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     foreign_lease(db, expires_in=600)  # ten minutes left by the server's clock
-    monkeypatch.setattr(lock_module, "local_now", fast_clock)
+    monkeypatch.setattr(leaserules, "local_now", fast_clock)
 
     with pytest.raises(LockBusyError):
         Migrator(db, [CountRuns]).upgrade()
@@ -586,7 +587,7 @@ def test_the_lease_is_written_in_server_time(db: Any, monkeypatch: pytest.Monkey
         def up(self, db: Any) -> None:
             seen.update(db[LOCK].find_one({"_id": LOCK}) or {})
 
-    monkeypatch.setattr(lock_module, "local_now", fast_clock)
+    monkeypatch.setattr(leaserules, "local_now", fast_clock)
     before = server_now(db)
     Migrator(db, [Peek], lock_ttl=30).upgrade()
 

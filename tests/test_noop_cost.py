@@ -18,6 +18,7 @@ from analytiq_migrations import (
     MigrationDefinitionError,
     Migrator,
     RunReport,
+    filemigration,
     loader,
     noop,
     records,
@@ -60,16 +61,16 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def imports(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Counts migration files imported."""
-    counter = Counter(loader._import_file)
-    monkeypatch.setattr(loader, "_import_file", counter)
+    counter = Counter(filemigration._import_file)
+    monkeypatch.setattr(filemigration, "_import_file", counter)
     return counter
 
 
 @pytest.fixture
 def tokenized(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Counts migration files tokenized for their normalized checksum."""
-    counter = Counter(loader.source_checksum)
-    monkeypatch.setattr(loader, "source_checksum", counter)
+    counter = Counter(filemigration.source_checksum)
+    monkeypatch.setattr(filemigration, "source_checksum", counter)
     return counter
 
 
@@ -136,7 +137,7 @@ def test_a_real_edit_is_still_drift(db: Any, project: Path) -> None:
     with pytest.raises(ChecksumDriftError):
         Migrator(db, project).upgrade()
     record = db.migrations.find_one({"_id": 4})
-    assert record["checksum"] != loader.source_checksum(path.read_text())
+    assert record["checksum"] != filemigration.source_checksum(path.read_text())
 
 
 def test_a_broken_pending_file_is_reported_when_its_code_is_needed(

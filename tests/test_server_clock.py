@@ -1,6 +1,6 @@
 """Leases are judged in the server's clock: a client whose clock is an hour fast or slow
 still tells a live run from a dead one in ``status``, ``validate``, ``show`` and the
-command line's lock line (one rule, ``lock.lease_live``, fed ``hello.localTime``)."""
+command line's lock line (one rule, ``leaserules.lease_live``, fed ``hello.localTime``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from analytiq_migrations import (
     MigrationError,
     Migrator,
     bookkeeping,
-    lock,
+    leaserules,
     runloop,
     store,
 )
@@ -42,10 +42,10 @@ class SlowBackfill(Migration):
 @pytest.fixture
 def client_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[timedelta], None]:
     """Sets how wrong this machine's clock is, for every clock the library reads."""
-    real_local, real_utc = lock.local_now, store.utcnow
+    real_local, real_utc = leaserules.local_now, store.utcnow
 
     def skew(by: timedelta) -> None:
-        monkeypatch.setattr(lock, "local_now", lambda: real_local() + by)
+        monkeypatch.setattr(leaserules, "local_now", lambda: real_local() + by)
         for module in (store, runloop, bookkeeping):
             monkeypatch.setattr(module, "utcnow", lambda: real_utc() + by)
 
@@ -117,6 +117,6 @@ def test_a_dead_run_is_interrupted_whatever_this_clock_says(
 
 def test_one_rule_decides_liveness(db: Any) -> None:
     now = db.client.admin.command("hello")["localTime"]
-    assert lock.lease_live(now + timedelta(seconds=1), now)
-    assert not lock.lease_live(now, now)
-    assert lock.lease_live(None, now)  # a foreign document without expiry never runs out
+    assert leaserules.lease_live(now + timedelta(seconds=1), now)
+    assert not leaserules.lease_live(now, now)
+    assert leaserules.lease_live(None, now)  # a foreign document without expiry never runs out

@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import cli
 from ..config import OPTIONS, Layer, Option, describe_client, load, parse_bool
 from ..errors import ConfigurationError, MigrationError
+from ..filemigration import FILE_MODULE_PREFIX
 from ..hints import command_line
-from ..loader import FILE_MODULE_PREFIX
 from ..startonce import no_repeat_of_failures
 from . import startup
 
