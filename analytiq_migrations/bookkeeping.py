@@ -166,7 +166,8 @@ def fake(kit: RunKit, direction: Optional[str], target: Target) -> RunReport:
                     transactional=False, duration_ms=0, description=record.description))
         end = current_version(records)
         if state.legacy_version is not None and steps:
-            kit.store.set_legacy(end)
+            held.book.fenced("record the legacy version",
+                             lambda s: kit.store.set_legacy(end, session=s))
     for step in steps:
         log.info("Migration %d recorded %s without running it (faked)", step.version,
                  step.status)
@@ -179,7 +180,7 @@ def repair(kit: RunKit, accept_checksums: bool, clear_failed: bool,
     """Explicit fixes under the lock (``Migrator.repair``), each noted on its record."""
     run = new_run()
     actions: List[RepairAction] = []
-    with kit.locked(run):
+    with kit.hold(run) as held:
         state = kit.load()
         raise_corrupt(state)
         for version, record in sorted(kit.records(state).items()):
@@ -188,7 +189,7 @@ def repair(kit: RunKit, accept_checksums: bool, clear_failed: bool,
             if accept_checksums and migration is not None and record.checksum and \
                     record.status in APPLIED_STATUSES and record.checksum != migration.checksum:
                 detail = f"checksum {record.checksum[:12]} -> {migration.checksum[:12]}"
-                kit.store.note_repair(version, {
+                held.book.repair(version, record, {
                     "checksum": migration.checksum,
                     "raw_checksum": migration.raw_checksum()}, {
                     **note, "id": f"{run.run_id}/accept_checksum",
@@ -200,16 +201,17 @@ def repair(kit: RunKit, accept_checksums: bool, clear_failed: bool,
                 back = "applied" if record.direction == "down" else "rolled_back"
                 detail = (f"{record.status} '{record.direction}' cleared: version is now "
                           f"{'applied' if back == 'applied' else 'pending'}")
-                kit.store.note_repair(version, {
+                held.book.repair(version, record, {
                     "status": back, "error": None, "progress": None}, {
                     **note, "id": f"{run.run_id}/clear_failed",
                     "action": "clear_failed", "was": record.status,
                     "direction": record.direction,
                     "error": record.error.model_dump() if record.error else None})
+                record = record.model_copy(update={"status": back})
                 actions.append(RepairAction(version=version, action="clear_failed",
                                             detail=detail))
             if accept_missing and accepts_missing(record, migration):
-                kit.store.note_repair(version, {"pruned": True}, {
+                held.book.repair(version, record, {"pruned": True}, {
                     **note, "id": f"{run.run_id}/accept_missing",
                     "action": "accept_missing"})
                 actions.append(RepairAction(

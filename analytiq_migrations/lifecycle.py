@@ -255,6 +255,25 @@ class Lifecycle:
                     raise self.lost(conflict) from None  # else: an earlier try landed
             records[version] = record.model_copy(update={"status": "failed", "error": error})
 
+    def repair(self, version: int, previous: MigrationRecord, fields: Dict[str, Any],
+               note: Dict[str, Any]) -> None:
+        """A ``repair`` fix and its note on the record, only while the record is as this run
+        read it (``previous``): a repairer paused past its lease cannot clear or accept what
+        a later run moved on. The note's ``id`` makes a retried write a no-op."""
+        update: Dict[str, Any] = {"$push": {"repairs": note}}
+        if fields:
+            update["$set"] = fields
+        expected = {**(expected_state(previous) or {}), "repairs.id": {"$ne": note["id"]}}
+        try:
+            self.fenced(f"repair record of version {version}",
+                        lambda s: self._move(version, expected, update, s,
+                                             "it is no longer as this repair read it"))
+        except RecordConflict as conflict:
+            doc = self.store.read_record(version) or {}
+            if not any(isinstance(n, dict) and n.get("id") == note["id"]
+                       for n in doc.get("repairs") or ()):
+                raise self.lost(conflict) from None  # else: an earlier try landed
+
     def put(self, version: int, change: Dict[str, Any], entry: HistoryEntry) -> None:
         """Write a record outright (``change``: a whole document, or an update) with its
         history entry: baseline, adoption, fake revert. Fenced; one transaction where

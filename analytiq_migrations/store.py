@@ -223,17 +223,6 @@ class Store:
         except PyMongoError as exc:  # only an optimisation: the next run compares again
             log.warning("Could not store the migration files' hashes: %s", exc)
 
-    def note_repair(self, version: int, fields: dict[str, Any], note: dict[str, Any]) -> None:
-        """Apply a repair to a record and keep a note of it on the record. The note's
-        ``id`` makes a retried write (its first reply lost) a no-op, not a second note."""
-        update: dict[str, Any] = {"$push": {"repairs": note}}
-        if fields:
-            update["$set"] = fields
-        query = {"_id": version, "repairs.id": {"$ne": note["id"]}}
-        self.policy.call(
-            f"repair record of version {version}",
-            lambda: self.records.update_one(query, update),
-        )
 
 
 def history_id(entry: HistoryEntry) -> str:

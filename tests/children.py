@@ -47,7 +47,8 @@ def park(point):
         threading.Event().wait()
 '''
 
-#: The child: one ``Migrator(...).upgrade()`` configured from the environment.
+#: The child: one ``Migrator(...).upgrade()`` (or ``repair(clear_failed=True)``) configured
+#: from the environment.
 UPGRADE_CHILD = '''
 import json, logging, os, sys, threading
 
@@ -108,12 +109,16 @@ if os.environ.get("TEST_GATE"):
     print("READY", flush=True)
     sys.stdin.readline()
 try:
-    report = migrator.upgrade()
+    if os.environ.get("TEST_ACTION") == "repair_clear_failed":
+        actions = migrator.repair(clear_failed=True)
+        done = {"ok": True, "versions": [a.version for a in actions]}
+    else:
+        done = {"ok": True, "versions": migrator.upgrade().versions}
 except MigrationError as exc:
     print("RESULT " + json.dumps({"ok": False, "type": type(exc).__name__, "message": str(exc)}),
           flush=True)
     sys.exit(exc.exit_code)
-print("RESULT " + json.dumps({"ok": True, "versions": report.versions}), flush=True)
+print("RESULT " + json.dumps(done), flush=True)
 '''
 
 
@@ -209,9 +214,12 @@ class Children:
         park_on_log: Optional[str] = None,
         gate: bool = False,
         signal_at: Optional[str] = None,
+        action: str = "upgrade",
     ) -> Child:
-        """Start a child running ``Migrator(...).upgrade()`` on this test's database."""
+        """Start a child running ``Migrator(...).upgrade()`` on this test's database
+        (``action="repair_clear_failed"``: ``repair(clear_failed=True)`` instead)."""
         env = {
+            "TEST_ACTION": action,
             "TEST_URI": self.uri, "TEST_DB": self.database, "TEST_SOURCE": str(source),
             "TEST_LOCK_TTL": str(lock_ttl), "TEST_LOCK_WAIT": str(lock_wait),
             "PARK_AT": park_at or "", "PARK_ON_LOG": park_on_log or "",

@@ -20,7 +20,13 @@ from children import Children, children_for, write_migrations
 from support import wait_for
 from test_faults import FAST, arm, faulty  # noqa: F401 - the fixture is used by name
 
-from analytiq_migrations import CommitUnknownError, InterruptedMigrationError, Migration, Migrator
+from analytiq_migrations import (
+    CommitUnknownError,
+    InterruptedMigrationError,
+    Migration,
+    MigrationFailedError,
+    Migrator,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -237,6 +243,65 @@ def paused_past_its_lease(db: Any, children: Children, tmp_path: Path, nth: int,
     assert sorted(d["n"] for d in db.items.find()) == [1] * 20
     assert outcomes(db).count("applied") == 1
     assert [row.status for row in taker.status()] == ["applied"]
+
+
+#: Fails until the test puts the flag in place; not idempotent, so a failure is cleared by
+#: hand (``repair --clear-failed``) and running it twice would count twice.
+FAILS_UNTIL_FLAGGED = {
+    "0001_count_orders.py": '''\
+        """Count every order once (no transaction, not idempotent)"""
+
+        transactional = False
+
+
+        def up(db):
+            if db.flags.find_one({"_id": "go"}) is None:
+                raise RuntimeError("not yet")
+            db.orders.update_many({}, {"$inc": {"n": 1}})
+        ''',
+}
+
+
+def test_a_repairer_paused_past_its_lease_clears_nothing(db: Any, children: Children,
+                                                         tmp_path: Path) -> None:
+    """``repair --clear-failed`` frozen at its write while another run clears the failure
+    and applies the version: thawed, its stale "clear" must not land on the applied record
+    (it would make the version pending, and the next ``up`` would count twice)."""
+    repairer_paused_past_its_lease(db, children, tmp_path)
+
+
+def test_without_transactions_a_repairer_paused_past_its_lease_clears_nothing(
+    standalone_db: Any, standalone_uri: str, tmp_path: Path
+) -> None:
+    for registry in children_for(standalone_uri, standalone_db.name):
+        repairer_paused_past_its_lease(standalone_db, registry, tmp_path)
+
+
+def repairer_paused_past_its_lease(db: Any, children: Children, tmp_path: Path) -> None:
+    db.orders.insert_many([{"_id": i, "n": 0} for i in range(5)])
+    source = write_migrations(tmp_path / "migrations", FAILS_UNTIL_FLAGGED)
+    with pytest.raises(MigrationFailedError):
+        Migrator(db, source).upgrade()
+    assert db.migrations.find_one({"_id": 1})["status"] == "failed"
+
+    paused = children.upgrade(source, lock_ttl=SHORT_TTL, action="repair_clear_failed",
+                              signal_at="SIGSTOP update migrations 1")
+    paused.expect("SIGNALLED")
+    wait_for(lambda: _state(paused.proc.pid) == "T", message="the child did not stop")
+
+    # Another operator takes the lease over once it expires, clears and applies.
+    taker = Migrator(db, source, lock_ttl=SHORT_TTL, lock_wait=NEXT_WAIT)
+    assert [a.action for a in taker.repair(clear_failed=True)] == ["clear_failed"]
+    db.flags.insert_one({"_id": "go"})
+    assert taker.upgrade().versions == [1]
+    record = db.migrations.find_one({"_id": 1})
+    assert record["status"] == "applied"
+
+    os.kill(paused.proc.pid, signal.SIGCONT)
+    assert paused.finish() != 0, "the paused repairer carried on"
+    assert db.migrations.find_one({"_id": 1}) == record  # its clear did not land
+    assert taker.upgrade().versions == []
+    assert sorted(d["n"] for d in db.orders.find()) == [1] * 5
 
 
 def _state(pid: int) -> str:
