@@ -88,17 +88,25 @@ def resolve_database(client_or_db: ClientOrDb, database: Optional[str]) -> Any:
         raise ConfigurationError(f"Bad database name {database!r}: {exc}") from None
 
 
-def ping(client: Any) -> None:
-    """Fail fast when nothing listens at the URI's hosts, the server does not answer in time,
-    is another replica set than the URI says, or refuses the credentials."""
+def refuse_unreachable(client: Any) -> None:
+    """``ConnectionFailedError`` at once (no MongoDB command sent, a TCP connect per seed)
+    when every seed refuses the connection or names an unknown host: not after the whole
+    server selection timeout."""
     addresses = seeds(client)
     refused = nobody_listens(client, addresses)
-    if refused is not None:  # at once, not after the whole server selection timeout
+    if refused is not None:
         raise ConnectionFailedError(
             f"Cannot reach MongoDB at {show(addresses)}: {redact(refused)[:300]}",
             hint="Check the host names and ports in the URI, and that the server is running "
             "(nothing accepts connections there). Nothing was changed.",
         )
+
+
+def ping(client: Any) -> None:
+    """Fail fast when nothing listens at the URI's hosts, the server does not answer in time,
+    is another replica set than the URI says, or refuses the credentials."""
+    refuse_unreachable(client)
+    addresses = seeds(client)
     try:
         # One ping, not retried: server selection has already waited the whole timeout.
         client.admin.command("ping")

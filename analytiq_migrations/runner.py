@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from . import bookkeeping, runloop, txnpending
 from .budget import make_budget
 from .capabilities import Capabilities
-from .connect import ClientOrDb, resolve_database
+from .connect import ClientOrDb, refuse_unreachable, resolve_database
 from .drift import DRIFT_MODES, Drift
 from .errors import ConfigurationError, MigrationError
 from .lifecycle import clear_pause, request_pause
@@ -108,6 +108,9 @@ def _translate_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Migrator, *args: Any, **kwargs: Any) -> Any:
         try:
+            if not self._reached:  # a client made from a URI: its first contact fails fast
+                refuse_unreachable(self.client)
+                self._reached = True
             return method(self, *args, **kwargs)
         except MigrationError:
             raise
@@ -156,6 +159,9 @@ class Migrator:
         if not collection or "$" in collection or collection.startswith("system."):
             raise ConfigurationError(f"Bad collection name {collection!r}.")
         self._owns_client = isinstance(client_or_db, str)
+        #: Until a client made here from a URI was probed (``connect.refuse_unreachable``); the
+        #: application's own client is its business, and may not be connected yet by design.
+        self._reached = not self._owns_client
         self.db = resolve_database(client_or_db, database)
         self.client = self.db.client
         # Files are imported only when their code is needed (see FileMigration).

@@ -85,3 +85,18 @@ def test_a_wrong_replica_set_name_from_python_names_both(client: Any) -> None:
     assert f"Cannot use MongoDB at {host}:{port}: the URI asks for replicaSet=not-{name}, " \
            f"but {host}:{port} is a member of replica set '{name}'" in str(failed.value)
     migrator.close()
+
+
+def test_a_refused_connection_from_python_is_said_at_once() -> None:
+    # The probe names the refusal before any command (the driver would wait out its
+    # server selection timeout, then say only "No servers found"); a client the
+    # application passes in is not probed (it is the application's).
+    port = free_port()
+    migrator = Migrator(f"mongodb://ops:S3cret-pw@127.0.0.1:{port}/app", [])
+    with pytest.raises(ConnectionFailedError) as failed:
+        migrator.status()
+    message = str(failed.value)
+    assert f"Cannot reach MongoDB at 127.0.0.1:{port}: 127.0.0.1:{port}: connection refused" \
+        in message
+    assert "S3cret-pw" not in message and "Nothing was changed" in message
+    migrator.close()

@@ -6,6 +6,7 @@ the thing (version, file, host:port) and the way out, and no password ever shows
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from children import write_migrations
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect
-from support import free_port, run_python
+from support import run_python
 
 from analytiq_migrations import (
     ChecksumDriftError,
@@ -62,11 +63,16 @@ class PricePlans(Migration):
 def test_an_unreachable_server_fails_in_bounded_time_naming_host_and_port(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port = free_port()  # nothing listens there
+    # Something accepts the connection but never answers (nothing listening at all is
+    # said at once: tests/test_first_contact.py): the URI's own timeout bounds the wait.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
     uri = f"mongodb://app:{PASSWORD}@127.0.0.1:{port}/shop?serverSelectionTimeoutMS=1000"
     caplog.set_level(logging.DEBUG, logger="analytiq_migrations")
 
-    with pytest.raises(ConnectionFailedError) as failed:
+    with silent, pytest.raises(ConnectionFailedError) as failed:
         Migrator(uri, [CreatePlans]).upgrade()
 
     message = str(failed.value)
