@@ -85,6 +85,8 @@ class Lifecycle:
     session: Any
     #: Bookkeeping writes go into small transactions (a replica set or mongos).
     transactions: bool
+    #: A record and its history entry go in one command (``store.writes_together``).
+    together: bool = False
 
     # -- fencing -----------------------------------------------------------------------------
 
@@ -160,6 +162,11 @@ class Lifecycle:
         status = entry.status
 
         def write(s: Any) -> None:
+            if s is not None and self.together:
+                if not self.store.transition_with_history(version, expected, update, entry,
+                                                          legacy, session=s):
+                    raise RecordConflict(version, f"writing '{status}'")
+                return
             self._move(version, expected, update, s, f"writing '{status}'")
             self.store.append_history(entry, session=s)
             if legacy is not None:

@@ -39,7 +39,6 @@ from typing import Any, Optional
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from .errors import LockBusyError, LockLostError
 from .hints import spell
@@ -138,6 +137,9 @@ class Lease:
         if wait <= 0:
             self._try_acquire()
         else:
+            # Imported when a run waits for the lock: a run that takes it at once never does.
+            from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+
             for attempt in Retrying(
                 retry=retry_if_exception_type(LockBusyError),
                 stop=stop_after_delay(wait),

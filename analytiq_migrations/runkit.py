@@ -27,7 +27,7 @@ from .plan import Target, plan_downgrade, plan_upgrade, resolve_target, virtual_
 from .records import MigrationRecord, Plan, RunInfo
 from .retry import RetryPolicy
 from .server import PIPELINE_UPDATE_WIRE_VERSION
-from .store import DatabaseState, Store
+from .store import DatabaseState, Store, writes_together
 
 
 def new_run() -> RunInfo:
@@ -141,9 +141,12 @@ class RunKit:
 
     def book(self, lease: Lease, session: Any, run: RunInfo) -> Lifecycle:
         """The run's bookkeeping: in small fenced transactions wherever they are possible."""
+        transactions = session is not None and self.caps.transactions != "never" and \
+            self.caps.transactions_available()
         return Lifecycle(store=self.store, lease=lease, run=run, retry=self.retry,
-                         session=session, transactions=session is not None and
-                         self.caps.transactions != "never" and self.caps.transactions_available())
+                         session=session, transactions=transactions,
+                         together=transactions and writes_together(
+                             self.caps.client, self.caps.known_wire_version()))
 
     @contextlib.contextmanager
     def hold(self, run: RunInfo, step: Optional[Dict[str, Any]] = None) -> Iterator[Held]:

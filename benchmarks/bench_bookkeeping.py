@@ -9,14 +9,23 @@ from the fixed per-run cost (reading records, taking and releasing the lock).
 Baseline: bare pymongo applying the same migrations (insert + commit each), with no
 records, no lock and no history.
 
-    python benchmarks/bench_bookkeeping.py [--migrations 20] [--uri URI]
+Then, where the server has the ``bulkWrite`` command (MongoDB 8.0+, pymongo 4.9+), the
+time per applied migration with the record and its history entry in one command against
+two commands, in interleaved rounds (``--rounds``) of ``--steps`` migrations each.
+
+    python benchmarks/bench_bookkeeping.py [--migrations 20] [--steps 200] [--rounds 5]
+                                           [--uri URI]
 """
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import sys
+import time
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 from common import (
     Commands,
@@ -30,10 +39,12 @@ from common import (
 )
 
 from analytiq_migrations import Migration, Migrator
+from analytiq_migrations.store import writes_together
 
 #: The budget per applied transactional migration: in its transaction the lease fence,
 #: the record write and the history insert (the commit is counted as the migration's).
-#: Nothing is written before the transaction: the lock's step field says it runs.
+#: Nothing is written before the transaction: the lock's step field says it runs. On
+#: MongoDB 8.0+ the record and the entry go in one ``bulkWrite``: 2.
 TARGET_PER_MIGRATION = 3
 #: Without a transaction the running record is written first (a crash must leave a
 #: trace), then lease re-check, record and history.
@@ -92,11 +103,44 @@ def bare(uri: str, n: int, transactions: bool) -> int:
     return len(commands)
 
 
+def ms_per_step(uri: str, n: int, together: bool) -> float:
+    """Wall ms per migration of an in-process ``upgrade`` of ``n`` (record and history in
+    one command, or forced into two)."""
+    c = client(uri)
+    with fresh_db(c) as db:
+        migrator = Migrator(db, migrations(n))
+        migrator.current_version()
+        apart = mock.patch("analytiq_migrations.runkit.writes_together", return_value=False)
+        with contextlib.nullcontext() if together else apart:
+            start = time.perf_counter()
+            migrator.upgrade()
+            elapsed = time.perf_counter() - start
+    c.close()
+    return elapsed * 1000 / n
+
+
+def compare_together(uri: str, steps: int, rounds: int) -> list[list[Any]]:
+    """Rows: median ms per migration, two commands against one ``bulkWrite``."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ratios = []
+    for r in range(rounds):
+        order = [False, True] if r % 2 == 0 else [True, False]
+        got = {flag: ms_per_step(uri, steps, flag) for flag in order}
+        for flag, ms in got.items():
+            times[flag].append(ms)
+        ratios.append(got[True] / got[False])
+    apart, together = statistics.median(times[False]), statistics.median(times[True])
+    return [["record, then history entry: 2 commands", round(apart, 3), 1.0],
+            ["both in one bulkWrite", round(together, 3), round(statistics.median(ratios), 3)]]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--small", type=int, default=1, help="migrations in the first run")
     p.add_argument("--migrations", type=int, default=20,
                    help="extra migrations in the second run")
+    p.add_argument("--steps", type=int, default=200, help="migrations per timed bulkWrite run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     args = p.parse_args(argv)
     small, large = args.small, args.small + args.migrations
     with server(args.uri) as uri:
@@ -131,7 +175,25 @@ def main(argv: list[str] | None = None) -> int:
             "migrations' own inserts and commits)"))
         print()
         print("\n".join(details))
+        c = client(uri)
+        wire = c.admin.command("hello")["maxWireVersion"]
+        if replica_set and writes_together(c, wire):
+            print(table(["transactional step's record and history", "ms per migration",
+                         "x two commands"], compare_together(uri, args.steps, args.rounds),
+                        title=f"\nFigure 1b: {args.steps} migrations in-process, median of "
+                        f"{args.rounds} interleaved rounds"))
+        else:
+            print(f"\nFigure 1b: skipped (wire version {wire}, pymongo {pymongo_version()}: "
+                  "no bulkWrite command)")
+        c.close()
     return 0 if ok else 1
+
+
+def pymongo_version() -> str:
+    """The installed pymongo's version."""
+    import pymongo
+
+    return str(pymongo.version)
 
 
 if __name__ == "__main__":

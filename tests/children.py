@@ -59,19 +59,30 @@ signal_at = os.environ.get("SIGNAL_AT", "").split()
 
 
 class SignalAt(__import__("pymongo").monitoring.CommandListener):
-    """Send ``signal_at``'s signal to this process at its ``nth`` ``command`` on ``coll``."""
+    """Send ``signal_at``'s signal to this process at its ``nth`` ``command`` on ``coll``
+    (``write``: any write to ``coll``, one ``bulkWrite`` that includes it too)."""
 
     seen = 0
 
     def started(self, event):
         import signal
         name, coll, nth = signal_at[1], signal_at[2], int(signal_at[3])
-        if event.command_name != name or event.command.get(name) != coll:
+        if not self.matches(event, name, coll):
             return
         type(self).seen += 1
         if type(self).seen == nth:
             print("SIGNALLED", flush=True)
             os.kill(os.getpid(), getattr(signal, signal_at[0]))
+
+    @staticmethod
+    def matches(event, name, coll):
+        command = event.command
+        if name != "write":
+            return event.command_name == name and command.get(name) == coll
+        if event.command_name == "bulkWrite":
+            return any(ns.get("ns", "").endswith("." + coll) for ns in command.get("nsInfo", ()))
+        return event.command_name in ("insert", "update", "delete", "findAndModify") and \
+            command.get(event.command_name) == coll
 
     def succeeded(self, event):
         pass

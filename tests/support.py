@@ -118,6 +118,21 @@ class RecordedCommand:
         return value if isinstance(value, str) else None
 
 
+def writes_of(commands: Iterable[RecordedCommand]) -> list[tuple[str, Optional[str]]]:
+    """``(kind, collection)`` of every write sent, a ``bulkWrite`` spelled out op by op
+    (MongoDB 8.0's command that writes to several collections)."""
+    out: list[tuple[str, Optional[str]]] = []
+    for c in commands:
+        if c.name != "bulkWrite":
+            out.append((c.name, c.collection))
+            continue
+        spaces = [ns["ns"].split(".", 1)[1] for ns in c.command.get("nsInfo", ())]
+        for op in c.command.get("ops", ()):
+            kind = next(iter(op))
+            out.append((kind, spaces[op[kind]]))
+    return out
+
+
 #: Commands the recorder leaves out unless asked: handshakes and monitoring noise.
 DEFAULT_IGNORED = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
 

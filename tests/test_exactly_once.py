@@ -190,8 +190,9 @@ BACKFILL = {
 }
 
 
-#: The holder's bookkeeping writes at which it is paused: its n-th ``update`` on
-#: ``migrations`` (see ``BACKFILL``).
+#: The holder's bookkeeping writes at which it is paused: its n-th write to ``migrations``
+#: (see ``BACKFILL``): the new record's insert, checkpoint updates, then the outcome (an
+#: update and an insert of the history entry, or one ``bulkWrite`` on MongoDB 8.0+).
 PAUSE_POINTS = [
     (1, "its running record"),
     (2, "batch_update's started checkpoint"),
@@ -226,7 +227,7 @@ def paused_past_its_lease(db: Any, children: Children, tmp_path: Path, nth: int,
     db.items.insert_many([{"_id": i, "n": 0} for i in range(20)])
     source = write_migrations(tmp_path / "migrations", BACKFILL)
     paused = children.upgrade(source, lock_ttl=SHORT_TTL,
-                              signal_at=f"SIGSTOP update migrations {nth}")
+                              signal_at=f"SIGSTOP write migrations {nth}")
     paused.expect("SIGNALLED")
     wait_for(lambda: _state(paused.proc.pid) == "T", message="the child did not stop")
 
@@ -333,7 +334,7 @@ def test_a_kill_between_record_and_history_never_leaves_an_applied_record_withou
 ) -> None:
     source = write_migrations(tmp_path / "migrations", NOT_IDEMPOTENT)
     child = children.upgrade(source, lock_ttl=SHORT_TTL,
-                             signal_at="SIGKILL insert migrations_history 1")
+                             signal_at="SIGKILL write migrations_history 1")
     child.proc.wait(60)
 
     record = db.migrations.find_one({"_id": 1})

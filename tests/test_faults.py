@@ -27,6 +27,7 @@ from analytiq_migrations import (
     Migrator,
     RetryPolicy,
 )
+from analytiq_migrations.store import writes_together
 
 #: ``appName`` of the client under test; failpoints fire only for its commands.
 APP = "migrator-under-fault"
@@ -202,6 +203,29 @@ def test_transient_errors_that_outlast_the_budget_fail_the_run_cleanly(
     assert outcomes(faulty) == ["failed", "applied"]
 
 
+@pytest.mark.parametrize("fault", [
+    {"errorCode": WRITE_CONFLICT, "errorLabels": ["TransientTransactionError"]},
+    {"closeConnection": True},
+], ids=["write-conflict", "closed-connection"])
+def test_a_transient_fault_on_the_record_and_history_bulk_write_reruns_the_transaction(
+    faulty: Any, retries: Any, fault: dict[str, Any]
+) -> None:
+    """On MongoDB 8.0+ the record and its entry go in one ``bulkWrite``, whose errors pymongo
+    wraps: the wrapped error's labels still make it a retry, and it lands once."""
+    if not writes_together(faulty.client, faulty.client.admin.command("hello")["maxWireVersion"]):
+        pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
+    Faulty = faulty_migration(transactional=True, fault={
+        "mode": {"times": 1}, "failCommands": ["bulkWrite"], **fault})
+
+    Migrator(faulty, [Faulty], retry=FAST).upgrade()
+
+    assert Faulty.runs == 2
+    assert [a["_id"] for a in faulty.accounts.find()] == ["attempt-2"]
+    assert faulty.counters.find_one({"_id": 1})["runs"] == 1
+    assert outcomes(faulty) == ["applied"]
+    assert [r.split(":")[0] for r in retries()] == ["migration 1 (up)"]
+
+
 # -- transient faults on bookkeeping ---------------------------------------------------------
 
 
@@ -210,8 +234,10 @@ def test_retryable_errors_on_the_history_write_are_retried_without_duplicates(
 ) -> None:
     # The outcome (record and history) commits in one small transaction, which the library
     # runs again whole: its record write is conditional, so a try that landed is not repeated.
+    # (The entry is an insert, or rides in one bulkWrite with the record on MongoDB 8.0+.)
     Faulty = faulty_migration(transactional=False, fault={
-        "mode": {"times": 2}, "failCommands": ["insert"], "errorCode": HOST_UNREACHABLE,
+        "mode": {"times": 2}, "failCommands": ["insert", "bulkWrite"],
+        "errorCode": HOST_UNREACHABLE,
         "errorLabels": ["RetryableWriteError"]})
 
     Migrator(faulty, [Faulty], retry=FAST).upgrade()
@@ -326,7 +352,7 @@ def test_a_permanent_error_writing_the_record_after_a_non_transactional_migratio
     faulty: Any, retries: Any
 ) -> None:
     Faulty = faulty_migration(transactional=False, fault={
-        "mode": {"times": 1}, "failCommands": ["insert"], "errorCode": BAD_VALUE,
+        "mode": {"times": 1}, "failCommands": ["insert", "bulkWrite"], "errorCode": BAD_VALUE,
         "errorLabels": []}, writes="update")
 
     with pytest.raises(MigrationFailedError) as failed:

@@ -234,6 +234,22 @@ def test_a_noop_up_on_the_command_line_loads_no_runner_models_or_migration(
     assert "exit 0 loaded []" in done.stdout
 
 
+def test_an_apply_that_meets_no_transient_error_never_loads_tenacity(
+    db: Any, project: Path, mongo_uri: str
+) -> None:
+    """The retry machinery is imported on a first retryable error, not before."""
+    done = run_python(f"""
+        import sys
+        from analytiq_migrations.cli import main
+        code = main(["up", "--uri", {mongo_uri!r}, "--database", {db.name!r},
+                     "--migrations", {str(project)!r}])
+        print("exit", code, "loaded", sorted(n for n in sys.modules if n.startswith("tenacity")))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "exit 0 loaded []" in done.stdout
+    assert Migrator(db, project).current_version() == 5
+
+
 def up_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Dict[str, Any]:
     assert main(["up", "--json", *argv]) == 0
     data: Dict[str, Any] = json.loads(capsys.readouterr().out)

@@ -13,6 +13,7 @@ import pytest
 from support import CommandRecorder
 
 from analytiq_migrations import LockBusyError, Migration, Migrator
+from analytiq_migrations.store import writes_together
 
 
 class Noop(Migration):
@@ -68,9 +69,19 @@ class Touch(Migration):
         db.touched.insert_one({"v": self.version})
 
 
-#: Commands sent in each transactional step besides the migration's own and the commit:
-#: the lease re-check, the record, the history entry.
-PER_STEP = [("update", "migration_lock"), ("update", "migrations"),
+def together(db: Any) -> bool:
+    """Whether this server and pymongo put a record and its history entry in one command
+    (MongoDB 8.0's ``bulkWrite``, sent by pymongo 4.9+)."""
+    return writes_together(db.client, db.client.admin.command("hello")["maxWireVersion"])
+
+
+def per_step(db: Any) -> list[tuple[str, Any]]:
+    """Commands sent in each transactional step besides the migration's own and the commit:
+    the lease re-check, then the new record and its history entry (one ``bulkWrite`` on
+    MongoDB 8.0+ with pymongo 4.9+, else an insert each)."""
+    if together(db):
+        return [("update", "migration_lock"), ("bulkWrite", None)]
+    return [("update", "migration_lock"), ("insert", "migrations"),
             ("insert", "migrations_history")]
 
 
@@ -88,13 +99,33 @@ def bookkeeping(db: Any, recorder: CommandRecorder, n: int) -> list[tuple[str, A
     return sent
 
 
-def test_each_applied_migration_costs_three_bookkeeping_commands(
+def test_each_applied_migration_costs_two_or_three_bookkeeping_commands(
     recorded_db: Any, recorder: CommandRecorder
 ) -> None:
     """In the transaction: lease, record, history (plus the commit)."""
     per_migration = (len(bookkeeping(recorded_db, recorder, 6)) -
                      len(bookkeeping(recorded_db, recorder, 2))) / 4
-    assert per_migration == len(PER_STEP) == 3
+    assert per_migration == len(per_step(recorded_db)) == (2 if together(recorded_db) else 3)
+
+
+def test_the_record_and_its_history_entry_go_in_one_bulk_write_where_the_server_has_it(
+    recorded_db: Any, recorder: CommandRecorder
+) -> None:
+    """On MongoDB 8.0+ (pymongo 4.9+): one command in the step's transaction, writing the
+    record and the entry; both are there afterwards, exactly as separate writes leave them."""
+    if not together(recorded_db):
+        pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
+    recorded_db.touched.insert_one({"_id": "there before"})  # an existing collection
+    recorder.clear()
+    Migrator(recorded_db, [Touch(version=1)]).upgrade()
+    (sent,) = recorder.filter("bulkWrite")
+    assert sent.txn_number is not None  # in the step's own transaction
+    assert [next(iter(op)) for op in sent.command["ops"]] == ["insert", "insert"]
+    assert [ns["ns"].split(".", 1)[1] for ns in sent.command["nsInfo"]] == \
+        ["migrations", "migrations_history"]
+    record = recorded_db.migrations.find_one({"_id": 1})
+    assert record["status"] == "applied" and record["version"] == 1
+    assert recorded_db.migrations_history.count_documents({"version": 1, "status": "applied"}) == 1
 
 
 def test_a_transactional_run_costs_four_fixed_commands(
@@ -107,8 +138,8 @@ def test_a_transactional_run_costs_four_fixed_commands(
     before = [("find", "migrations"), ("findAndModify", "migration_lock"),
               ("find", "migrations")]
     after = [("delete", "migration_lock")]
-    assert two == before + PER_STEP * 2 + after
-    assert six == before + PER_STEP * 6 + after
+    assert two == before + per_step(recorded_db) * 2 + after
+    assert six == before + per_step(recorded_db) * 6 + after
 
 
 def test_a_busy_lock_is_known_after_two_lock_commands(
@@ -131,13 +162,14 @@ def test_a_busy_lock_is_known_after_two_lock_commands(
 
 
 
-#: A non-transactional step's bookkeeping: two small transactions, each opening with the
-#: lease check, so that a run that lost its lease lands neither (the fencing costs three
-#: commands more than the unfenced writes did: 7 instead of 4).
-FENCED_STEP = [("update", "migration_lock"), ("update", "migrations"),
-               ("commitTransaction", None),
-               ("update", "migration_lock"), ("update", "migrations"),
-               ("insert", "migrations_history"), ("commitTransaction", None)]
+def fenced_step(db: Any) -> list[tuple[str, Any]]:
+    """A non-transactional step's bookkeeping: two small transactions, each opening with the
+    lease check, so that a run that lost its lease lands neither: running (lease, the new
+    record, commit), then the outcome (lease, record and history entry, commit)."""
+    outcome = [("bulkWrite", None)] if together(db) else \
+        [("update", "migrations"), ("insert", "migrations_history")]
+    return [("update", "migration_lock"), ("insert", "migrations"), ("commitTransaction", None),
+            ("update", "migration_lock"), *outcome, ("commitTransaction", None)]
 
 
 def test_a_non_transactional_step_costs_two_fenced_transactions(
@@ -154,4 +186,5 @@ def test_a_non_transactional_step_costs_two_fenced_transactions(
 
     sent = [(c.name, c.collection) for c in recorder if c.collection != "touched"]
     assert sent == [("find", "migrations"), ("findAndModify", "migration_lock"),
-                    ("find", "migrations")] + FENCED_STEP * 3 + [("delete", "migration_lock")]
+                    ("find", "migrations")] + fenced_step(recorded_db) * 3 + \
+        [("delete", "migration_lock")]

@@ -11,6 +11,7 @@ import pytest
 from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
+from support import writes_of
 
 from analytiq_migrations import (
     Migration,
@@ -19,6 +20,7 @@ from analytiq_migrations import (
     TransactionsUnsupportedError,
 )
 from analytiq_migrations.capabilities import Capabilities
+from analytiq_migrations.store import writes_together
 
 # Commands a migration may legitimately send outside its transaction: the driver's own.
 DRIVER = {"hello", "isMaster", "ismaster", "endSessions", "killCursors", "ping"}
@@ -95,8 +97,8 @@ def test_every_call_on_db_joins_the_transaction(recorded_db: Any, recorder: Any)
         assert event.command["txnNumber"] == txn_number, event.name
         assert event.command.get("autocommit") is False, event.name
     # the bookkeeping is inside the very same transaction
-    written = [(e.name, e.command.get(e.name)) for e in txn]
-    assert ("update", "migrations") in written
+    written = writes_of(txn)
+    assert ("insert", "migrations") in written  # the new record
     assert ("insert", "migrations_history") in written
     assert ("insert", "items.archive") in written  # the sub-collection's write joined too
     assert ("update", "migration_lock") in written  # the lease is re-checked by writing it
@@ -112,13 +114,16 @@ def test_the_record_commits_with_the_migration(recorded_db: Any, recorder: Any) 
 
     Migrator(recorded_db, [One]).upgrade()
     txn = transaction_of(recorder, 1, recorded_db.name)
-    assert [e.name for e in txn] == [
-        "update",   # lease (migration_lock)
-        "insert",   # the migration's own write
-        "update",   # record -> applied
-        "insert",   # history entry
-        "commitTransaction",
+    assert writes_of(txn) == [
+        ("update", "migration_lock"),      # the lease
+        ("insert", "things"),              # the migration's own write
+        ("insert", "migrations"),          # the record, applied
+        ("insert", "migrations_history"),  # its history entry
+        ("commitTransaction", None),
     ]
+    # On MongoDB 8.0+ (pymongo 4.9+) the record and its entry are one bulkWrite command.
+    wire = recorded_db.client.admin.command("hello")["maxWireVersion"]
+    assert len(txn) == (4 if writes_together(recorded_db.client, wire) else 5)
     assert recorded_db.migrations.find_one({"_id": 1})["status"] == "applied"
 
 
