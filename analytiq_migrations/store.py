@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
+import bson
+from bson.raw_bson import RawBSONDocument
 from pydantic import ValidationError
 from pymongo import DESCENDING, InsertOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
@@ -196,14 +198,21 @@ class Store:
         def namespace(collection: Any) -> str:
             return f"{collection.database.name}.{collection.name}"
 
+        def own(doc: dict[str, Any]) -> Any:
+            # Encoded as the records collection encodes (OWN_CODEC): the client's own
+            # codec, which bulkWrite would use, may refuse what the collection takes
+            # (a UUID in a checkpoint, on a client with no uuidRepresentation).
+            return RawBSONDocument(bson.encode(doc, codec_options=self.records.codec_options))
+
         records, fresh = namespace(self.records), \
             _new_record(version, update) if expected is None else None
-        first: Any = InsertOne(fresh, namespace=records) if fresh is not None else \
-            UpdateOne(_transition_query(version, expected), update, upsert=expected is None,
-                      namespace=records)
-        models = [first, InsertOne(_history_document(entry), namespace=namespace(self.history))]
+        first: Any = InsertOne(own(fresh), namespace=records) if fresh is not None else \
+            UpdateOne(own(_transition_query(version, expected)), own(update),
+                      upsert=expected is None, namespace=records)
+        models = [first, InsertOne(own(_history_document(entry)),
+                                   namespace=namespace(self.history))]
         if legacy is not None:
-            models.append(UpdateOne({"_id": LEGACY_ID}, _legacy_update(legacy),
+            models.append(UpdateOne({"_id": LEGACY_ID}, own(_legacy_update(legacy)),
                                     namespace=records))
         try:
             result = self.records.database.client.bulk_write(

@@ -6,6 +6,7 @@ with the number of migrations. Counted with command monitoring (exact, unlike ti
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -13,7 +14,9 @@ import pytest
 from support import CommandRecorder
 
 from analytiq_migrations import LockBusyError, Migration, Migrator
-from analytiq_migrations.store import writes_together
+from analytiq_migrations.records import HistoryEntry
+from analytiq_migrations.retry import NO_RETRY
+from analytiq_migrations.store import Store, writes_together
 
 
 class Noop(Migration):
@@ -126,6 +129,37 @@ def test_the_record_and_its_history_entry_go_in_one_bulk_write_where_the_server_
     record = recorded_db.migrations.find_one({"_id": 1})
     assert record["status"] == "applied" and record["version"] == 1
     assert recorded_db.migrations_history.count_documents({"version": 1, "status": "applied"}) == 1
+
+
+@pytest.mark.parametrize("together_", [False, True], ids=["two-commands", "one-bulk-write"])
+def test_the_record_and_entry_are_stored_alike_either_way(
+    recorded_db: Any, together_: bool
+) -> None:
+    """One ``bulkWrite`` or two commands store the same documents, with the records'
+    codec: a UUID in a checkpoint is stored although the client has no uuidRepresentation
+    (its own codec would refuse it)."""
+    if together_ and not together(recorded_db):
+        pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
+    store = Store(recorded_db, "migrations", NO_RETRY)
+    last = uuid.uuid4()
+    entry = HistoryEntry(version=7, status="paused", run_id="r1", attempt=1)
+    update = {"$set": {"version": 7, "status": "paused", "run_id": "r1",
+                       "progress": {"last": last}}}
+    with recorded_db.client.start_session() as session, session.start_transaction():
+        if together_:
+            assert store.transition_with_history(7, None, update, entry, None, session=session)
+        else:
+            assert store.transition(7, None, update, session=session)
+            store.append_history(entry, session=session)
+    assert store.read_record(7) == {"_id": 7, "version": 7, "status": "paused",
+                                    "run_id": "r1", "progress": {"last": last}}
+    assert [h.status for h in store.read_history(7)] == ["paused"]
+    with recorded_db.client.start_session() as session, session.start_transaction():
+        # The record is there: a new record's write collides, and nothing is written.
+        moved = store.transition_with_history(7, None, update, entry, None, session=session) \
+            if together_ else store.transition(7, None, update, session=session)
+        assert moved is False
+        session.abort_transaction()
 
 
 def test_a_transactional_run_costs_four_fixed_commands(
