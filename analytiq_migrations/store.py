@@ -30,8 +30,8 @@ log = logging.getLogger("analytiq_migrations")
 
 #: MongoDB 8.0 (wire version 25) has the ``bulkWrite`` command, one command that writes
 #: to several collections; pymongo 4.9 sends it (``MongoClient.bulk_write``). A step's
-#: record and history entry then cost one round trip, not two: 0.2 ms less per step
-#: (about 8% of a transactional step's bookkeeping; benchmarks/bench_bookkeeping.py).
+#: record and history entry then cost one round trip, not two: 0.3 ms less per applied
+#: migration, 6% of its time on SecantusDB (benchmarks/bench_bookkeeping.py, figure 1b).
 BULK_WRITE_WIRE_VERSION = 25
 
 #: The server's code for a duplicate key.
