@@ -171,8 +171,7 @@ class Store:
         """Apply ``update`` to the record only while it still matches ``expected`` (``None``:
         while there is no record, which it then creates); False when it did not match."""
         query = _transition_query(version, expected)
-        # A new record is inserted (cheaper than an upsert on the server: 0.3 ms a step).
-        fresh = _new_record(version, update) if expected is None else None
+        fresh = _new_record(version, expected, update)
 
         def write(s: Any) -> bool:
             try:
@@ -183,7 +182,7 @@ class Store:
                                                  session=s)
             except DuplicateKeyError:
                 return False
-            return bool(result.matched_count or result.upserted_id is not None)
+            return _moved(result)
 
         if session is not None and session.in_transaction:
             return write(session)
@@ -204,8 +203,7 @@ class Store:
             # (a UUID in a checkpoint, on a client with no uuidRepresentation).
             return RawBSONDocument(bson.encode(doc, codec_options=self.records.codec_options))
 
-        records, fresh = namespace(self.records), \
-            _new_record(version, update) if expected is None else None
+        records, fresh = namespace(self.records), _new_record(version, expected, update)
         first: Any = InsertOne(own(fresh), namespace=records) if fresh is not None else \
             UpdateOne(own(_transition_query(version, expected)), own(update),
                       upsert=expected is None, namespace=records)
@@ -230,7 +228,7 @@ class Store:
         if fresh is not None:
             return True
         done = result.update_results.get(0)
-        return done is not None and bool(done.matched_count or done.upserted_id is not None)
+        return done is not None and _moved(done)
 
     def read_record(self, version: int) -> Optional[dict[str, Any]]:
         """One record as stored (``None`` when there is none), under the retry budget."""
@@ -294,13 +292,21 @@ def _transition_query(version: int, expected: Optional[dict[str, Any]]) -> dict[
     return {"_id": version, **expected}
 
 
-def _new_record(version: int, update: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The whole document ``update`` would upsert as a new record, when it is plain
-    ``$set``/``$unset`` of top-level fields (else ``None``: upsert it)."""
-    if not set(update) <= {"$set", "$unset"} or \
+def _new_record(version: int, expected: Optional[dict[str, Any]],
+                update: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The whole document to insert when the write creates the record (``expected`` is
+    ``None``) and ``update`` is plain ``$set``/``$unset`` of top-level fields; else ``None``
+    (a conditional update, or an upsert). An insert is cheaper on the server than an
+    upsert (0.3 ms a step) and collides on ``_id`` alike."""
+    if expected is not None or not set(update) <= {"$set", "$unset"} or \
             any("." in key or key.startswith("$") for key in update.get("$set", {})):
         return None
     return {**update.get("$set", {}), "_id": version}
+
+
+def _moved(result: Any) -> bool:
+    """Whether a conditional record update matched (or upserted) its record."""
+    return bool(result.matched_count or result.upserted_id is not None)
 
 
 def _legacy_update(version: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Any
 from unittest import mock
 
+import pymongo
 from common import (
     Commands,
     client,
@@ -183,17 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                         title=f"\nFigure 1b: {args.steps} migrations in-process, median of "
                         f"{args.rounds} interleaved rounds"))
         else:
-            print(f"\nFigure 1b: skipped (wire version {wire}, pymongo {pymongo_version()}: "
+            print(f"\nFigure 1b: skipped (wire version {wire}, pymongo {pymongo.version}: "
                   "no bulkWrite command)")
         c.close()
     return 0 if ok else 1
-
-
-def pymongo_version() -> str:
-    """The installed pymongo's version."""
-    import pymongo
-
-    return str(pymongo.version)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,14 @@ class RecordedCommand:
         return value if isinstance(value, str) else None
 
 
+def one_bulk_write(db: Any) -> bool:
+    """Whether a step's record and history entry go in one ``bulkWrite`` here (MongoDB
+    8.0+ and pymongo 4.9+)."""
+    from analytiq_migrations.store import writes_together
+
+    return writes_together(db.client, db.client.admin.command("hello")["maxWireVersion"])
+
+
 def writes_of(commands: Iterable[RecordedCommand]) -> list[tuple[str, Optional[str]]]:
     """``(kind, collection)`` of every write sent, a ``bulkWrite`` spelled out op by op
     (MongoDB 8.0's command that writes to several collections)."""

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pymongo
 import pytest
 from pymongo import MongoClient
-from support import CommandRecorder, client_options, deadline, set_failpoint
+from support import CommandRecorder, client_options, deadline, one_bulk_write, set_failpoint
 
 from analytiq_migrations import (
     ConfigurationError,
@@ -27,7 +27,6 @@ from analytiq_migrations import (
     Migrator,
     RetryPolicy,
 )
-from analytiq_migrations.store import writes_together
 
 #: ``appName`` of the client under test; failpoints fire only for its commands.
 APP = "migrator-under-fault"
@@ -218,7 +217,7 @@ def test_a_transient_fault_on_the_record_and_history_bulk_write_reruns_the_trans
 ) -> None:
     """On MongoDB 8.0+ the record and its entry go in one ``bulkWrite``, whose errors pymongo
     wraps: the wrapped error's labels still make it a retry, and it lands once."""
-    if not writes_together(faulty.client, faulty.client.admin.command("hello")["maxWireVersion"]):
+    if not one_bulk_write(faulty):
         pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
     Faulty = faulty_migration(transactional=True, fault={
         "mode": {"times": 1}, "failCommands": ["bulkWrite"], **fault})

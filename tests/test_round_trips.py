@@ -11,12 +11,12 @@ from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
-from support import CommandRecorder
+from support import CommandRecorder, one_bulk_write, writes_of
 
 from analytiq_migrations import LockBusyError, Migration, Migrator
 from analytiq_migrations.records import HistoryEntry
 from analytiq_migrations.retry import NO_RETRY
-from analytiq_migrations.store import Store, writes_together
+from analytiq_migrations.store import Store
 
 
 class Noop(Migration):
@@ -72,17 +72,11 @@ class Touch(Migration):
         db.touched.insert_one({"v": self.version})
 
 
-def together(db: Any) -> bool:
-    """Whether this server and pymongo put a record and its history entry in one command
-    (MongoDB 8.0's ``bulkWrite``, sent by pymongo 4.9+)."""
-    return writes_together(db.client, db.client.admin.command("hello")["maxWireVersion"])
-
-
 def per_step(db: Any) -> list[tuple[str, Any]]:
     """Commands sent in each transactional step besides the migration's own and the commit:
     the lease re-check, then the new record and its history entry (one ``bulkWrite`` on
     MongoDB 8.0+ with pymongo 4.9+, else an insert each)."""
-    if together(db):
+    if one_bulk_write(db):
         return [("update", "migration_lock"), ("bulkWrite", None)]
     return [("update", "migration_lock"), ("insert", "migrations"),
             ("insert", "migrations_history")]
@@ -108,7 +102,7 @@ def test_each_applied_migration_costs_two_or_three_bookkeeping_commands(
     """In the transaction: lease, record, history (plus the commit)."""
     per_migration = (len(bookkeeping(recorded_db, recorder, 6)) -
                      len(bookkeeping(recorded_db, recorder, 2))) / 4
-    assert per_migration == len(per_step(recorded_db)) == (2 if together(recorded_db) else 3)
+    assert per_migration == len(per_step(recorded_db)) == (2 if one_bulk_write(recorded_db) else 3)
 
 
 def test_the_record_and_its_history_entry_go_in_one_bulk_write_where_the_server_has_it(
@@ -116,16 +110,14 @@ def test_the_record_and_its_history_entry_go_in_one_bulk_write_where_the_server_
 ) -> None:
     """On MongoDB 8.0+ (pymongo 4.9+): one command in the step's transaction, writing the
     record and the entry; both are there afterwards, exactly as separate writes leave them."""
-    if not together(recorded_db):
+    if not one_bulk_write(recorded_db):
         pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
     recorded_db.touched.insert_one({"_id": "there before"})  # an existing collection
     recorder.clear()
     Migrator(recorded_db, [Touch(version=1)]).upgrade()
     (sent,) = recorder.filter("bulkWrite")
     assert sent.txn_number is not None  # in the step's own transaction
-    assert [next(iter(op)) for op in sent.command["ops"]] == ["insert", "insert"]
-    assert [ns["ns"].split(".", 1)[1] for ns in sent.command["nsInfo"]] == \
-        ["migrations", "migrations_history"]
+    assert writes_of([sent]) == [("insert", "migrations"), ("insert", "migrations_history")]
     record = recorded_db.migrations.find_one({"_id": 1})
     assert record["status"] == "applied" and record["version"] == 1
     assert recorded_db.migrations_history.count_documents({"version": 1, "status": "applied"}) == 1
@@ -138,7 +130,7 @@ def test_the_record_and_entry_are_stored_alike_either_way(
     """One ``bulkWrite`` or two commands store the same documents, with the records'
     codec: a UUID in a checkpoint is stored although the client has no uuidRepresentation
     (its own codec would refuse it)."""
-    if together_ and not together(recorded_db):
+    if together_ and not one_bulk_write(recorded_db):
         pytest.skip("needs MongoDB 8.0+ and pymongo 4.9+ (the bulkWrite command)")
     store = Store(recorded_db, "migrations", NO_RETRY)
     last = uuid.uuid4()
@@ -200,7 +192,7 @@ def fenced_step(db: Any) -> list[tuple[str, Any]]:
     """A non-transactional step's bookkeeping: two small transactions, each opening with the
     lease check, so that a run that lost its lease lands neither: running (lease, the new
     record, commit), then the outcome (lease, record and history entry, commit)."""
-    outcome = [("bulkWrite", None)] if together(db) else \
+    outcome = [("bulkWrite", None)] if one_bulk_write(db) else \
         [("update", "migrations"), ("insert", "migrations_history")]
     return [("update", "migration_lock"), ("insert", "migrations"), ("commitTransaction", None),
             ("update", "migration_lock"), *outcome, ("commitTransaction", None)]

@@ -11,7 +11,7 @@ import pytest
 from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
-from support import writes_of
+from support import one_bulk_write, writes_of
 
 from analytiq_migrations import (
     Migration,
@@ -20,7 +20,6 @@ from analytiq_migrations import (
     TransactionsUnsupportedError,
 )
 from analytiq_migrations.capabilities import Capabilities
-from analytiq_migrations.store import writes_together
 
 # Commands a migration may legitimately send outside its transaction: the driver's own.
 DRIVER = {"hello", "isMaster", "ismaster", "endSessions", "killCursors", "ping"}
@@ -122,8 +121,7 @@ def test_the_record_commits_with_the_migration(recorded_db: Any, recorder: Any) 
         ("commitTransaction", None),
     ]
     # On MongoDB 8.0+ (pymongo 4.9+) the record and its entry are one bulkWrite command.
-    wire = recorded_db.client.admin.command("hello")["maxWireVersion"]
-    assert len(txn) == (4 if writes_together(recorded_db.client, wire) else 5)
+    assert len(txn) == (4 if one_bulk_write(recorded_db) else 5)
     assert recorded_db.migrations.find_one({"_id": 1})["status"] == "applied"
 
 
