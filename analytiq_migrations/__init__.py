@@ -12,7 +12,7 @@
 
 The names below are imported on first use (PEP 562): a migration file's ``from
 analytiq_migrations import Migration`` and the command line's no-op ``up`` load neither
-the runner nor the record models (pydantic), which would double a cron job's start-up.
+the runner nor the record models, which would double a cron job's start-up.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .errors import (
     CorruptRecordError,
     FailedMigrationError,
     InterruptedMigrationError,
+    InvalidData,
     IrreversibleMigrationError,
     LockBusyError,
     LockLostError,
@@ -103,6 +104,7 @@ __all__ = [
     "FleetReport",
     "HistoryEntry",
     "InterruptedMigrationError",
+    "InvalidData",
     "IrreversibleMigrationError",
     "LockBusyError",
     "LockLostError",

@@ -147,7 +147,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def dump(items: Sequence[Any]) -> list[Any]:
-    """Pydantic models as JSON-ready dicts (ISO-8601 UTC times)."""
+    """Models as JSON-ready dicts (ISO-8601 UTC times)."""
     return [plain(item.model_dump()) for item in items]
 
 

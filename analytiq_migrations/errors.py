@@ -8,7 +8,7 @@ CLI message is enough to act on at 3 a.m.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 
 class MigrationError(Exception):
@@ -124,6 +124,21 @@ class FailedMigrationError(ValidationProblemError):
 
 class CorruptRecordError(ValidationProblemError):
     """A stored record does not have the shape this library writes."""
+
+
+class InvalidData(MigrationError, ValueError):
+    """Data that does not fit a record model (``Model.model_validate``); ``errors()`` are
+    pydantic's (``loc``, ``msg``), first error first."""
+
+    def __init__(self, model: str, errors: List[Dict[str, Any]]) -> None:
+        self._errors = errors
+        first = errors[0] if errors else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"]) or "document"
+        super().__init__(f"Invalid {model}: {where}: {first['msg']}")
+
+    def errors(self) -> List[Dict[str, Any]]:
+        """What pydantic found."""
+        return self._errors
 
 
 class IrreversibleMigrationError(MigrationError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:  # the models (pydantic) stay off the command line's quick path
+if TYPE_CHECKING:  # the models stay off the command line's quick path
     from .records import HistoryEntry, RunReport, StatusRow
 
 #: Prefix of every metric name (Prometheus naming: ``<namespace>_<name>_<unit>``).

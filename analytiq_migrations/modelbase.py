@@ -1,19 +1,73 @@
-"""The base of the stored and returned models (``records.py``), written once for pydantic
-2 and 1.10: the model class (pydantic 2's method names mapped onto pydantic 1's), datetimes
-that are always aware UTC, and free-form BSON data that dumps as Extended JSON.
+"""The base of the stored and returned models (``records.py``): plain classes, checked field
+by field from their annotations, with pydantic (2 or 1.10) validating whatever is not
+plainly right.
+
+Why not pydantic models themselves: importing pydantic and building the models cost about
+80 ms, a third of a whole ``up`` that applies three migrations (docs/benchmarks.md, figure
+6). What a run builds and reads is nearly always plainly typed (its own values, documents
+this library wrote), so :func:`_plainly` accepts a value only when its type is exactly
+what the annotation allows. Anything else (a hand-edited record, a string where a number
+belongs, a naive or foreign type) goes to a pydantic twin of the model, built on first use
+from the same annotations, which coerces it or refuses it (``InvalidData``) as pydantic
+always did. Either way the result is the same plain object, and so a field's rules live
+in one place: its annotation.
+
+The models keep pydantic's method names: ``model_validate``, ``model_dump`` (``mode=
+"json"``: ISO-8601 times, BSON values as Extended JSON), ``model_dump_json``,
+``model_copy``.
 """
 
 from __future__ import annotations
 
 import json
+import typing
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Type,
+    TypeVar,
+    Union,
+)
 
-import pydantic
-from pydantic import BaseModel
+from .errors import InvalidData
 
-#: pydantic 2 or 1.10: the models are written once for both (see ``Model``).
-PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
+M = TypeVar("M", bound="Model")
+
+_REQUIRED: Any = object()  # a field without a default
+
+
+class FieldSpec:
+    """A field's default (or factory) and its bound (``gt``)."""
+
+    __slots__ = ("default", "factory", "gt")
+
+    def __init__(self, default: Any = _REQUIRED,
+                 factory: Optional[Callable[[], Any]] = None, gt: Optional[int] = None) -> None:
+        self.default, self.factory, self.gt = default, factory, gt
+
+    @property
+    def required(self) -> bool:
+        """No default and no factory."""
+        return self.default is _REQUIRED and self.factory is None
+
+    def value(self) -> Any:
+        """A fresh default."""
+        return self.factory() if self.factory is not None else self.default
+
+
+def Field(default: Any = _REQUIRED, *, default_factory: Optional[Callable[[], Any]] = None,
+          gt: Optional[int] = None) -> Any:
+    """A field with a factory or a bound (pydantic's ``Field``, the parts used here)."""
+    return FieldSpec(default, default_factory, gt)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -52,7 +106,7 @@ else:
             return core_schema.no_info_after_validator_function(_as_utc, handler(datetime))
 
         @classmethod
-        def __get_validators__(cls) -> Iterator[Any]:
+        def __get_validators__(cls) -> Any:
             from pydantic.datetime_parse import parse_datetime
 
             yield parse_datetime
@@ -66,59 +120,292 @@ else:
         def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
             from pydantic_core import core_schema
 
-            serializer = core_schema.plain_serializer_function_ser_schema(
-                _bson_to_json, when_used="json")
-            return core_schema.any_schema(serialization=serializer)
+            return core_schema.any_schema()
 
         @classmethod
-        def __get_validators__(cls) -> Iterator[Any]:
+        def __get_validators__(cls) -> Any:
             yield lambda value: value
 
 
-if TYPE_CHECKING or PYDANTIC_V2:
-
-    class Model(BaseModel):
-        """Base of the records' models: each builds its validator on first use, not at import
-        (a no-op ``analytiq-migrations up`` uses three of the twelve; saves ~25 ms a start)."""
-
-        model_config = {"defer_build": True}
-
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
 else:
 
-    class Model(BaseModel):
-        """Base of the records' models, on pydantic 1.10: the pydantic 2 method names this
-        package uses (``model_validate``, ``model_dump``, ``model_dump_json``,
-        ``model_copy``) mapped onto pydantic 1's."""
-
-        @classmethod
-        def model_validate(cls, obj: Any) -> Any:
-            return cls.parse_obj(obj)
-
-        def model_dump(self, *, mode: str = "python", include: Any = None) -> Dict[str, Any]:
-            if mode == "json":
-                return json.loads(self.model_dump_json(include=include))
-            return self.dict(include=include)
-
-        def model_dump_json(self, *, include: Any = None) -> str:
-            return self.json(include=include, encoder=_json_default)
-
-        def model_copy(self, *, update: Optional[Dict[str, Any]] = None) -> Any:
-            return self.copy(update=update)
-
-    def _json_default(value: Any) -> Any:
-        """pydantic 1's JSON encoder, with BSON types as Extended JSON."""
-        from pydantic.json import pydantic_encoder
-
-        if not isinstance(value, datetime):  # datetimes as ISO text, like pydantic 2
-            try:
-                return _bson_to_json(value)
-            except TypeError:
-                pass
-        return pydantic_encoder(value)
+    def dataclass_transform(**kwargs: Any) -> Any:
+        """Only for type checkers: they check each model's keyword arguments."""
+        return lambda cls: cls
 
 
-def field_names(model: type[BaseModel]) -> frozenset[str]:
-    """The field names of a model class (pydantic 1 and 2)."""
-    if PYDANTIC_V2:
-        return frozenset(cast(Dict[str, Any], model.model_fields))
-    return frozenset(cast(Dict[str, Any], model.__fields__))
+@dataclass_transform(kw_only_default=True, field_specifiers=(Field,))
+class Model:
+    """Base of the records' models: keyword construction, checked as the module says."""
+
+    _fields: ClassVar[Dict[str, FieldSpec]] = {}
+    #: What happens to keys that are no field: ``ignore`` (dropped) or ``allow`` (kept).
+    _extra: ClassVar[str] = "ignore"
+
+    def __init_subclass__(cls, extra: str = "ignore", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._extra = extra
+        fields = dict(cls._fields)
+        # The class's own annotations (Python 3.8 has no inspect.get_annotations).
+        for name in cls.__dict__.get("__annotations__", {}):  # noqa: RUF063
+            if name.startswith("_"):
+                continue
+            spec = cls.__dict__.get(name, _REQUIRED)
+            if isinstance(spec, FieldSpec):
+                delattr(cls, name)
+            fields[name] = spec if isinstance(spec, FieldSpec) else FieldSpec(spec)
+        cls._fields = fields
+
+    def __init__(self, **data: Any) -> None:
+        self.__dict__.update(_validated(type(self), data))
+
+    @classmethod
+    def model_validate(cls: Type[M], obj: Any) -> M:
+        """``obj`` (a mapping) as this model, or ``InvalidData``."""
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, Mapping):
+            raise InvalidData(cls.__name__, [
+                {"loc": (), "msg": f"expected a mapping, got {type(obj).__name__}"}])
+        made = cls.__new__(cls)
+        made.__dict__.update(_validated(cls, dict(obj)))
+        return made
+
+    def model_dump(self, *, mode: str = "python",
+                   include: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+        """Fields (then kept extras) as a dict; ``mode="json"``: JSON-ready values."""
+        hints, as_json = _hints(type(self)), mode == "json"
+        keep = None if include is None else set(include)
+        return {name: _dump(hints.get(name, Any), value, as_json)
+                for name, value in self.__dict__.items() if keep is None or name in keep}
+
+    def model_dump_json(self, *, include: Optional[Iterable[str]] = None) -> str:
+        """``model_dump(mode="json")`` as compact JSON text."""
+        return json.dumps(self.model_dump(mode="json", include=include), separators=(",", ":"))
+
+    def model_copy(self: M, *, update: Optional[Mapping[str, Any]] = None) -> M:
+        """A shallow copy with ``update`` applied as given (not checked, as in pydantic)."""
+        made = type(self).__new__(type(self))
+        made.__dict__.update(self.__dict__)
+        made.__dict__.update(update or {})
+        return made
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Model):
+            return NotImplemented
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like pydantic's models
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+def field_names(model: Type[Model]) -> frozenset[str]:
+    """The field names of a model class."""
+    return frozenset(model._fields)
+
+
+# -- checking: plainly, else by the pydantic twin -------------------------------------------
+
+class _NotPlain(Exception):
+    """A value that is not exactly of its annotated type: pydantic decides."""
+
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    """``cls``'s resolved annotations (cached)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _validated(cls: Type[Model], data: Dict[str, Any]) -> Dict[str, Any]:
+    """``data`` as ``cls``'s attributes: plainly if it is, else through pydantic."""
+    try:
+        return _plainly(cls, data)
+    except _NotPlain:
+        return _by_pydantic(cls, data)
+
+
+def _plainly(cls: Type[Model], data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The attributes when every value is exactly of its type; else ``_NotPlain``."""
+    hints, out = _hints(cls), {}
+    for name, spec in cls._fields.items():
+        if name in data:
+            value = _check(hints[name], data[name])
+            if spec.gt is not None and not value > spec.gt:
+                raise _NotPlain(name)
+        elif spec.required:
+            raise _NotPlain(name)
+        else:
+            value = spec.value()
+        out[name] = value
+    if cls._extra == "allow":
+        out.update((k, v) for k, v in data.items() if k not in out)
+    return out
+
+
+_EXACT = (str, int, float, bool)
+
+
+def _check(tp: Any, value: Any) -> Any:
+    """``value`` if it is exactly of type ``tp`` (UTC made explicit, dicts made models)."""
+    if tp is Any or tp is BSONData:
+        return value
+    if tp is UTCDateTime:
+        if type(value) is datetime:
+            return _as_utc(value)
+    elif tp in _EXACT:
+        if type(value) is tp:
+            return value
+    elif isinstance(tp, type) and issubclass(tp, Model):
+        if type(value) is tp:
+            return value
+        if type(value) is dict:
+            made = tp.__new__(tp)
+            made.__dict__.update(_plainly(tp, value))
+            return made
+    else:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Union:
+            if value is None:
+                if type(None) in args:
+                    return None
+                raise _NotPlain(value)
+            for arg in args:
+                if arg is not type(None):
+                    try:
+                        return _check(arg, value)
+                    except _NotPlain:
+                        pass
+        elif origin is Literal:
+            if any(value == a and type(value) is type(a) for a in args):
+                return value
+        elif origin is list and type(value) is list:
+            return [_check(args[0], item) for item in value]
+        elif origin is dict and type(value) is dict:
+            return {_check(args[0], k): _check(args[1], v) for k, v in value.items()}
+    raise _NotPlain(value)
+
+
+def _pydantic() -> Any:
+    """pydantic, imported when first needed."""
+    import pydantic
+
+    return pydantic
+
+
+def _is_v2() -> bool:
+    return int(_pydantic().VERSION.split(".")[0]) >= 2
+
+
+_TWINS: Dict[type, Any] = {}  # plain model -> its pydantic twin
+_PLAIN: Dict[Any, Type[Model]] = {}  # and back
+
+
+def _twin(cls: Type[Model]) -> Any:
+    """The pydantic model with ``cls``'s fields, types and defaults (built once)."""
+    twin = _TWINS.get(cls)
+    if twin is None:
+        pydantic = _pydantic()
+        fields: Dict[str, Any] = {}
+        for name, spec in cls._fields.items():
+            kwargs: Dict[str, Any] = {} if spec.gt is None else {"gt": spec.gt}
+            if spec.factory is not None:
+                kwargs["default_factory"] = spec.factory
+                default = pydantic.Field(**kwargs)
+            else:
+                default = pydantic.Field(... if spec.required else spec.default, **kwargs)
+            fields[name] = (_twin_type(_hints(cls)[name]), default)
+        config: Any = {"extra": cls._extra} if _is_v2() else type("Config", (), {
+            "extra": cls._extra})
+        twin = _TWINS[cls] = pydantic.create_model(cls.__name__, __config__=config, **fields)
+        _PLAIN[twin] = cls
+    return twin
+
+
+def _twin_type(tp: Any) -> Any:
+    """``tp`` with every model in it replaced by its twin."""
+    if isinstance(tp, type) and issubclass(tp, Model):
+        return _twin(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        return Union[tuple(_twin_type(a) for a in args)]
+    if origin is list:
+        return List[_twin_type(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return Dict[args[0], _twin_type(args[1])]  # type: ignore[misc, valid-type]
+    return tp
+
+
+def _by_pydantic(cls: Type[Model], data: Dict[str, Any]) -> Dict[str, Any]:
+    """The attributes as the pydantic twin validates ``data``; else ``InvalidData``."""
+    pydantic, twin = _pydantic(), _twin(cls)
+    try:
+        made = twin.model_validate(data) if _is_v2() else twin.parse_obj(data)
+    except pydantic.ValidationError as exc:
+        raise InvalidData(cls.__name__, list(exc.errors())) from None
+    return _attributes(cls, made)
+
+
+def _attributes(cls: Type[Model], made: Any) -> Dict[str, Any]:
+    """A validated twin's fields (then its kept extras), twins turned back into models."""
+    out = {name: _from_twin(getattr(made, name)) for name in cls._fields}
+    if cls._extra == "allow":
+        extra = made.model_extra if _is_v2() else made.__dict__
+        out.update((k, v) for k, v in (extra or {}).items() if k not in out)
+    return out
+
+
+def _from_twin(value: Any) -> Any:
+    """A validated value with each twin instance made its plain model."""
+    plain = _PLAIN.get(type(value))
+    if plain is not None:
+        made = plain.__new__(plain)
+        made.__dict__.update(_attributes(plain, value))
+        return made
+    if isinstance(value, list):
+        return [_from_twin(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _from_twin(v) for k, v in value.items()}
+    return value
+
+
+# -- dumping ---------------------------------------------------------------------------------
+
+def _dump(tp: Any, value: Any, as_json: bool) -> Any:
+    """``value`` (annotated ``tp``) as a dump holds it: models as dicts, containers copied;
+    in JSON mode, times as ISO-8601 text and BSON values as Extended JSON."""
+    if isinstance(value, Model):
+        return value.model_dump(mode="json" if as_json else "python")
+    tp = _unwrap_optional(tp)
+    if as_json and tp is BSONData and value is not None:
+        return _bson_to_json(value)
+    args = typing.get_args(tp)
+    if isinstance(value, (list, tuple)):
+        return [_dump(args[0] if args else Any, v, as_json) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(args[1] if len(args) == 2 else Any, v, as_json)
+                for k, v in value.items()}
+    if as_json and isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if as_json and value is not None and not isinstance(value, (str, int, float)):
+        return _bson_to_json(value)
+    return value
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    """``X`` for ``Optional[X]``; else ``tp``."""
+    if typing.get_origin(tp) is Union:
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return tp
+

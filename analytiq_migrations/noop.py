@@ -3,7 +3,7 @@
 A cron job or a pod start runs ``up`` on every start, and almost always nothing is
 pending. This module decides that from the migration files' names and bytes and one read
 of the records, with plain dictionaries: it imports no migration, tokenizes no file,
-builds none of the record models (pydantic) and takes no lock. It only ever answers
+builds none of the record models and takes no lock. It only ever answers
 "nothing to do" when the full path (``Migrator.upgrade``) would answer the same; whenever
 it is not sure it gives the reason, and the command line takes the full path, which
 decides, reports and explains everything else (pending, failed, drifted, damaged,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
-if TYPE_CHECKING:  # the models (pydantic) stay off the command line's quick path
+if TYPE_CHECKING:  # the models stay off the command line's quick path
     from .records import MigrationRecord
 
 

@@ -1,17 +1,16 @@
 """Data shapes: what is stored (records, history) and what methods return (plans, reports).
 
-Everything here is plain pydantic: no I/O. Stored documents are validated on the way in,
-so a hand-edited or corrupted record is reported by name instead of crashing a run.
+Plain models (``modelbase.py``), no I/O. Stored documents are validated on the way in
+(by pydantic when they are not plainly right), so a hand-edited or corrupted record is
+reported by name instead of crashing a run.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator, List, Literal, Optional
 
-from pydantic import Field, ValidationError
-
-from .errors import CorruptRecordError
-from .modelbase import BSONData, Model, UTCDateTime
+from .errors import CorruptRecordError, InvalidData
+from .modelbase import BSONData, Field, Model, UTCDateTime
 from .modelbase import field_names as field_names
 
 #: How to give this library a records collection of its own (and keep what is applied).
@@ -101,7 +100,7 @@ class MigrationRecord(Model, extra="allow"):
         body = {k: v for k, v in doc.items() if k != "_id"}
         try:
             record = cls.model_validate(body)
-        except ValidationError as exc:
+        except InvalidData as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "document"
             raise CorruptRecordError(
@@ -174,7 +173,7 @@ class Plan(Model):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __iter__(self) -> Iterator[PlanStep]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[PlanStep]:
         return iter(self.steps)
 
     def __bool__(self) -> bool:

@@ -16,11 +16,10 @@ from typing import Any, Callable, Optional
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pydantic import ValidationError
 from pymongo import DESCENDING, InsertOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from .errors import CorruptRecordError
+from .errors import CorruptRecordError, InvalidData
 from .records import HistoryEntry, MigrationRecord, RunInfo
 from .retry import RetryPolicy
 from .server import RECORDS_BATCH, own_collection
@@ -125,7 +124,7 @@ class Store:
         for doc in cursor:
             try:
                 entries.append(HistoryEntry.model_validate(doc))
-            except ValidationError as exc:
+            except InvalidData as exc:
                 # An audit log is read to investigate: one damaged entry must not hide the rest.
                 log.warning("Skipped a malformed entry in '%s' (version %r): %s",
                             self.history_name, doc.get("version"),
