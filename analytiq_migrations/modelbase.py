@@ -33,6 +33,7 @@ from typing import (
     Literal,
     Mapping,
     Optional,
+    Tuple,
     Type,
     TypeVar,
     Union,
@@ -216,6 +217,13 @@ class _NotPlain(Exception):
 
 _HINTS: Dict[type, Dict[str, Any]] = {}
 
+#: Checks a value against one annotation: returns it (UTC made explicit, dicts made models)
+#: or raises ``_NotPlain``.
+_Check = Callable[[Any], Any]
+
+#: Per model: each field's name, spec and check, built once from the annotations.
+_CHECKS: Dict[type, List[Tuple[str, FieldSpec, _Check]]] = {}
+
 
 def _hints(cls: type) -> Dict[str, Any]:
     """``cls``'s resolved annotations (cached)."""
@@ -235,10 +243,15 @@ def _validated(cls: Type[Model], data: Dict[str, Any]) -> Dict[str, Any]:
 
 def _plainly(cls: Type[Model], data: Mapping[str, Any]) -> Dict[str, Any]:
     """The attributes when every value is exactly of its type; else ``_NotPlain``."""
-    hints, out = _hints(cls), {}
-    for name, spec in cls._fields.items():
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        hints = _hints(cls)
+        checks = _CHECKS[cls] = [(name, spec, _check_for(hints[name]))
+                                 for name, spec in cls._fields.items()]
+    out = {}
+    for name, spec, check in checks:
         if name in data:
-            value = _check(hints[name], data[name])
+            value = check(data[name])
             if spec.gt is not None and not value > spec.gt:
                 raise _NotPlain(name)
         elif spec.required:
@@ -251,46 +264,66 @@ def _plainly(cls: Type[Model], data: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-_EXACT = (str, int, float, bool)
-
-
-def _check(tp: Any, value: Any) -> Any:
-    """``value`` if it is exactly of type ``tp`` (UTC made explicit, dicts made models)."""
+def _check_for(tp: Any) -> _Check:
+    """The check of annotation ``tp``: exact types only; anything else is not plain."""
     if tp is Any or tp is BSONData:
-        return value
+        return lambda value: value
     if tp is UTCDateTime:
-        if type(value) is datetime:
-            return _as_utc(value)
-    elif tp in _EXACT:
-        if type(value) is tp:
+        return _exact(datetime, _as_utc)
+    if tp in (str, int, float, bool):
+        return _exact(tp, lambda value: value)
+    if isinstance(tp, type) and issubclass(tp, Model):
+        return _exact(dict, lambda value: _model(tp, value), also=tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        return _union([_check_for(a) for a in args if a is not type(None)],
+                      nullable=type(None) in args)
+    if origin is Literal:
+        allowed = {(type(a), a) for a in args}
+        return _exact(str, lambda value: value if (str, value) in allowed else _not(value))
+    if origin is list:
+        item = _check_for(args[0])
+        return _exact(list, lambda value: [item(v) for v in value])
+    if origin is dict:
+        key, val = _check_for(args[0]), _check_for(args[1])
+        return _exact(dict, lambda value: {key(k): val(v) for k, v in value.items()})
+    return _not
+
+
+def _exact(kind: type, then: _Check, also: Optional[type] = None) -> _Check:
+    """A check that takes values of exactly ``kind`` through ``then`` (``also``: as is)."""
+    def check(value: Any) -> Any:
+        if type(value) is kind:
+            return then(value)
+        if also is not None and type(value) is also:
             return value
-    elif isinstance(tp, type) and issubclass(tp, Model):
-        if type(value) is tp:
-            return value
-        if type(value) is dict:
-            made = tp.__new__(tp)
-            made.__dict__.update(_plainly(tp, value))
-            return made
-    else:
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin is Union:
-            if value is None:
-                if type(None) in args:
-                    return None
-                raise _NotPlain(value)
-            for arg in args:
-                if arg is not type(None):
-                    try:
-                        return _check(arg, value)
-                    except _NotPlain:
-                        pass
-        elif origin is Literal:
-            if any(value == a and type(value) is type(a) for a in args):
-                return value
-        elif origin is list and type(value) is list:
-            return [_check(args[0], item) for item in value]
-        elif origin is dict and type(value) is dict:
-            return {_check(args[0], k): _check(args[1], v) for k, v in value.items()}
+        raise _NotPlain(value)
+    return check
+
+
+def _union(options: List[_Check], nullable: bool) -> _Check:
+    """``Optional[...]``/``Union[...]``: ``None`` if allowed, else the first option that fits."""
+    def check(value: Any) -> Any:
+        if value is None:
+            return None if nullable else _not(value)
+        for option in options:
+            try:
+                return option(value)
+            except _NotPlain:
+                pass
+        raise _NotPlain(value)
+    return check
+
+
+def _model(cls: Type[Model], data: Dict[str, Any]) -> Any:
+    """A nested model from a plainly right dict."""
+    made = cls.__new__(cls)
+    made.__dict__.update(_plainly(cls, data))
+    return made
+
+
+def _not(value: Any) -> Any:
+    """Not plain: pydantic decides."""
     raise _NotPlain(value)
 
 

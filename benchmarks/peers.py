@@ -44,6 +44,16 @@ class Step:
         return f"db.{coll}.insert_one({arg!r})"
 
     @property
+    def transactional(self) -> bool:
+        """Whether this library runs it in a transaction (an index build runs outside)."""
+        return self.op[0] != "create_index"
+
+    @property
+    def python_in_session(self) -> str:
+        """:attr:`python` with ``session=s`` when it runs in a transaction."""
+        return self.python[:-1] + ", session=s)" if self.transactional else self.python
+
+    @property
     def js(self) -> str:
         """The same in the Node driver, on ``db``."""
         kind, coll, arg = self.op
@@ -112,7 +122,7 @@ def write_ours(directory: Path, steps: list[Step]) -> None:
     """``NNNN_slug.py`` modules (an index build runs outside a transaction)."""
     _files(directory, {
         f"{n:04d}_{s.slug}.py": f'"""{s.description}"""\n\n'
-        + ("transactional = False\n\n" if s.op[0] == "create_index" else "")
+        + ("" if s.transactional else "transactional = False\n\n")
         + f"\ndef up(db):\n    {s.python}\n"
         for n, s in enumerate(steps, 1)})
 
@@ -153,6 +163,8 @@ class Tool:
     #: ``project/migrations`` and the command runs in ``project``.
     argv: Callable[[Path, str, str], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    #: A migration tool (runs the no-op row too), not a baseline that only applies.
+    peer: bool = True
 
 
 def ours(name: str, command: list[str], **env: str) -> Tool:
@@ -225,6 +237,112 @@ def migrate_mongo(tmp: Path) -> Optional[Tool]:
         return [str(script), "up"]
 
     return Tool(f"migrate-mongo {version}", write_migrate_mongo, argv)
+
+
+#: Bare pymongo sending, for each migration, the commands this library sends on a replica
+#: set (tests/test_round_trips.py pins them): read the records (the no-op check), read them,
+#: take the lock, read them again; per transactional step, in one transaction: the lease
+#: check, the migration's write, the record and history entry (one ``bulkWrite`` on MongoDB
+#: 8.0+ with pymongo 4.9+, else two inserts), the commit; a step outside a transaction
+#: writes ``running`` and its outcome in two such transactions around its write, and the
+#: next transactional step marks the lock first. Then the lock is released and the process
+#: ends without pymongo's exit wait, as the command line does (``fastexit.py``). What is
+#: left between this and ``analytiq-migrations up`` is the library's own work: imports,
+#: loading, checksums, planning, reporting.
+SAME_COMMANDS = """\
+import datetime, os, sys, uuid
+import pymongo
+from pymongo import InsertOne, UpdateOne
+
+client = pymongo.MongoClient(sys.argv[1])
+db, name = client[sys.argv[2]], sys.argv[2]
+run, ttl = uuid.uuid4().hex, datetime.timedelta(seconds=60)
+together = hasattr(client, "bulk_write") and client.admin.command("hello")["maxWireVersion"] >= 25
+now = lambda: datetime.datetime.now(datetime.timezone.utc)
+lease = {"_id": "migration_lock", "run_id": run}
+
+
+def fence(s):
+    db.migration_lock.update_one({**lease, "expires_at": {"$gt": now()}}, {"$set": {
+        "heartbeat_at": now(), "expires_at": now() + ttl, "step": None}}, session=s)
+
+
+def write(s, ops):
+    if together and len(ops) > 1:
+        client.bulk_write([op(f"{name}.{coll}") for coll, op in ops], session=s)
+    else:
+        for coll, op in ops:
+            db[coll].bulk_write([op(None)], session=s)
+
+
+def record(v, status):
+    return {"_id": v, "version": v, "status": status, "run_id": run, "started_at": now(),
+            "finished_at": now(), "checksum": "0" * 64, "attempts": 1}
+
+
+def entry(v):
+    return {"_id": f"{run}:{v}:up:1:applied", "version": v, "status": "applied",
+            "run_id": run, "started_at": now(), "finished_at": now()}
+
+
+def insert(doc):
+    return lambda ns: InsertOne(doc, namespace=ns) if ns else InsertOne(doc)
+
+
+def update(v):
+    def op(ns):
+        args = ({"_id": v}, {"$set": {"status": "applied", "finished_at": now()}})
+        return UpdateOne(*args, namespace=ns) if ns else UpdateOne(*args)
+    return op
+
+
+list(db.migrations.find({}))  # the command line's no-op check
+list(db.migrations.find({}))
+db.migration_lock.find_one_and_update({"_id": "migration_lock"}, {"$set": {
+    "run_id": run, "expires_at": now() + ttl}}, upsert=True)
+list(db.migrations.find({}))
+marked = True
+for v, (transactional, op) in enumerate(STEPS, 1):
+    with client.start_session() as s:
+        if transactional:
+            if not marked:
+                db.migration_lock.update_one(lease, {"$set": {"step": {"version": v}}})
+            with s.start_transaction():
+                fence(s)
+                exec(op)
+                write(s, [("migrations", insert(record(v, "applied"))),
+                          ("migrations_history", insert(entry(v)))])
+            marked = True
+        else:
+            with s.start_transaction():
+                fence(s)
+                write(s, [("migrations", insert(record(v, "running")))])
+            exec(op)
+            with s.start_transaction():
+                fence(s)
+                write(s, [("migrations", update(v)), ("migrations_history", insert(entry(v)))])
+            marked = False
+db.migration_lock.delete_one(lease)
+client.close()
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+#: The baseline's name in the tables.
+SAME = "pymongo, our commands"
+
+
+def write_same_commands(directory: Path, steps: list[Step]) -> None:
+    """:data:`SAME_COMMANDS` with the steps' operations, as ``run.py``."""
+    ops = [(s.transactional, s.python_in_session) for s in steps]
+    _files(directory, {"run.py": f"STEPS = {ops!r}\n" + SAME_COMMANDS})
+
+
+def same_commands() -> Tool:
+    """Bare pymongo sending the commands this library sends (:data:`SAME_COMMANDS`)."""
+    return Tool(SAME, write_same_commands, lambda d, uri, db: [
+        sys.executable, str(d / "migrations" / "run.py"), uri, db], peer=False)
 
 
 def bare_floor(uri: str, db: str) -> list[str]:

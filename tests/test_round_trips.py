@@ -214,3 +214,63 @@ def test_a_non_transactional_step_costs_two_fenced_transactions(
     assert sent == [("find", "migrations"), ("findAndModify", "migration_lock"),
                     ("find", "migrations")] + fenced_step(recorded_db) * 3 + \
         [("delete", "migration_lock")]
+
+
+#: Prints every command a child process sends (the handshake and pings left out).
+_PRINT_COMMANDS = '''\
+import sys
+from pymongo import monitoring
+
+
+class Printer(monitoring.CommandListener):
+    def started(self, event):
+        if event.command_name not in ("hello", "isMaster", "ismaster", "endSessions", "ping"):
+            target = event.command.get(event.command_name)
+            print("CMD", event.command_name, target if isinstance(target, str) else "",
+                  file=sys.stderr, flush=True)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+monitoring.register(Printer())
+'''
+
+
+def test_the_benchmarks_baseline_sends_exactly_the_commands_up_sends(
+    client: Any, mongo_uri: str, tmp_path: Any
+) -> None:
+    """Figure 6 splits our time into the commands' and the library's own by timing bare
+    pymongo that sends the very commands ``up`` sends: it must stay exactly that."""
+    import subprocess
+    import sys
+
+    from support import REPO_ROOT, child_env
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from peers import APPLY3, same_commands, write_ours
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    (tmp_path / "printer").mkdir()
+    (tmp_path / "printer" / "sitecustomize.py").write_text(_PRINT_COMMANDS)
+    env = child_env({"PYTHONPATH": str(tmp_path / "printer")})
+    baseline, prefix = same_commands(), f"rt_{uuid.uuid4().hex[:8]}"
+    sent = []
+    for name, write, argv in (
+            ("ours", write_ours, [sys.executable, "-m", "analytiq_migrations", "up", "-q",
+                                  "--uri", mongo_uri, "--database", f"{prefix}_ours",
+                                  "--migrations", str(tmp_path / "ours" / "migrations")]),
+            ("bare", baseline.write, baseline.argv(tmp_path / "bare", mongo_uri,
+                                                   f"{prefix}_bare"))):
+        write(tmp_path / name / "migrations", APPLY3.steps)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        sent.append([line for line in done.stderr.splitlines() if line.startswith("CMD")])
+        assert APPLY3.applied(client[f"{prefix}_{name}"])
+        client.drop_database(f"{prefix}_{name}")
+    assert len(sent[0]) > 3 * len(APPLY3.steps)
+    assert sent[0] == sent[1]
