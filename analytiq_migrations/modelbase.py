@@ -412,9 +412,16 @@ def _from_twin(value: Any) -> Any:
 
 # -- dumping ---------------------------------------------------------------------------------
 
+#: Values a dump keeps as they are in either mode (JSON's own types).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _dump(tp: Any, value: Any, as_json: bool) -> Any:
     """``value`` (annotated ``tp``) as a dump holds it: models as dicts, containers copied;
     in JSON mode, times as ISO-8601 text and BSON values as Extended JSON."""
+    kind = type(value)
+    if kind in _SCALARS or (kind is datetime and not as_json):
+        return value  # most values: nothing to look up
     if isinstance(value, Model):
         return value.model_dump(mode="json" if as_json else "python")
     tp = _unwrap_optional(tp)

@@ -3,18 +3,21 @@
 Spans: ``analytiq_migrations.run`` (one ``upgrade``/``downgrade``), ``analytiq_migrations.step``
 (one version) and ``analytiq_migrations.batch`` (one ``batch_update`` batch), with the
 version, direction, database and document counts as ``migrations.*`` attributes; each
-transient-error retry is an event (``retry``) on the span it happened in. Without the
-package nothing is imported or recorded; with it but without a configured tracer
-provider the API's no-op tracer makes every call here nearly free.
+transient-error retry is an event (``retry``) on the span it happened in. Spans are
+recorded when the application has imported the API (as configuring a tracer provider
+does) or names a provider in ``OTEL_PYTHON_TRACER_PROVIDER``; otherwise nothing is
+imported or recorded (see ``_api``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
+import sys
 from typing import Any, Iterator, Optional
 
-#: ``opentelemetry.trace`` once looked for (``False``: not installed); imported on first
-#: use, so the quick no-op ``up`` never pays for it.
+#: ``opentelemetry.trace`` once found (``False``: not installed).
 _TRACE: Any = None
 
 #: The instrumentation scope's name, as the OpenTelemetry conventions want (the package).
@@ -23,23 +26,37 @@ SCOPE = "analytiq_migrations"
 #: Attribute value types OpenTelemetry accepts (others are left out).
 _VALUE_TYPES = (str, bool, int, float)
 
+#: The environment variable with which the API loads a tracer provider by itself.
+_PROVIDER_VARIABLE = "OTEL_PYTHON_TRACER_PROVIDER"
+
 
 def _api() -> Any:
-    """``opentelemetry.trace``, or ``None`` without the package."""
+    """``opentelemetry.trace`` when a tracer provider can be configured in this process,
+    else ``None``.
+
+    One can only be configured through the API, so an application that traces (or
+    ``opentelemetry-instrument``) has imported it before a run starts; the exception, a
+    provider named by ``OTEL_PYTHON_TRACER_PROVIDER``, is imported here. Otherwise nothing
+    is imported: the API's import alone was 12 ms of a short ``up`` with no provider to
+    record anything. Looked up again at every span until found.
+    """
     global _TRACE
     if _TRACE is None:
-        try:
-            from opentelemetry import trace
-        except ImportError:
-            _TRACE = False
-        else:
-            _TRACE = trace
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is None and _PROVIDER_VARIABLE in os.environ:
+            try:
+                from opentelemetry import trace
+            except ImportError:
+                _TRACE = False
+        if trace is None:
+            return None
+        _TRACE = trace
     return _TRACE or None
 
 
 def available() -> bool:
     """Is ``opentelemetry-api`` installed?"""
-    return _api() is not None
+    return importlib.util.find_spec("opentelemetry") is not None
 
 
 @contextlib.contextmanager

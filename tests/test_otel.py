@@ -122,9 +122,42 @@ def test_without_the_package_nothing_is_recorded(
 
 def test_without_a_configured_provider_spans_record_nothing() -> None:
     done = run_python("""
+        from opentelemetry import trace  # the API imported, no provider configured
         from analytiq_migrations import otel
         with otel.span("run", direction="up") as span:
             print(otel.available(), span.is_recording())
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]  # the API's no-op tracer
+
+
+def test_an_up_in_a_process_that_never_imported_the_api_does_not_import_it(
+        db: Any, tmp_path: Any, mongo_uri: str) -> None:
+    (tmp_path / "0001_flag.py").write_text("def up(db):\n    db.items.insert_one({})\n")
+    done = run_python(f"""
+        import sys
+        from analytiq_migrations.cli import main
+        code = main(["up", "-q", "--uri", {mongo_uri!r}, "--database", {db.name!r},
+                     "--migrations", {str(tmp_path)!r}])
+        print(code, "opentelemetry" in sys.modules)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"]
+    assert db.items.count_documents({}) == 1
+
+
+def test_a_provider_named_in_the_environment_records_the_spans(
+        db: Any, tmp_path: Any, mongo_uri: str) -> None:
+    """``OTEL_PYTHON_TRACER_PROVIDER`` configures a provider with no import by the
+    application: the library imports the API for it, and the step runs in its span."""
+    (tmp_path / "0001_flag.py").write_text(
+        "def up(db):\n"
+        "    from opentelemetry import trace  # not before the step's span starts\n\n"
+        "    print('in span', getattr(trace.get_current_span(), 'name', None))\n")
+    done = run_python(f"""
+        from analytiq_migrations.cli import main
+        main(["up", "-q", "--uri", {mongo_uri!r}, "--database", {db.name!r},
+              "--migrations", {str(tmp_path)!r}])
+    """, env={"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"})
+    assert done.returncode == 0, done.stderr
+    assert "in span analytiq_migrations.step" in done.stdout
