@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import typing
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -40,6 +40,7 @@ from typing import (
 )
 
 from .errors import InvalidData
+from .valuetypes import BSONData, UTCDateTime, as_utc, bson_to_json
 
 M = TypeVar("M", bound="Model")
 
@@ -69,63 +70,6 @@ def Field(default: Any = _REQUIRED, *, default_factory: Optional[Callable[[], An
           gt: Optional[int] = None) -> Any:
     """A field with a factory or a bound (pydantic's ``Field``, the parts used here)."""
     return FieldSpec(default, default_factory, gt)
-
-
-def _as_utc(value: datetime) -> datetime:
-    """BSON datetimes come back naive but are UTC: make that explicit."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _json_options() -> Any:
-    """Relaxed Extended JSON that can write UUIDs (our collections decode them as such)."""
-    from bson import json_util
-    from bson.binary import STANDARD  # pymongo before 3.11 has no UuidRepresentation
-
-    return json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED,
-                                 uuid_representation=STANDARD)
-
-
-def _bson_to_json(value: Any) -> Any:
-    """BSON values (ObjectId, Binary, UUID, ...) as relaxed Extended JSON, for JSON dumps."""
-    from bson import json_util
-
-    return json.loads(json_util.dumps(value, json_options=_json_options()))
-
-
-if TYPE_CHECKING:
-    UTCDateTime = datetime
-    BSONData = Any
-else:
-
-    class UTCDateTime:
-        """A datetime that is always timezone-aware UTC (pydantic 1 and 2)."""
-
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-            from pydantic_core import core_schema
-
-            return core_schema.no_info_after_validator_function(_as_utc, handler(datetime))
-
-        @classmethod
-        def __get_validators__(cls) -> Any:
-            from pydantic.datetime_parse import parse_datetime
-
-            yield parse_datetime
-            yield _as_utc
-
-    class BSONData:
-        """Stored free-form data (checkpoints, ids): BSON types become Extended JSON in
-        JSON mode, stay BSON in Python mode."""
-
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-            from pydantic_core import core_schema
-
-            return core_schema.any_schema()
-
-        @classmethod
-        def __get_validators__(cls) -> Any:
-            yield lambda value: value
 
 
 if TYPE_CHECKING:
@@ -269,7 +213,7 @@ def _check_for(tp: Any) -> _Check:
     if tp is Any or tp is BSONData:
         return lambda value: value
     if tp is UTCDateTime:
-        return _exact(datetime, _as_utc)
+        return _exact(datetime, as_utc)
     if tp in (str, int, float, bool):
         return _exact(tp, lambda value: value)
     if isinstance(tp, type) and issubclass(tp, Model):
@@ -426,7 +370,7 @@ def _dump(tp: Any, value: Any, as_json: bool) -> Any:
         return value.model_dump(mode="json" if as_json else "python")
     tp = _unwrap_optional(tp)
     if as_json and tp is BSONData and value is not None:
-        return _bson_to_json(value)
+        return bson_to_json(value)
     args = typing.get_args(tp)
     if isinstance(value, (list, tuple)):
         return [_dump(args[0] if args else Any, v, as_json) for v in value]
@@ -437,7 +381,7 @@ def _dump(tp: Any, value: Any, as_json: bool) -> Any:
         text = value.isoformat()
         return text[:-6] + "Z" if text.endswith("+00:00") else text
     if as_json and value is not None and not isinstance(value, (str, int, float)):
-        return _bson_to_json(value)
+        return bson_to_json(value)
     return value
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, List, Literal, Optional
 
 from .errors import CorruptRecordError, InvalidData
-from .modelbase import BSONData, Field, Model, UTCDateTime
+from .modelbase import Field, Model
 from .modelbase import field_names as field_names
+from .valuetypes import BSONData, UTCDateTime
 
 #: How to give this library a records collection of its own (and keep what is applied).
 FOREIGN_HINT = ("--collection NAME, ANALYTIQ_MIGRATIONS_COLLECTION or Migrator(collection=...); "

@@ -32,10 +32,10 @@ LAYERS: List[Set[str]] = [
     # names (Migrator, Fleet, the records) load on first use.
     {"errors", "__init__"},
     # Helpers that know nothing of migrations or runs: checksums, hints, times, the
-    # server's facts, transactions' rules, the watched database, retries, spans.
+    # server's facts, transactions' rules, the watched database, retries, spans, BSON values.
     {"appddl", "budget", "checksum", "dbproxy", "hints", "idorder", "otel", "outside",
      "reach", "retry", "server", "snapshot", "stored", "throttle", "timetext", "txnrules",
-     "txnscan", "writes", "connect"},
+     "txnscan", "valuetypes", "writes", "connect"},
     # The data shapes: what is stored and returned, and what a running migration reaches.
     {"checkpoints", "context", "modelbase", "pauses", "progress", "records", "repairnotes"},
     # Migrations: the class, its batch_update, loading them from files, lists, packages.
