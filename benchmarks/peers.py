@@ -257,7 +257,8 @@ from pymongo import InsertOne, UpdateOne
 client = pymongo.MongoClient(sys.argv[1])
 db, name = client[sys.argv[2]], sys.argv[2]
 run, ttl = uuid.uuid4().hex, datetime.timedelta(seconds=60)
-together = hasattr(client, "bulk_write") and client.admin.command("hello")["maxWireVersion"] >= 25
+together = callable(getattr(type(client), "bulk_write", None)) and \
+    client.admin.command("hello")["maxWireVersion"] >= 25  # as store.writes_together
 now = lambda: datetime.datetime.now(datetime.timezone.utc)
 lease = {"_id": "migration_lock", "run_id": run}
 
