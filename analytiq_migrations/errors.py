@@ -133,8 +133,10 @@ class InvalidData(MigrationError, ValueError):
     def __init__(self, model: str, errors: List[Dict[str, Any]]) -> None:
         self._errors = errors
         first = errors[0] if errors else {"loc": (), "msg": "invalid"}
-        where = ".".join(str(p) for p in first["loc"]) or "document"
-        super().__init__(f"Invalid {model}: {where}: {first['msg']}")
+        #: The first error's field path (``progress.eta``; ``document`` for the whole) and why.
+        self.where = ".".join(str(p) for p in first["loc"]) or "document"
+        self.reason = str(first["msg"])
+        super().__init__(f"Invalid {model}: {self.where}: {self.reason}")
 
     def errors(self) -> List[Dict[str, Any]]:
         """What pydantic found."""

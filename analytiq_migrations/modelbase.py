@@ -19,6 +19,7 @@ The models keep pydantic's method names: ``model_validate``, ``model_dump`` (``m
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
 from datetime import datetime
@@ -114,9 +115,7 @@ class Model:
         if not isinstance(obj, Mapping):
             raise InvalidData(cls.__name__, [
                 {"loc": (), "msg": f"expected a mapping, got {type(obj).__name__}"}])
-        made = cls.__new__(cls)
-        made.__dict__.update(_validated(cls, dict(obj)))
-        return made
+        return _made(cls, _validated(cls, dict(obj)))
 
     def model_dump(self, *, mode: str = "python",
                    include: Optional[Iterable[str]] = None) -> Dict[str, Any]:
@@ -132,10 +131,7 @@ class Model:
 
     def model_copy(self: M, *, update: Optional[Mapping[str, Any]] = None) -> M:
         """A shallow copy with ``update`` applied as given (not checked, as in pydantic)."""
-        made = type(self).__new__(type(self))
-        made.__dict__.update(self.__dict__)
-        made.__dict__.update(update or {})
-        return made
+        return _made(type(self), {**self.__dict__, **(update or {})})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Model):
@@ -151,6 +147,13 @@ class Model:
 def field_names(model: Type[Model]) -> frozenset[str]:
     """The field names of a model class."""
     return frozenset(model._fields)
+
+
+def _made(cls: Type[M], attributes: Dict[str, Any]) -> M:
+    """An instance of ``cls`` holding ``attributes`` as they are (already checked)."""
+    made = cls.__new__(cls)
+    made.__dict__.update(attributes)
+    return made
 
 
 # -- checking: plainly, else by the pydantic twin -------------------------------------------
@@ -217,7 +220,7 @@ def _check_for(tp: Any) -> _Check:
     if tp in (str, int, float, bool):
         return _exact(tp, lambda value: value)
     if isinstance(tp, type) and issubclass(tp, Model):
-        return _exact(dict, lambda value: _model(tp, value), also=tp)
+        return _exact(dict, lambda value: _made(tp, _plainly(tp, value)), also=tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Union:
         return _union([_check_for(a) for a in args if a is not type(None)],
@@ -259,13 +262,6 @@ def _union(options: List[_Check], nullable: bool) -> _Check:
     return check
 
 
-def _model(cls: Type[Model], data: Dict[str, Any]) -> Any:
-    """A nested model from a plainly right dict."""
-    made = cls.__new__(cls)
-    made.__dict__.update(_plainly(cls, data))
-    return made
-
-
 def _not(value: Any) -> Any:
     """Not plain: pydantic decides."""
     raise _NotPlain(value)
@@ -278,7 +274,9 @@ def _pydantic() -> Any:
     return pydantic
 
 
+@functools.lru_cache(maxsize=None)
 def _is_v2() -> bool:
+    """pydantic 2 (else 1.10), read once."""
     return int(_pydantic().VERSION.split(".")[0]) >= 2
 
 
@@ -344,9 +342,7 @@ def _from_twin(value: Any) -> Any:
     """A validated value with each twin instance made its plain model."""
     plain = _PLAIN.get(type(value))
     if plain is not None:
-        made = plain.__new__(plain)
-        made.__dict__.update(_attributes(plain, value))
-        return made
+        return _made(plain, _attributes(plain, value))
     if isinstance(value, list):
         return [_from_twin(v) for v in value]
     if isinstance(value, dict):

@@ -102,11 +102,9 @@ class MigrationRecord(Model, extra="allow"):
         try:
             record = cls.model_validate(body)
         except InvalidData as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "document"
             raise CorruptRecordError(
                 f"Record {doc.get('_id')!r} in collection '{collection}' is malformed: "
-                f"{where}: {first['msg']}",
+                f"{exc.where}: {exc.reason}",
                 version=doc.get("_id") if isinstance(doc.get("_id"), int) else None,
                 hint=f"Fix the document {{_id: {doc.get('_id')!r}}} in '{collection}' (the history "
                 "collection still has every attempt), then run validate again. If it belongs to "

@@ -128,7 +128,7 @@ class Store:
                 # An audit log is read to investigate: one damaged entry must not hide the rest.
                 log.warning("Skipped a malformed entry in '%s' (version %r): %s",
                             self.history_name, doc.get("version"),
-                            exc.errors()[0]["msg"] if exc.errors() else exc)
+                            exc.reason)
         return entries
 
     # -- writes --------------------------------------------------------------------------

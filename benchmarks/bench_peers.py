@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, bench.runs, tools, bench.rows, list(bench.extra), bench.loads)
 
 
+def measures(tool: Tool, row: str) -> bool:
+    """Whether ``tool`` runs in ``row``: a baseline that only applies has no no-op."""
+    return tool.peer or row != NOOP
+
+
 class Bench:
     """The projects of every tool and workload, measured round by round."""
 
@@ -181,7 +186,7 @@ class Bench:
         if r == 0:
             print(f"Machine: {describe_machine(c)}")
         for tool in self.tools:  # each tool's own no-op database: the 3 applied by it
-            if not tool.peer:
+            if not measures(tool, NOOP):
                 continue
             c.drop_database(self.projects[NOOP, tool.name][2])
             self.run(c, uri, NOOP, tool, None)
@@ -196,7 +201,7 @@ class Bench:
         order = self.tools[r % len(self.tools):] + self.tools[:r % len(self.tools)]
         for row in self.rows:
             for tool in order:
-                if tool.peer or row != NOOP:
+                if measures(tool, row):
                     self.run(c, uri, row, tool, runs)
         for name, argv in extra.items():
             wall, cpu = measure(argv, {**self.env, **self.tools[0].env})
@@ -236,7 +241,7 @@ def report(args: Any, runs: Runs, tools: list[Tool], rows: list[str], extra: lis
                       runs.median(row, t.name, cpu=True) * 1000,
                       round(runs.paired(row, t.name, OURS), 2),
                       round(runs.paired(row, t.name, OURS, cpu=True), 2)]
-                     for t in tools if t.peer or row != NOOP],
+                     for t in tools if measures(t, row)],
                     title=f"\nFigure 6, {row}: whole process, median of {args.runs} rounds "
                     "(x ours: median of the per-round ratios)"))
     floor_w, floor_c = runs.medians(FLOOR, "")
